@@ -1,0 +1,28 @@
+# One command sets everything up and runs the main job on built-in demo data (`make demo`);
+# one sets everything up and runs the tests (`make test`). Needs only Python 3.10+ and the
+# package registries. torch is installed first, pinned to 2.13.0 (a CPU wheel), so that no
+# multi-GB CUDA build is pulled in by the other packages.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.diffboost-installed
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/diffboost demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs/demo .pytest_cache

@@ -1,0 +1,173 @@
+"""The ``diffboost`` command line: one verb per stage, each a thin call into the Python API."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="DiffBoost: text + edge guided diffusion augmentation for medical image segmentation.")
+console = Console(stderr=True)
+
+
+def friendly_errors(fn):
+    """Turn expected failures (bad input, bad options) into one red line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .errors import DataError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DataError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
+            console.print(f"[bold red]error:[/] {_escape(str(e))}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _parse_pair(text: Optional[str], name: str) -> Optional[tuple[float, float]]:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name} expects two numbers 'LOW,HIGH', got {text!r}") from None
+    return lo, hi
+
+
+@app.command()
+@friendly_errors
+def prepare(
+    source: Path = typer.Argument(..., help="Dataset folder: BUSI, images/+masks/, MSD task, nnU-Net raw, or a modality/organ/category corpus."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the prepared set to."),
+    config: Optional[Path] = typer.Option(None, help="YAML config (its 'prepare:' section); options given here override it."),
+    format: Optional[str] = typer.Option(None, "--format", help="auto | busi | folders | msd | nnunet | corpus"),
+    size: Optional[int] = typer.Option(None, help="Square working size in pixels (default 128)."),
+    slices: Optional[str] = typer.Option(None, help="3D: slices used for training: foreground (paper) | all. Every slice is stored for whole-volume evaluation."),
+    axis: Optional[int] = typer.Option(None, help="3D: slicing axis (default: the through-plane axis)."),
+    channel: Optional[int] = typer.Option(None, help="4D volumes: channel to use (e.g. prostate T2 = 0)."),
+    labels: Optional[str] = typer.Option(None, help="Label map: '1,2' merges into 1, '2' selects 2, '1=1,2=2' maps explicitly."),
+    window: Optional[str] = typer.Option(None, help="Fixed intensity window 'LOW,HIGH' (e.g. CT '-160,240') instead of percentiles."),
+    percentiles: Optional[str] = typer.Option(None, help="Per-image clipping percentiles 'LOW,HIGH' (default 0.5,99.5)."),
+    edges: Optional[str] = typer.Option(None, help="soft (no weights needed) | hed (needs --hed-weights)."),
+    hed_weights: Optional[str] = typer.Option(None, help="Local BSDS500 HED weights (.pth or .safetensors)."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt template or free text; fields {modality} {organ} {category}."),
+    modality: Optional[str] = typer.Option(None, help="Override the prompt's modality (e.g. MR)."),
+    organ: Optional[str] = typer.Option(None, help="Override the prompt's organ (e.g. Prostate)."),
+    category: Optional[str] = typer.Option(None, help="Override the prompt's category (default: the class, else 'normal')."),
+    folds: Optional[int] = typer.Option(None, help="Number of case-wise folds (default 3)."),
+    val_fraction: Optional[float] = typer.Option(None, help="Part of each training fold kept for validation (default 0.2)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the fold split."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or inconsistent files with a warning (listed in dataset.json)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Read a dataset and write a prepared 2D set: arrays, manifest, prompts, edges, folds, preview."""
+    from .config import PrepareConfig, PromptConfig, load_section
+    from .data.labels import parse_label_map
+    from .data.prepare import prepare as run_prepare
+
+    cfg = load_section(config, "prepare", PrepareConfig) if config else PrepareConfig()
+    updates = {
+        "format": format, "size": size, "slices": slices, "axis": axis, "channel": channel,
+        "label_map": parse_label_map(labels), "window": _parse_pair(window, "window"),
+        "percentiles": _parse_pair(percentiles, "percentiles"), "edges": edges, "hed_weights": hed_weights,
+        "folds": folds, "val_fraction": val_fraction, "seed": seed,
+    }
+    values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+    values.update({k: v for k, v in updates.items() if v is not None})
+    if hed_weights and edges is None:
+        values["edges"] = "hed"
+    if skip_bad:
+        values["skip_bad"] = True
+    p = cfg.prompt
+    values["prompt"] = PromptConfig(
+        template=prompt or p.template, modality=modality or p.modality,
+        organ=organ or p.organ, category=category or p.category,
+    )
+    cfg = PrepareConfig(**values)
+    ps = run_prepare(source, out, cfg, overwrite=overwrite, progress=not quiet)
+    _print_summary(ps)
+
+
+@app.command("demo-data")
+@friendly_errors
+def demo_data(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic phantoms to (BUSI layout)."),
+    n: int = typer.Option(48, "--n", "-n", help="Number of images."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same images)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+):
+    """Write SYNTHETIC ultrasound-like phantoms with lesion masks, in the BUSI folder layout."""
+    from .data.phantoms import generate_phantoms
+
+    path = generate_phantoms(out, n=n, seed=seed, overwrite=overwrite)
+    console.print(f"wrote {n} synthetic phantoms to {path}")
+
+
+@app.command()
+@friendly_errors
+def info(prepared: Path = typer.Argument(..., help="A prepared set folder.")):
+    """Summarise a prepared set: counts, classes, prompts, folds."""
+    from .data.store import PreparedSet
+
+    _print_summary(PreparedSet(prepared))
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder."),
+    n: int = typer.Option(48, "--n", "-n", help="Number of phantom images."),
+    size: int = typer.Option(128, help="Working size."),
+):
+    """The main job on built-in SYNTHETIC phantoms: make them, prepare them, summarise them."""
+    from .config import PrepareConfig
+    from .data.phantoms import generate_phantoms
+    from .data.prepare import prepare as run_prepare
+
+    src = out / "phantoms"
+    if not (src / "README.txt").exists():
+        generate_phantoms(src, n=n, seed=0, overwrite=True)
+    ps = run_prepare(src, out / "prepared", PrepareConfig(size=size), overwrite=True)
+    _print_summary(ps)
+    console.print(f"preview grid: {ps.root / 'preview.png'}")
+
+
+def _print_summary(ps) -> None:
+    m = ps.meta
+    t = Table(title=f"prepared set {ps.root}", show_header=False)
+    t.add_row("format", m["format"])
+    t.add_row("cases / samples / training samples", f"{m['num_cases']} / {m['num_samples']} / {m['num_training_samples']}")
+    t.add_row("size", f"{m['size']} x {m['size']}")
+    t.add_row("cases per category", ", ".join(f"{k}: {v}" for k, v in m["cases_per_category"].items()))
+    t.add_row("labels", ", ".join(f"{k}={v}" for k, v in m["labels"].items()))
+    t.add_row("prompts", "; ".join(m["prompts"][:6]) + (" ..." if len(m["prompts"]) > 6 else ""))
+    if ps.folds:
+        t.add_row("folds (train/val/test cases)", ", ".join(f"{len(f.train)}/{len(f.val)}/{len(f.test)}" for f in ps.folds))
+    t.add_row("skipped files", str(len(m["skipped"])))
+    t.add_row("time / peak memory", f"{m['seconds']} s / {m['peak_memory_mb']} MB")
+    Console().print(t)
+    for s in m["skipped"][:10]:
+        console.print(f"[yellow]skipped[/] {_escape(s['file'])}: {_escape(s['problem'])}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,132 @@
+"""Configuration dataclasses, saved as YAML beside every output.
+
+A config file may hold one section per stage (``prepare:``, ...); each stage reads its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class PromptConfig:
+    """How the text prompt of a case is built.
+
+    ``template`` is formatted with ``modality``, ``organ`` and ``category``; the default gives the
+    paper's triplet ("US, Breast, benign"). Any free text is accepted, e.g.
+    ``"an ultrasound image of the breast with a {category} lesion"``. ``modality``, ``organ`` and
+    ``category`` override what the source provides.
+    """
+
+    template: str = "{modality}, {organ}, {category}"
+    modality: str | None = None
+    organ: str | None = None
+    category: str | None = None
+
+
+@dataclass
+class PrepareConfig:
+    """Options of ``diffboost prepare``."""
+
+    format: str = "auto"  # auto | busi | folders | msd | nnunet | corpus
+    size: int = 128  # square working size in pixels
+    slices: Literal["foreground", "all"] = "foreground"  # 3D: which slices the training stages use
+    axis: int | None = None  # 3D: slicing axis; None = the through-plane (largest-spacing) axis
+    channel: int | None = None  # 4D: which channel (e.g. prostate T2 = 0)
+    label_map: dict[int, int] | None = None  # source label -> output label; None keeps labels
+    window: tuple[float, float] | None = None  # fixed intensity window (e.g. CT -160, 240)
+    percentiles: tuple[float, float] = (0.5, 99.5)  # per-image clipping when no window
+    edges: Literal["soft", "hed"] = "soft"
+    hed_weights: str | None = None
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    folds: int = 3
+    val_fraction: float = 0.2
+    seed: int = 0
+    skip_bad: bool = False
+    preview_cases: int = 8
+
+    def __post_init__(self):
+        if isinstance(self.prompt, dict):
+            self.prompt = PromptConfig(**self.prompt)
+        if self.window is not None:
+            self.window = tuple(float(v) for v in self.window)  # type: ignore[assignment]
+            if len(self.window) != 2 or self.window[0] >= self.window[1]:
+                raise ValueError(f"window must be (low, high) with low < high, got {self.window}")
+        self.percentiles = tuple(float(v) for v in self.percentiles)  # type: ignore[assignment]
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.label_map is not None:
+            self.label_map = {int(k): int(v) for k, v in self.label_map.items()}
+        if self.size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {self.size}")
+        if self.slices not in ("foreground", "all"):
+            raise ValueError(f"slices must be 'foreground' or 'all', got {self.slices!r}")
+        if self.edges not in ("soft", "hed"):
+            raise ValueError(f"edges must be 'soft' or 'hed', got {self.edges!r}")
+        if self.edges == "hed" and not self.hed_weights:
+            raise ValueError("edges='hed' needs hed_weights: a local BSDS500 HED weight file")
+        if self.folds < 2:
+            raise ValueError(f"folds must be at least 2, got {self.folds}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-friendly dict of a config dataclass (tuples become lists)."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Build a config dataclass from a dict, rejecting unknown keys by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+    return cls(**data)
+
+
+def save_yaml(cfg: Any, path: str | Path, section: str | None = None) -> None:
+    from .utils.atomic import atomic_write_text
+
+    data = to_dict(cfg)
+    if section:
+        data = {section: data}
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def load_section(path: str | Path, section: str, cls: type) -> Any:
+    """Read ``section`` of a YAML config file (or the whole file if it has no sections)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if section in data:
+        data = data[section] or {}
+    elif any(isinstance(v, dict) and k not in names for k, v in data.items()):
+        data = {}  # a file of other stages' sections: this stage keeps its defaults
+    try:
+        return from_dict(cls, data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -1,0 +1,190 @@
+"""``prepare``: any supported source -> a prepared 2D set with prompts, edges and folds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import resource
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..conditioning.edges import soft_edges, task_condition
+from ..conditioning.prompts import build_prompt
+from ..config import PrepareConfig, save_yaml, to_dict
+from ..errors import DataError
+from ..utils.atomic import atomic_dir
+from ..utils.progress import progress_iter
+from .folds import split_by_case
+from .preprocess import (
+    in_plane_spacing,
+    iter_slices,
+    normalize_intensity,
+    resize_image,
+    resize_mask,
+    through_plane_axis,
+)
+from .preview import preview_png
+from .readers import get_reader
+from .store import MANIFEST_FIELDS, PreparedSet
+from .types import Case
+
+
+def edge_detector(cfg: PrepareConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """The image-edge function chosen by the config (soft edges, or HED from local weights)."""
+    if cfg.edges == "hed":
+        from ..conditioning.hed import HEDEdgeDetector
+
+        return HEDEdgeDetector(weights=cfg.hed_weights)
+    return soft_edges
+
+
+class _Collector:
+    """Accumulates samples, rows and original masks while cases stream in."""
+
+    def __init__(self, cfg: PrepareConfig, edges: Callable[[np.ndarray], np.ndarray], has_masks: bool):
+        self.cfg, self.edges, self.has_masks = cfg, edges, has_masks
+        self.arrays: dict[str, list[np.ndarray]] = {"images": [], "masks": [], "edges": [], "conditions": []}
+        self.rows: list[dict] = []
+        self.originals: dict[str, np.ndarray] = {}
+        self.cases: dict[str, str] = {}  # case id -> category
+
+    def add(self, case: Case) -> None:
+        cfg, ref = self.cfg, case.ref
+        if ref.case_id in self.cases:
+            raise DataError(ref.image, f"case id {ref.case_id!r} appears twice")
+        category = cfg.prompt.category or ref.category or "normal"
+        prompt = build_prompt(cfg.prompt, ref.modality, ref.organ, ref.category)
+        image = normalize_intensity(case.image, cfg.percentiles, cfg.window)
+        mask = case.mask if case.mask is not None else np.zeros(case.image.shape, np.uint8)
+        common = {
+            "case_id": ref.case_id, "category": category, "prompt": prompt,
+            "case_shape": "x".join(str(s) for s in case.image.shape),
+            "case_spacing": "x".join(f"{s:g}" for s in case.spacing),
+            "source_image": str(ref.image), "source_mask": ";".join(str(m) for m in ref.masks),
+        }
+        if case.is_3d:
+            axis = cfg.axis if cfg.axis is not None else through_plane_axis(case.spacing)
+            if not 0 <= axis < 3:
+                raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+            sp = in_plane_spacing(case.spacing, axis)
+            planes = zip(iter_slices(image, axis), iter_slices(mask, axis))
+            for (k, img2d), (_, m2d) in planes:
+                self._add_slice(img2d, m2d, k, axis, sp, common, 3)
+        else:
+            self._add_slice(image, mask, 0, -1, tuple(case.spacing[:2]), common, 2)
+        if self.has_masks:
+            self.originals[ref.case_id] = mask.astype(np.uint8)
+        self.cases[ref.case_id] = category
+
+    def _add_slice(self, img2d, m2d, k, axis, spacing, common, ndim) -> None:
+        size = self.cfg.size
+        img = resize_image(img2d, size)
+        m = resize_mask(m2d, size)
+        e = np.clip(self.edges(img), 0, 1)
+        c = task_condition(e, m if self.has_masks else None)
+        fg = int(np.count_nonzero(m2d))
+        self.arrays["images"].append(img.astype(np.float16))
+        self.arrays["masks"].append(m.astype(np.uint8))
+        self.arrays["edges"].append(np.rint(e * 255).astype(np.uint8))
+        self.arrays["conditions"].append(np.rint(c * 255).astype(np.uint8))
+        train = ndim == 2 or self.cfg.slices == "all" or fg > 0 or not self.has_masks
+        self.rows.append({
+            **common, "index": len(self.rows), "slice_index": k, "slice_axis": axis,
+            "orig_height": img2d.shape[0], "orig_width": img2d.shape[1],
+            "spacing_row": f"{spacing[0]:g}", "spacing_col": f"{spacing[1]:g}",
+            "foreground_pixels": fg, "train": int(train),
+        })
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    cfg: PrepareConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PreparedSet:
+    """Read ``source``, preprocess every case and write a prepared set to ``out`` atomically.
+
+    Returns the :class:`PreparedSet` written. Bad input raises :class:`DataError` naming the file
+    (or, with ``cfg.skip_bad``, is listed under ``skipped`` in ``dataset.json``); nothing is
+    left at ``out`` when an error stops the run.
+    """
+    cfg = cfg or PrepareConfig()
+    source, out = Path(source), Path(out)
+    t0 = time.perf_counter()
+    reader = get_reader(source, cfg)
+    refs = reader.scan()
+    collector = _Collector(cfg, edge_detector(cfg), reader.has_masks)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for ref in progress_iter(refs, f"prepare {reader.name}", enabled=progress):
+            try:
+                case = reader.load(ref)
+            except DataError as e:
+                reader.bad(e.path or ref.image, e.problem)  # raises unless skip_bad
+                continue
+            collector.add(case)
+        if not collector.rows:
+            raise DataError(source, "no usable cases (every case was skipped)")
+        if reader.skipped:
+            warnings.warn(f"{source}: skipped {len(reader.skipped)} bad file(s); listed under 'skipped' "
+                          f"in {out / 'dataset.json'}", stacklevel=2)
+        _write(tmp, source, cfg, reader, collector, time.perf_counter() - t0)
+    return PreparedSet(out)
+
+
+def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector, elapsed: float) -> None:
+    for name, items in col.arrays.items():
+        np.save(tmp / f"{name}.npy", np.stack(items))
+    with open(tmp / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(col.rows)
+    if col.originals:
+        np.savez_compressed(tmp / "originals.npz", **col.originals)
+    case_ids = list(col.cases)
+    folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids]) \
+        if len(case_ids) >= cfg.folds else []
+    (tmp / "folds.json").write_text(json.dumps(
+        {"k": cfg.folds, "val_fraction": cfg.val_fraction, "seed": cfg.seed, "by": "case, stratified by category",
+         "folds": [f.to_dict() for f in folds]}, indent=1))
+    save_yaml(cfg, tmp / "config.yaml", section="prepare")
+    images = np.load(tmp / "images.npy", mmap_mode="r")
+    (tmp / "preview.png").write_bytes(preview_png(
+        images, np.load(tmp / "masks.npy", mmap_mode="r"), np.load(tmp / "edges.npy", mmap_mode="r"),
+        np.load(tmp / "conditions.npy", mmap_mode="r"), _rows_typed(col.rows), cfg.preview_cases))
+    categories: dict[str, int] = {}
+    for c in col.cases.values():
+        categories[c] = categories.get(c, 0) + 1
+    meta = {
+        "diffboost_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": str(source.resolve()),
+        "format": reader.name,
+        "size": cfg.size,
+        "has_masks": reader.has_masks,
+        "labels": {str(k): v for k, v in reader.label_names.items()},
+        "num_cases": len(col.cases),
+        "num_samples": len(col.rows),
+        "num_training_samples": sum(r["train"] for r in col.rows),
+        "cases_per_category": categories,
+        "is_3d": any(r["slice_axis"] >= 0 for r in col.rows),
+        "prompts": sorted({r["prompt"] for r in col.rows}),
+        "skipped": reader.skipped,
+        "config": to_dict(cfg),
+        "seconds": round(elapsed, 2),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "python": platform.python_version(),
+    }
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
+
+
+def _rows_typed(rows: list[dict]) -> list[dict]:
+    return [{**r, "foreground_pixels": int(r["foreground_pixels"])} for r in rows]

@@ -1,0 +1,149 @@
+"""The prepared-set store: what ``diffboost prepare`` writes and every later stage reads.
+
+Folder contents::
+
+    dataset.json      format, source, size, labels, counts, skipped files, timing, version
+    config.yaml       the PrepareConfig that made it
+    manifest.csv      one row per 2D sample (slice): case id, slice, class, prompt, sizes, spacing...
+    images.npy        float16 [N, S, S] in [-1, 1]
+    masks.npy         uint8   [N, S, S] output labels (nearest-resized)
+    edges.npy         uint8   [N, S, S] soft image edges, 0..255 for [0, 1]
+    conditions.npy    uint8   [N, S, S] clip(edges + mask boundary), the fine-tuning condition
+    originals.npz     per case: the label map at the original size (whole volume for 3D), for
+                      metrics on the original grid
+    folds.json        case-wise folds: train / val / test case ids
+    preview.png       image | mask | edges | condition for a few cases
+
+Arrays are plain ``.npy`` so they open memory-mapped in milliseconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .folds import Fold
+
+MANIFEST_FIELDS = [
+    "index", "case_id", "slice_index", "slice_axis", "category", "prompt",
+    "orig_height", "orig_width", "spacing_row", "spacing_col",
+    "case_shape", "case_spacing", "foreground_pixels", "train", "source_image", "source_mask",
+]
+ARRAYS = ("images", "masks", "edges", "conditions")
+
+
+def _convert(row: dict) -> dict:
+    out = dict(row)
+    for k in ("index", "slice_index", "slice_axis", "orig_height", "orig_width", "foreground_pixels"):
+        out[k] = int(out[k])
+    for k in ("spacing_row", "spacing_col"):
+        out[k] = float(out[k])
+    out["train"] = out["train"] in ("1", "True", "true", True)
+    out["case_shape"] = tuple(int(v) for v in out["case_shape"].split("x"))
+    out["case_spacing"] = tuple(float(v) for v in out["case_spacing"].split("x"))
+    return out
+
+
+class PreparedSet:
+    """Read access to a prepared set (arrays memory-mapped, manifest as a list of dicts)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta = self.root / "dataset.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{self.root}: not a prepared set (no dataset.json); run `diffboost prepare`")
+        self.meta: dict = json.loads(meta.read_text())
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __repr__(self) -> str:
+        return f"PreparedSet({str(self.root)!r}, samples={len(self)}, cases={len(self.case_ids)})"
+
+    @cached_property
+    def manifest(self) -> list[dict]:
+        with open(self.root / "manifest.csv", newline="") as f:
+            return [_convert(r) for r in csv.DictReader(f)]
+
+    def _array(self, name: str) -> np.ndarray:
+        return np.load(self.root / f"{name}.npy", mmap_mode="r")
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        return self._array("images")
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        return self._array("masks")
+
+    @cached_property
+    def edges(self) -> np.ndarray:
+        return self._array("edges")
+
+    @cached_property
+    def conditions(self) -> np.ndarray:
+        return self._array("conditions")
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["size"])
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return {int(k): v for k, v in self.meta["labels"].items()}
+
+    @cached_property
+    def case_ids(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in self.manifest:
+            seen.setdefault(r["case_id"], None)
+        return list(seen)
+
+    @cached_property
+    def _rows_by_case(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for r in self.manifest:
+            out.setdefault(r["case_id"], []).append(r["index"])
+        return out
+
+    def indices(self, case_ids, training: bool = False) -> list[int]:
+        """Sample indices of these cases, slices in order; ``training`` keeps only the slices the
+        training stages use (``slices: foreground`` drops the empty slices of 3D volumes)."""
+        rows = self._rows_by_case
+        out = []
+        for c in case_ids:
+            if c not in rows:
+                raise KeyError(f"{self.root}: unknown case id {c!r}")
+            out += [i for i in rows[c] if not training or self.manifest[i]["train"]]
+        return out
+
+    @cached_property
+    def folds(self) -> list[Fold]:
+        data = json.loads((self.root / "folds.json").read_text())
+        return [Fold.from_dict(d) for d in data["folds"]]
+
+    def fold(self, k: int) -> Fold:
+        if not 0 <= k < len(self.folds):
+            raise IndexError(f"{self.root}: fold {k} does not exist (there are {len(self.folds)})")
+        return self.folds[k]
+
+    def original_mask(self, case_id: str) -> np.ndarray:
+        """The label map of a case at its original size (the whole volume for 3D)."""
+        with np.load(self.root / "originals.npz") as z:
+            if case_id not in z.files:
+                raise KeyError(f"{self.root}: no original mask for case {case_id!r}")
+            return z[case_id]
+
+    def sample(self, index: int) -> dict:
+        """One sample as a dict of float32 arrays (image in [-1, 1], edges/condition in [0, 1])."""
+        return {
+            "image": np.asarray(self.images[index], dtype=np.float32),
+            "mask": np.asarray(self.masks[index]),
+            "edges": np.asarray(self.edges[index], dtype=np.float32) / 255.0,
+            "condition": np.asarray(self.conditions[index], dtype=np.float32) / 255.0,
+            **self.manifest[index],
+        }

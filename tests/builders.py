@@ -1,0 +1,118 @@
+"""Small datasets written by the tests, in each supported layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+
+def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def save_png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def gradient_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, w)[None, :].repeat(h, 0)
+    return np.clip(base + rng.normal(0, 10, (h, w)), 0, 255).astype(np.uint8)
+
+
+def make_busi(root: Path) -> Path:
+    """Three classes; an RGB image; 1-bit, 8-bit and RGBA masks; a two-lesion case."""
+    base = root / "Dataset_BUSI_with_GT"
+    h, w = 60, 80
+    # benign (1): grey image, 8-bit mask
+    save_png(base / "benign" / "benign (1).png", gradient_image(h, w, 1))
+    save_png(base / "benign" / "benign (1)_mask.png", disk(h, w, 30, 40, 10).astype(np.uint8) * 255)
+    # benign (2): RGB image, 1-bit mask + second lesion in _mask_1 (RGBA)
+    rgb = np.stack([gradient_image(h, w, 2)] * 3, -1)
+    rgb[5:10, 5:10] = [255, 0, 0]  # a colour overlay, as in some BUSI images
+    save_png(base / "benign" / "benign (2).png", rgb)
+    Image.fromarray(disk(h, w, 20, 20, 6)).convert("1").save(base / "benign" / "benign (2)_mask.png")
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[disk(h, w, 40, 60, 8)] = [255, 255, 255, 255]
+    save_png(base / "benign" / "benign (2)_mask_1.png", rgba)
+    # malignant (1)
+    save_png(base / "malignant" / "malignant (1).png", gradient_image(h, w, 3))
+    save_png(base / "malignant" / "malignant (1)_mask.png", disk(h, w, 25, 35, 12).astype(np.uint8) * 255)
+    # normal (1): empty mask is valid
+    save_png(base / "normal" / "normal (1).png", gradient_image(h, w, 4))
+    save_png(base / "normal" / "normal (1)_mask.png", np.zeros((h, w), np.uint8))
+    return root
+
+
+def save_nifti(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(arr, np.diag([*spacing[:3], 1.0]))
+    img.header.set_zooms(tuple(spacing[:3]) + tuple([1.0] * (arr.ndim - 3)))
+    nib.save(img, str(path))
+    return path
+
+
+def volume_pair(shape=(24, 20, 8), seed: int = 0, labels=(1, 2)):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100, 20, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    lab[6:12, 5:15, 2:6] = labels[0]
+    lab[12:18, 5:15, 3:5] = labels[1]
+    img[lab > 0] += 60
+    return img, lab
+
+
+def make_msd(root: Path, n: int = 4, channels: int = 1, spacing=(0.5, 0.5, 3.0)) -> Path:
+    modality = {str(i): name for i, name in enumerate(["T2", "ADC", "X"][:channels])}
+    entries = []
+    for i in range(n):
+        img, lab = volume_pair(seed=i)
+        if channels > 1:
+            img = np.stack([img + 10 * c for c in range(channels)], -1)
+        save_nifti(root / "imagesTr" / f"prostate_{i:02d}.nii.gz", img, spacing)
+        save_nifti(root / "labelsTr" / f"prostate_{i:02d}.nii.gz", lab, spacing)
+        entries.append({"image": f"./imagesTr/prostate_{i:02d}.nii.gz", "label": f"./labelsTr/prostate_{i:02d}.nii.gz"})
+    meta = {"name": "Prostate", "modality": modality, "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+            "numTraining": n, "training": entries, "test": []}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def make_nnunet(root: Path, n: int = 3, ending: str = ".nii.gz") -> Path:
+    for i in range(n):
+        case = f"case_{i:03d}"
+        if ending == ".png":
+            img = gradient_image(40, 50, i)
+            lab = disk(40, 50, 20, 25, 8).astype(np.uint8)
+            save_png(root / "imagesTr" / f"{case}_0000.png", img)
+            save_png(root / "labelsTr" / f"{case}.png", lab)
+        else:
+            img, lab = volume_pair(seed=i)
+            save_nifti(root / "imagesTr" / f"{case}_0000{ending}", img)
+            save_nifti(root / "labelsTr" / f"{case}{ending}", lab)
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumour": 2},
+            "numTraining": n, "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def make_folders(root: Path, n: int = 3, mask_dir: str = "masks") -> Path:
+    for i in range(n):
+        save_png(root / "images" / f"img{i}.png", gradient_image(30, 40, i))
+        save_png(root / mask_dir / f"img{i}_mask.png", disk(30, 40, 15, 20, 6).astype(np.uint8) * 255)
+    return root
+
+
+def make_corpus(root: Path) -> Path:
+    for mod, organ, cat in [("CT", "Abdomen", "Arterial_Pathology"), ("MR", "Hip", "normal")]:
+        for i in range(2):
+            save_png(root / mod / organ / cat / f"{i}.png", gradient_image(32, 32, i))
+    return root

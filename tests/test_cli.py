@@ -1,0 +1,58 @@
+"""The command line: a thin layer over the API, one clear error line on bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+from builders import make_busi, make_msd
+from typer.testing import CliRunner
+
+from diffboost.cli import app
+from diffboost.data.store import PreparedSet
+
+runner = CliRunner()
+
+
+def test_prepare_command_and_info(tmp_path):
+    src = make_busi(tmp_path / "busi")
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), "--size", "24", "--folds", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    ps = PreparedSet(tmp_path / "o")
+    assert ps.size == 24 and ps.meta["config"]["folds"] == 2
+    res = runner.invoke(app, ["info", str(tmp_path / "o")])
+    assert res.exit_code == 0 and "US, Breast, benign" in res.output
+
+
+def test_prepare_command_options_reach_the_config(tmp_path):
+    src = make_msd(tmp_path / "t", n=3, channels=2)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("prepare:\n  size: 20\n  slices: all\n  folds: 3\n")
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), "--config", str(cfg),
+                              "--channel", "1", "--labels", "1,2", "--window", "0,400", "--organ", "Prostate gland", "-q"])
+    assert res.exit_code == 0, res.output
+    ps = PreparedSet(tmp_path / "o")
+    c = ps.meta["config"]
+    assert (c["size"], c["slices"], c["channel"], c["window"]) == (20, "all", 1, [0.0, 400.0])
+    assert ps.meta["labels"] == {"0": "background", "1": "PZ+TZ"}
+    assert set(np.unique(ps.masks)) == {0, 1}
+    assert ps.manifest[0]["prompt"] == "MR, Prostate gland, normal"
+    saved = (ps.root / "config.yaml").read_text()
+    assert "prepare:" in saved and "channel: 1" in saved
+
+
+def test_bad_input_gives_one_error_line(tmp_path):
+    src = make_busi(tmp_path / "busi")
+    (src / "Dataset_BUSI_with_GT" / "benign" / "benign (1)_mask.png").unlink()
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 2
+    assert "benign (1).png: image without mask" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), "--window", "3"])
+    assert res.exit_code == 2 and "LOW,HIGH" in res.output
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("prepare:\n  sise: 64\n")
+    res = runner.invoke(app, ["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)])
+    assert res.exit_code == 2 and "sise" in res.output and "c.yaml" in res.output

@@ -1,0 +1,132 @@
+"""The data layer on the real sets in ../shared/data (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import shared_path
+from PIL import Image
+
+from diffboost.config import PrepareConfig
+from diffboost.data.io import read_image_2d
+from diffboost.data.prepare import prepare
+from diffboost.data.preprocess import resize_mask
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def busi(tmp_path_factory):
+    src = shared_path("BUSI")
+    return prepare(src, tmp_path_factory.mktemp("busi") / "prepared", PrepareConfig(size=128), progress=False)
+
+
+@pytest.fixture(scope="module")
+def hippocampus(tmp_path_factory):
+    src = shared_path("MSD", "Task04_Hippocampus")
+    cfg = PrepareConfig(size=128)
+    cfg.prompt.organ = "Hippocampus"
+    return prepare(src, tmp_path_factory.mktemp("hip") / "prepared", cfg, progress=False)
+
+
+def test_busi_takes_every_image(busi):
+    root = shared_path("BUSI", "Dataset_BUSI_with_GT")
+    expected = {}
+    for cls in ("benign", "malignant", "normal"):
+        expected[cls] = len([p for p in (root / cls).glob("*.png") if "_mask" not in p.name])
+    assert busi.meta["cases_per_category"] == expected
+    assert len(busi) == busi.meta["num_cases"] == sum(expected.values())
+    assert busi.meta["skipped"] == []
+    assert busi.meta["prompts"] == ["US, Breast, benign", "US, Breast, malignant", "US, Breast, normal"]
+
+
+def test_busi_values_masks_and_sizes(busi):
+    imgs = np.asarray(busi.images, np.float32)
+    assert imgs.shape == (len(busi), 128, 128)
+    assert imgs.min() >= -1 and imgs.max() <= 1
+    assert set(np.unique(busi.masks)) == {0, 1}
+    edges = np.asarray(busi.edges)
+    assert edges.max() == 255 and edges.mean() > 5
+    for row in busi.manifest:
+        fg = int(np.asarray(busi.masks[row["index"]]).sum())
+        if row["category"] == "normal":
+            assert fg == 0 and row["foreground_pixels"] == 0  # empty masks kept, not dropped
+        else:
+            assert row["foreground_pixels"] > 0
+    # original sizes match the source files; originals hold the unioned mask at that size
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(busi), 25, replace=False):
+        row = busi.manifest[i]
+        with Image.open(row["source_image"]) as im:
+            assert (row["orig_height"], row["orig_width"]) == (im.height, im.width)
+        orig = busi.original_mask(row["case_id"])
+        assert orig.shape == (row["orig_height"], row["orig_width"])
+        union = np.zeros(orig.shape, bool)
+        for m in row["source_mask"].split(";"):
+            union |= read_image_2d(m) > 0
+        np.testing.assert_array_equal(orig.astype(bool), union)
+
+
+def test_busi_multi_lesion_masks_are_unioned(busi):
+    multi = [r for r in busi.manifest if ";" in r["source_mask"]]
+    assert multi, "real BUSI has images with _mask_1 files"
+    r = multi[0]
+    parts = [read_image_2d(m) > 0 for m in r["source_mask"].split(";")]
+    assert busi.original_mask(r["case_id"]).sum() == np.logical_or.reduce(parts).sum()
+
+
+def test_busi_mask_edge_alignment(busi):
+    """Lesion outlines are edges: the soft edges are stronger on the mask boundary than elsewhere."""
+    from diffboost.conditioning.edges import mask_boundary
+
+    on, off = [], []
+    for row in busi.manifest:
+        if row["foreground_pixels"] == 0:
+            continue
+        s = busi.sample(row["index"])
+        band = mask_boundary(s["mask"]) > 0
+        on.append(s["edges"][band].mean())
+        off.append(s["edges"][~band].mean())
+        assert np.all(s["condition"][band] == 1.0)
+    assert np.mean(on) > 1.5 * np.mean(off)
+
+
+def test_busi_folds_by_case_and_stratified(busi):
+    assert len(busi.folds) == 3
+    for f in busi.folds:
+        assert not set(f.test) & (set(f.train) | set(f.val))
+        assert 0.15 < len(f.val) / (len(f.train) + len(f.val)) < 0.25
+        cats = [busi.manifest[i]["category"] for i in busi.indices(f.test)]
+        assert abs(cats.count("normal") - 106 / 3) <= 1
+
+
+def test_hippocampus_every_case_spacing_and_volumes(hippocampus):
+    root = shared_path("MSD", "Task04_Hippocampus")
+    n_src = len(list((root / "imagesTr").glob("*.nii.gz")))
+    assert hippocampus.meta["num_cases"] == n_src == len(hippocampus.case_ids)
+    assert hippocampus.meta["prompts"] == ["MR, Hippocampus, normal"]
+    assert hippocampus.meta["labels"] == {"0": "background", "1": "Anterior", "2": "Posterior"}
+    by_case: dict[str, list[dict]] = {}
+    for r in hippocampus.manifest:
+        by_case.setdefault(r["case_id"], []).append(r)
+    for case_id in list(by_case)[:40]:
+        rows = by_case[case_id]
+        shape = rows[0]["case_shape"]
+        assert rows[0]["case_spacing"] == (1.0, 1.0, 1.0)
+        axis = rows[0]["slice_axis"]
+        assert len(rows) == shape[axis]  # every slice stored: whole-volume evaluation
+        vol = hippocampus.original_mask(case_id)
+        assert vol.shape == shape and set(np.unique(vol)) <= {0, 1, 2}
+        # each stored 128 px slice maps back exactly onto its original slice
+        for r in rows:
+            orig_slice = np.take(vol, r["slice_index"], axis=axis)
+            back = resize_mask(np.asarray(hippocampus.masks[r["index"]]), orig_slice.shape)
+            np.testing.assert_array_equal(back, orig_slice)
+            assert r["train"] == (orig_slice.any())  # the paper's foreground-slice choice
+
+
+def test_hippocampus_folds_never_split_a_case(hippocampus):
+    for f in hippocampus.folds:
+        train_cases = {hippocampus.manifest[i]["case_id"] for i in hippocampus.indices(f.train, training=True)}
+        test_cases = {hippocampus.manifest[i]["case_id"] for i in hippocampus.indices(f.test)}
+        assert train_cases.isdisjoint(test_cases)
