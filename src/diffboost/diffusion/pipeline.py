@@ -1,0 +1,201 @@
+"""The generation pipeline: noise + prompt + edge map -> a grey image, with classifier-free
+guidance and a choice of samplers. Saved diffusers-style (safetensors + config.json per part)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .models import EdgeTextDenoiser, ModelConfig, from_model_space, to_model_space
+from .text import TextEncoder
+
+SAMPLERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+}
+CONFIG_NAME = "diffboost_model.json"
+
+# The public code's text blend (SD 1.5 only there): its weights and fixed texts.
+PUBLIC_BLEND = {"prompt": 0.045, "augment": 0.005, "base": 0.95,
+                "prompt_suffix": ", best quality, extremely detailed", "base_text": "gray, sketch"}
+
+
+def make_scheduler(name: str, train_config: dict):
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    cls_name, extra = SAMPLERS[name]
+    cls = getattr(diffusers, cls_name)
+    return cls.from_config(train_config, **extra)
+
+
+def noise_for_seeds(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Initial noise, one generator per seed: a sample does not depend on its batch."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+class DiffBoostPipeline:
+    """Text + edge conditioned diffusion (``small``: pixel space; ``sd15``: SD latents + VAE)."""
+
+    def __init__(self, denoiser: EdgeTextDenoiser, scheduler, text_encoder: TextEncoder,
+                 config: ModelConfig, vae=None):
+        self.denoiser = denoiser
+        self.scheduler = scheduler  # the training (DDPM) scheduler; samplers are derived from it
+        self.text_encoder = text_encoder
+        self.config = config
+        self.vae = vae
+        self.device = torch.device("cpu")
+
+    # ---- model space ------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B,1,H,W] in [-1,1] -> model space (pixel patches, or SD latents)."""
+        if self.vae is None:
+            return to_model_space(images, self.config.patch)
+        latents = self.vae.encode(images.repeat(1, 3, 1, 1).to(self.vae.dtype)).latent_dist.sample()
+        return latents * self.vae.config.scaling_factor
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> grey images [B,1,H,W] in [-1,1] (SD: cross-channel average of RGB)."""
+        if self.vae is None:
+            return from_model_space(x, self.config.patch)
+        rgb = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return rgb.float().mean(1, keepdim=True)
+
+    def encode_condition(self, edges: torch.Tensor) -> torch.Tensor:
+        """Edge maps [B,1,H,W] in [0,1] -> the denoiser's condition input."""
+        if self.vae is None:
+            return to_model_space(edges, self.config.patch)
+        return edges  # the SD ControlNet embeds full-resolution conditions itself
+
+    def model_shape(self, size: int) -> tuple[int, int, int]:
+        if self.vae is None:
+            p = self.config.patch
+            return (p * p, size // p, size // p)
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.latent_channels, size // f, size // f)
+
+    # ---- text ---------------------------------------------------------------------------------
+    def text_states(self, prompts: list[str], augment: list[str] | None = None, blend: dict | None = None):
+        """Token states for prompts (+ augmentation phrases). Without ``blend`` the phrase is
+        appended to the prompt ("US, Breast, benign, enhanced contrast"); with ``blend`` the states
+        are the public code's weighted sum of three encodings (see ``PUBLIC_BLEND``)."""
+        augment = augment or [""] * len(prompts)
+        if blend is None:
+            texts = [f"{p}, {a}" if a else p for p, a in zip(prompts, augment)]
+            return self.text_encoder(texts)
+        sp, mp = self.text_encoder([p + blend["prompt_suffix"] for p in prompts])
+        sa, ma = self.text_encoder(list(augment))
+        sb, mb = self.text_encoder([blend["base_text"]] * len(prompts))
+        states = blend["prompt"] * sp + blend["augment"] * sa + blend["base"] * sb
+        return states, torch.maximum(torch.maximum(mp, ma), mb)
+
+    # ---- sampling -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompts: list[str],
+        conditions: np.ndarray | torch.Tensor,
+        seeds: list[int],
+        augment: list[str] | None = None,
+        sampler: str = "dpm++",
+        steps: int = 20,
+        guidance: float = 3.0,
+        negative: str = "",
+        blend: dict | None = None,
+        control_scale: float = 1.0,
+    ) -> np.ndarray:
+        """Generate one image per prompt / condition / seed; returns float32 [B, H, W] in [-1, 1]."""
+        cond = torch.as_tensor(np.asarray(conditions, dtype=np.float32))
+        if cond.ndim == 3:
+            cond = cond[:, None]
+        b, _, h, w = cond.shape
+        if not (len(prompts) == len(seeds) == b):
+            raise ValueError(f"got {len(prompts)} prompts, {len(seeds)} seeds and {b} conditions")
+        dev = self.device
+        sched = make_scheduler(sampler, self.scheduler.config)
+        sched.set_timesteps(steps, device=dev)
+        x = noise_for_seeds(seeds, self.model_shape(h)).to(dev) * sched.init_noise_sigma
+        c = self.encode_condition(cond.to(dev))
+        states, mask = self.text_states(prompts, augment, blend)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            ns, nm = self.text_encoder([negative] * b)
+            states, mask, c = torch.cat([ns, states]), torch.cat([nm, mask]), torch.cat([c, c])
+        states, mask = states.to(dev), mask.to(dev)
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
+            eps = self.denoiser(inp, t.expand(inp.shape[0]), states, mask, c, control_scale)
+            if use_cfg:
+                eu, ec = eps.chunk(2)
+                eps = eu + guidance * (ec - eu)
+            x = sched.step(eps, t, x).prev_sample
+        return self.decode(x).clamp(-1, 1)[:, 0].float().cpu().numpy()
+
+    # ---- save / load --------------------------------------------------------------------------
+    def to(self, device) -> "DiffBoostPipeline":
+        self.device = torch.device(device)
+        self.denoiser.to(self.device)
+        self.text_encoder.to(self.device)
+        if self.vae is not None:
+            self.vae.to(self.device)
+        return self
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write each part with its own ``save_pretrained`` (safetensors + config.json)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.denoiser.unet.save_pretrained(path / "unet")
+        if self.denoiser.controlnet is not None:
+            self.denoiser.controlnet.save_pretrained(path / "controlnet")
+        self.scheduler.save_pretrained(path / "scheduler")
+        if self.vae is not None:
+            self.vae.save_pretrained(path / "vae")
+            self.text_encoder.model.save_pretrained(path / "text_encoder")
+            self.text_encoder.tokenizer.save_pretrained(path / "tokenizer")
+        cfg = dataclasses.asdict(self.config)
+        (path / CONFIG_NAME).write_text(json.dumps({"model": cfg, "diffboost_format": 1}, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "DiffBoostPipeline":
+        from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel
+
+        path = Path(path)
+        meta = path / CONFIG_NAME
+        if not meta.exists():
+            raise FileNotFoundError(f"{path}: not a diffboost model folder (no {CONFIG_NAME})")
+        cfg = ModelConfig(**json.loads(meta.read_text())["model"])
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True)
+        controlnet = (ControlNetModel.from_pretrained(path / "controlnet", use_safetensors=True)
+                      if (path / "controlnet").exists() else None)
+        scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+        vae = None
+        if (path / "vae").exists():
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
+            text = TextEncoder((str(path / "text_encoder"), str(path / "tokenizer")), cfg.max_tokens)
+        else:
+            text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
+        control = "controlnet" if controlnet is not None else "concat"
+        pipe = cls(EdgeTextDenoiser(unet, controlnet, control).eval(), scheduler, text, cfg, vae)
+        return pipe.to(device)
+
+
+def model_hash(path: str | Path) -> str:
+    """A short content hash of a saved model's weights (recorded with every synthetic image)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*.safetensors")):
+        h.update(f.relative_to(path).as_posix().encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]

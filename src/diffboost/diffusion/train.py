@@ -1,0 +1,342 @@
+"""Training the text + edge conditioned diffusion model (pretraining and task fine-tuning).
+
+accelerate underneath: devices, mixed precision, gradient accumulation, multi-process
+(``accelerate launch``), and checkpoints that ``resume="latest"`` restores exactly (model,
+optimizer, learning-rate schedule, EMA and step). Each step's batch, noise and timesteps are a pure
+function of (seed, step, process), so an interrupted and resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..conditioning.augment_text import PHRASES, apply_phrase
+from ..config import save_yaml
+from .models import ModelConfig
+from .pipeline import DiffBoostPipeline
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``diffboost pretrain`` / ``finetune``."""
+
+    steps: int = 3000
+    batch_size: int = 8
+    learning_rate: float = 3e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    warmup_steps: int = 100
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    prompt_dropout: float = 0.1  # empty prompt for classifier-free guidance
+    phrase_prob: float = 0.4  # share of targets changed by an augmentation phrase
+    phrases: tuple[str, ...] = tuple(PHRASES)
+    flip: bool = True  # random left-right flips of image and condition together
+    checkpoint_every: int = 500
+    checkpoints_limit: int = 2
+    validate_every: int = 500
+    log_every: int = 10
+    seed: int = 0
+    condition: str = "condition"  # condition (edges + mask boundary) | edges
+
+    def __post_init__(self):
+        self.phrases = tuple(self.phrases)
+        unknown = [p for p in self.phrases if p not in PHRASES]
+        if unknown:
+            raise ValueError(f"unknown augmentation phrases {unknown}; known: {', '.join(PHRASES)}")
+        if self.condition not in ("condition", "edges"):
+            raise ValueError(f"condition must be 'condition' or 'edges', got {self.condition!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+
+
+class _Step:
+    """The step counter, checkpointed with the rest of the state."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, d):
+        self.step = int(d["step"])
+
+
+def new_pipeline(cfg: ModelConfig) -> DiffBoostPipeline:
+    """A freshly initialised model of the configured kind."""
+    from diffusers import DDPMScheduler
+
+    from .models import EdgeTextDenoiser, build_small_unet, controlnet_from_unet
+    from .text import TextEncoder
+
+    if cfg.kind == "sd15":
+        from .sd15 import load_sd15
+
+        return load_sd15(cfg)
+    text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
+    unet = build_small_unet(cfg, text.dim)
+    cn = controlnet_from_unet(unet, cfg.patch ** 2, pixel_space=True) if cfg.control == "controlnet" else None
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    return DiffBoostPipeline(EdgeTextDenoiser(unet, cn, cfg.control), sched, text, cfg)
+
+
+def trainable_parameters(pipe: DiffBoostPipeline) -> list[torch.nn.Parameter]:
+    """What trains: the whole denoiser for ``small``; only the ControlNet for ``sd15`` (its UNet
+    stays locked, as in the paper)."""
+    if pipe.config.kind == "sd15":
+        pipe.denoiser.unet.requires_grad_(False)
+        pipe.denoiser.controlnet.requires_grad_(True)
+    return [p for p in pipe.denoiser.parameters() if p.requires_grad]
+
+
+def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, g: torch.Generator):
+    idx = np.sort(rng.choice(indices, size=cfg.batch_size, replace=len(indices) < cfg.batch_size))
+    images = torch.from_numpy(np.asarray(ps.images[idx], np.float32))[:, None]
+    cond_arr = ps.conditions if cfg.condition == "condition" else ps.edges
+    cond = torch.from_numpy(np.asarray(cond_arr[idx], np.float32) / 255.0)[:, None]
+    prompts = [ps.manifest[i]["prompt"] for i in idx]
+    if cfg.flip:
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        images[flip] = images[flip].flip(-1)
+        cond[flip] = cond[flip].flip(-1)
+    for j in range(len(idx)):
+        if cfg.phrases and rng.random() < cfg.phrase_prob:
+            phrase = cfg.phrases[rng.integers(len(cfg.phrases))]
+            images[j : j + 1] = apply_phrase(phrase, images[j : j + 1], g)
+            prompts[j] = f"{prompts[j]}, {phrase}"
+        if rng.random() < cfg.prompt_dropout:
+            prompts[j] = ""
+    return images, cond, prompts
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step_*"))
+    return ckpts[-1] if ckpts else None
+
+
+def train_diffusion(
+    prepared,
+    out: str | Path,
+    indices: list[int],
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    init: str | Path | None = None,
+    resume: str | None = None,
+    val_indices: list[int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train on ``indices`` of a prepared set; write ``out/model`` (EMA weights) and return it.
+
+    ``init`` starts from a saved model (fine-tuning from a pretrained one). ``resume="latest"`` (or a
+    checkpoint folder) continues an interrupted run in ``out``.
+    """
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    out = Path(out)
+    tcfg = train_cfg or TrainConfig()
+    if init is not None:
+        pipe = DiffBoostPipeline.from_pretrained(init)
+        mcfg = pipe.config
+    else:
+        mcfg = model_cfg or ModelConfig(image_size=prepared.size)
+        if mcfg.image_size != prepared.size:
+            mcfg = dataclasses.replace(mcfg, image_size=prepared.size)
+        pipe = new_pipeline(mcfg)
+    if not indices:
+        raise ValueError(f"{prepared.root}: no training samples to train the diffusion model on")
+    acc = Accelerator(gradient_accumulation_steps=tcfg.grad_accum, mixed_precision=tcfg.mixed_precision)
+    torch.manual_seed(tcfg.seed)
+    params = trainable_parameters(pipe)
+    net = pipe.denoiser
+    net.train()
+    if tcfg.gradient_checkpointing:
+        for m in (pipe.denoiser.unet, pipe.denoiser.controlnet):
+            if m is not None and hasattr(m, "enable_gradient_checkpointing"):
+                m.enable_gradient_checkpointing()
+    opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=1e-2)
+    sched = get_scheduler("cosine" if tcfg.lr_schedule == "cosine" else "constant_with_warmup", opt,
+                          num_warmup_steps=tcfg.warmup_steps * acc.num_processes,
+                          num_training_steps=tcfg.steps * acc.num_processes)
+    ema = EMAModel(params, decay=tcfg.ema_decay)
+    state = _Step()
+    net, opt, sched = acc.prepare(net, opt, sched)
+    acc.register_for_checkpointing(ema, state)
+    pipe.to(acc.device)
+    ema.to(acc.device)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml({"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
+                   "init": str(init) if init else None, "samples": len(indices)}, out / "config.yaml")
+    if resume:
+        ckpt = _latest_checkpoint(out) if resume == "latest" else Path(resume)
+        if ckpt is None:
+            raise FileNotFoundError(f"{out}: no checkpoint to resume from (checkpoints/step_*)")
+        acc.load_state(str(ckpt))
+    log_path = out / "loss.csv"
+    if acc.is_main_process:
+        _trim_log(log_path, state.step)
+    noise_sched = pipe.scheduler
+    idx_arr = np.asarray(indices)
+    bar = _Bar(tcfg.steps, state.step, enabled=progress and acc.is_main_process)
+    t_last, seen = time.perf_counter(), 0
+    while state.step < tcfg.steps:
+        step = state.step
+        rng = np.random.default_rng([tcfg.seed, step, acc.process_index])
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        with acc.accumulate(net):
+            images, cond, prompts = _batch(prepared, idx_arr, tcfg, rng, g)
+            with torch.no_grad():
+                states, mask = pipe.text_encoder(prompts)
+                z0 = pipe.encode_images(images.to(acc.device))
+                c = pipe.encode_condition(cond.to(acc.device))
+            noise = torch.randn(z0.shape, generator=g).to(acc.device)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (z0.shape[0],), generator=g).to(acc.device)
+            zt = noise_sched.add_noise(z0, noise, t)
+            with acc.autocast():
+                pred = net(zt, t, states.to(acc.device), mask.to(acc.device), c)
+            loss = F.mse_loss(pred.float(), noise)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, tcfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:
+            continue
+        ema.step(params)
+        state.step += 1
+        seen += images.shape[0] * acc.num_processes
+        loss_v = float(acc.gather(loss.detach()[None]).mean())
+        if acc.is_main_process:
+            now = time.perf_counter()
+            ips = seen / max(now - t_last, 1e-9)
+            bar.update(state.step, loss_v, ips)
+            if state.step % tcfg.log_every == 0 or state.step == tcfg.steps:
+                _log(log_path, state.step, loss_v, sched.get_last_lr()[0], ips)
+                t_last, seen = now, 0
+        if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
+            _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit)
+        if val_indices and acc.is_main_process and (state.step % tcfg.validate_every == 0 or state.step == tcfg.steps):
+            with _ema_weights(ema, params):
+                _validation_grid(pipe, prepared, val_indices, tcfg, out / "samples" / f"step_{state.step:07d}.png")
+            net.train()
+    bar.close()
+    acc.wait_for_everyone()
+    model_dir = out / "model"
+    if acc.is_main_process:
+        with _ema_weights(ema, params):
+            tmp = out / ".model.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            pipe.save_pretrained(tmp)
+            (tmp / "training.json").write_text(json.dumps(
+                {"steps": tcfg.steps, "samples": len(indices), "init": str(init) if init else None}, indent=1))
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            tmp.rename(model_dir)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return model_dir
+
+
+class _ema_weights:
+    """Swap EMA weights in for the duration of a block."""
+
+    def __init__(self, ema, params):
+        self.ema, self.params = ema, params
+
+    def __enter__(self):
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+
+    def __exit__(self, *exc):
+        self.ema.restore(self.params)
+
+
+def _save_checkpoint(acc, out: Path, step: int, limit: int) -> None:
+    ckdir = out / "checkpoints"
+    if acc.is_main_process:
+        ckdir.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    tmp = ckdir / f".step_{step:07d}.tmp"
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        final = ckdir / f"step_{step:07d}"
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for old in sorted(ckdir.glob("step_*"))[:-limit] if limit > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _log(path: Path, step: int, loss: float, lr: float, ips: float) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["step", "loss", "lr", "images_per_s"])
+        w.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{ips:.2f}"])
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log rows past ``step`` (a resumed run rewrites them)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def _validation_grid(pipe, ps, val_indices, tcfg: TrainConfig, path: Path, n: int = 4) -> None:
+    from ..data.preview import grid_png, to_uint8
+
+    pick = list(val_indices[:: max(1, len(val_indices) // n)][:n])
+    cond_arr = ps.conditions if tcfg.condition == "condition" else ps.edges
+    cond = np.asarray(cond_arr[pick], np.float32) / 255.0
+    prompts = [ps.manifest[i]["prompt"] for i in pick]
+    texts = ["", "enhanced contrast"]
+    pipe.denoiser.eval()
+    outs = [pipe(prompts, cond, seeds=list(range(len(pick))), augment=[t] * len(pick), steps=20) for t in texts]
+    rows = [[to_uint8(ps.images[i]), (cond[j] * 255).astype(np.uint8)] + [to_uint8(o[j]) for o in outs]
+            for j, i in enumerate(pick)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(grid_png(rows, [""] * len(rows), ["real", "condition", "generated", "+ enhanced contrast"]))
+
+
+class _Bar:
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("loss {task.fields[loss]:.4f} · {task.fields[ips]:.1f} img/s"),
+                              TimeRemainingColumn())
+            self.p.start()
+            self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
+
+    def update(self, step: int, loss: float, ips: float) -> None:
+        if self.enabled:
+            self.p.update(self.task, completed=step, loss=loss, ips=ips)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.p.stop()

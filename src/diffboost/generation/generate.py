@@ -1,0 +1,239 @@
+"""Generate n synthetic variants of every training image of a fold.
+
+Variant ``i`` of a real image is made from noise seeded by (seed, case, slice, i), the image's own
+prompt plus augmentation text ``texts[i % len(texts)]``, and the image's own edge condition; its
+label is the real mask. The work list is cut into fixed batches, which are dealt to processes
+round-robin (``accelerate launch``), so the images do not depend on the number of processes.
+A second call completes only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ..conditioning.augment_text import DEFAULT_TEXTS
+from ..config import save_yaml
+from ..data.store import PreparedSet
+from ..utils.progress import progress_iter
+
+SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
+              "seed", "sampler", "steps", "guidance", "model_hash"]
+
+
+@dataclass
+class GenerateConfig:
+    """Options of ``diffboost generate``."""
+
+    n: int = 4
+    texts: tuple[str, ...] = DEFAULT_TEXTS
+    sampler: str = "dpm++"  # ddim | dpm++ | unipc | euler
+    steps: int = 20
+    guidance: float = 3.0
+    batch_size: int = 16
+    seed: int = 0
+    blend: bool = False  # the public code's text-embedding blend (see pipeline.PUBLIC_BLEND)
+    negative: str = ""
+    control_scale: float = 1.0
+
+    def __post_init__(self):
+        self.texts = tuple(self.texts)
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if not self.texts:
+            raise ValueError("texts must hold at least one text ('' = the plain prompt)")
+
+    def identity(self) -> dict:
+        """The settings that change the images (n and batch size do not)."""
+        d = dataclasses.asdict(self)
+        d.pop("n")
+        d.pop("batch_size")
+        d["texts"] = list(d["texts"])
+        return d
+
+
+def variant_seed(seed: int, case_id: str, slice_index: int, variant: int) -> int:
+    """A stable 63-bit seed per (run seed, case, slice, variant)."""
+    key = f"{seed}|{case_id}|{slice_index}|{variant}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+class SyntheticSet:
+    """Read access to a synthetic set (images memory-mapped, manifest as a list of dicts)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "generation.json").exists():
+            raise FileNotFoundError(f"{self.root}: not a synthetic set (no generation.json); run `diffboost generate`")
+        self.meta = json.loads((self.root / "generation.json").read_text())
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    @cached_property
+    def manifest(self) -> list[dict]:
+        with open(self.root / "manifest.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            for k in ("index", "real_index", "slice_index", "variant", "seed", "steps"):
+                r[k] = int(r[k])
+            r["guidance"] = float(r["guidance"])
+        return rows
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        return np.load(self.root / "images.npy", mmap_mode="r")
+
+    @cached_property
+    def by_real(self) -> dict[int, list[int]]:
+        """Real sample index -> the rows of its variants."""
+        out: dict[int, list[int]] = {}
+        for r in self.manifest:
+            out.setdefault(r["real_index"], []).append(r["index"])
+        return out
+
+
+def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dict]:
+    items = []
+    for ri in indices:
+        row = ps.manifest[ri]
+        for i in range(cfg.n):
+            items.append({"real_index": ri, "case_id": row["case_id"], "slice_index": row["slice_index"],
+                          "variant": i, "category": row["category"], "prompt": row["prompt"],
+                          "text": cfg.texts[i % len(cfg.texts)],
+                          "seed": variant_seed(cfg.seed, row["case_id"], row["slice_index"], i)})
+    return items
+
+
+def _key(item: dict) -> str:
+    return f"{item['real_index']:07d}_{item['variant']:04d}"
+
+
+def generate(
+    model: str | Path,
+    prepared: str | Path | PreparedSet,
+    out: str | Path,
+    fold: int,
+    cfg: GenerateConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> SyntheticSet:
+    """Generate ``cfg.n`` variants of every training sample of ``fold`` into ``out``."""
+    from accelerate import PartialState
+
+    from ..diffusion.pipeline import PUBLIC_BLEND, DiffBoostPipeline, model_hash
+
+    cfg = cfg or GenerateConfig()
+    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    out = Path(out)
+    state = PartialState()
+    t0 = time.perf_counter()
+    mhash = model_hash(model)
+    identity = {**cfg.identity(), "model_hash": mhash, "prepared": str(ps.root.resolve()), "fold": fold}
+    work = out / ".work"
+    if state.is_main_process:
+        _check_compatible(out, identity)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "identity.json").write_text(json.dumps(identity, indent=1))
+        _unpack_existing(out, work)
+    state.wait_for_everyone()
+
+    indices = ps.indices(ps.fold(fold).train, training=True)
+    if not indices:
+        raise ValueError(f"{ps.root}: fold {fold} has no training samples")
+    items = _items(ps, indices, cfg)
+    batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
+    mine = [b for j, b in enumerate(batches) if j % state.num_processes == state.process_index]
+    todo = [b for b in mine if any(not (work / f"{_key(it)}.npy").exists() for it in b)]
+    cond_arr = ps.conditions if ps.meta.get("has_masks", True) else ps.edges
+    if todo:
+        pipe = DiffBoostPipeline.from_pretrained(model, device=device or str(state.device))
+        pipe.denoiser.eval()
+        blend = PUBLIC_BLEND if cfg.blend else None
+        for batch in progress_iter(todo, f"generate fold {fold}", enabled=progress and state.is_main_process):
+            real = [it["real_index"] for it in batch]
+            cond = np.asarray(cond_arr[np.asarray(real)], np.float32) / 255.0
+            imgs = pipe([it["prompt"] for it in batch], cond, [it["seed"] for it in batch],
+                        augment=[it["text"] for it in batch], sampler=cfg.sampler, steps=cfg.steps,
+                        guidance=cfg.guidance, negative=cfg.negative, blend=blend,
+                        control_scale=cfg.control_scale)
+            for it, img in zip(batch, imgs):
+                _atomic_save(work / f"{_key(it)}.npy", img.astype(np.float16))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, time.perf_counter() - t0)
+    state.wait_for_everyone()
+    return SyntheticSet(out)
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, arr)
+    tmp.rename(path)
+
+
+def _check_compatible(out: Path, identity: dict) -> None:
+    for f in (out / "generation.json", out / ".work" / "identity.json"):
+        if f.exists():
+            old = json.loads(f.read_text())
+            old = old.get("identity", old)
+            diff = sorted(k for k in identity if old.get(k) != identity[k])
+            if diff:
+                raise ValueError(f"{out}: holds variants made with other settings ({', '.join(diff)}); "
+                                 "choose another --out or remove it")
+
+
+def _unpack_existing(out: Path, work: Path) -> None:
+    """Turn a finished set back into per-variant files so that a larger n only adds variants."""
+    if not (out / "manifest.csv").exists():
+        return
+    syn = SyntheticSet(out)
+    imgs = np.asarray(syn.images)
+    for r in syn.manifest:
+        p = work / f"{r['real_index']:07d}_{r['variant']:04d}.npy"
+        if not p.exists():
+            _atomic_save(p, imgs[r["index"]])
+
+
+def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, seconds) -> None:
+    from ..data.preview import grid_png, to_uint8
+
+    images = np.stack([np.load(work / f"{_key(it)}.npy") for it in items])
+    rows = [{"index": k, **it, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
+             "model_hash": mhash} for k, it in enumerate(items)]
+    tmp = out / ".final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.save(tmp / "images.npy", images)
+    with open(tmp / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SYN_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    save_yaml(cfg, tmp / "config.yaml", section="generate")
+    (tmp / "generation.json").write_text(json.dumps({
+        "identity": identity, "model": str(Path(model).resolve()), "fold": fold, "n": cfg.n,
+        "num_real": len({it["real_index"] for it in items}), "num_variants": len(items),
+        "seconds": round(seconds, 2)}, indent=1))
+    # preview: real | condition | the first four variants, for four real images
+    by_real: dict[int, list[int]] = {}
+    for r in rows:
+        by_real.setdefault(r["real_index"], []).append(r["index"])
+    reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
+    k = min(4, cfg.n)
+    grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
+            [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
+    heads = ["real", "condition"] + [f"v{i}: {cfg.texts[i % len(cfg.texts)] or 'plain'}" for i in range(k)]
+    (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))
+    for name in ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png"):
+        (tmp / name).replace(out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
