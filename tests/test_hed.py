@@ -65,7 +65,7 @@ def test_prepare_with_hed(tmp_path, net):
     from builders import make_busi
 
     from diffboost.config import PrepareConfig
-    from diffboost.data.prepare import prepare
+    from diffboost.data.preparation import prepare
 
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "hed.safetensors")
     cfg = PrepareConfig(size=32, folds=2, edges="hed", hed_weights=str(tmp_path / "hed.safetensors"))

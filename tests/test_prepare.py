@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffboost.conditioning.edges import mask_boundary
 from diffboost.config import PrepareConfig
-from diffboost.data.prepare import prepare
+from diffboost.data.preparation import prepare
 from diffboost.data.preprocess import resize_mask
 from diffboost.data.store import PreparedSet
 from diffboost.errors import DataError
@@ -198,7 +198,7 @@ def test_bad_mask_3d_size_mismatch(tmp_path):
 
 
 def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
-    import diffboost.data.prepare as P
+    import diffboost.data.preparation as P
 
     src = make_busi(tmp_path / "busi")
     calls = {"n": 0}

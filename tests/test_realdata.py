@@ -9,7 +9,7 @@ from PIL import Image
 
 from diffboost.config import PrepareConfig
 from diffboost.data.io import read_image_2d
-from diffboost.data.prepare import prepare
+from diffboost.data.preparation import prepare
 from diffboost.data.preprocess import resize_mask
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

@@ -78,7 +78,7 @@ def prepare(
     """Read a dataset and write a prepared 2D set: arrays, manifest, prompts, edges, folds, preview."""
     from .config import PrepareConfig, PromptConfig, load_section
     from .data.labels import parse_label_map
-    from .data.prepare import prepare as run_prepare
+    from .data.preparation import prepare as run_prepare
 
     cfg = load_section(config, "prepare", PrepareConfig) if config else PrepareConfig()
     updates = {
@@ -137,7 +137,7 @@ def demo(
     """The main job on built-in SYNTHETIC phantoms: make them, prepare them, summarise them."""
     from .config import PrepareConfig
     from .data.phantoms import generate_phantoms
-    from .data.prepare import prepare as run_prepare
+    from .data.preparation import prepare as run_prepare
 
     src = out / "phantoms"
     if not (src / "README.txt").exists():
