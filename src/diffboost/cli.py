@@ -165,6 +165,141 @@ def _print_summary(ps) -> None:
         console.print(f"[yellow]skipped[/] {_escape(s['file'])}: {_escape(s['problem'])}")
 
 
+
+# ---- diffusion: pretrain, finetune, generate ---------------------------------------------------
+
+def _train_cfg(config: Optional[Path], **overrides):
+    from .config import load_section
+    from .diffusion.train import TrainConfig
+
+    cfg = load_section(config, "train", TrainConfig) if config else TrainConfig()
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.__post_init__()
+    return cfg
+
+
+def _model_cfg(config: Optional[Path], **overrides):
+    from .config import load_section
+    from .diffusion.models import ModelConfig
+
+    cfg = load_section(config, "model", ModelConfig) if config else ModelConfig()
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    cfg.__post_init__()
+    return cfg
+
+
+@app.command()
+@friendly_errors
+def pretrain(
+    corpus: Path = typer.Argument(..., help="A RadImageNet-style corpus (modality/organ/category/*.png) or any prepared set."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, loss.csv, model/)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with 'model:' and 'train:' sections."),
+    size: int = typer.Option(128, help="Working size when the corpus still has to be prepared."),
+    control: Optional[str] = typer.Option(None, help="Edge injection: concat (default, cheap) | controlnet."),
+    kind: Optional[str] = typer.Option(None, help="small (from scratch) | sd15 (needs --pretrained)."),
+    pretrained: Optional[str] = typer.Option(None, help="sd15: local Stable Diffusion 1.5 folder or .safetensors file."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16 (GPU)."),
+    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Stage 1: pretrain the text + edge conditioned diffusion model on a radiology corpus (soft edges)."""
+    from .config import PrepareConfig
+    from .data.preparation import prepare as run_prepare
+    from .data.store import PreparedSet
+    from .diffusion.train import train_diffusion
+
+    if (corpus / "dataset.json").exists() and (corpus / "manifest.csv").exists():
+        ps = PreparedSet(corpus)
+    elif (out / "prepared" / "dataset.json").exists():
+        ps = PreparedSet(out / "prepared")
+    else:
+        ps = run_prepare(corpus, out / "prepared", PrepareConfig(size=size), progress=not quiet)
+    mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
+    tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
+                      mixed_precision=mixed_precision, condition="edges")
+    indices = [r["index"] for r in ps.manifest if r["train"]]
+    model = train_diffusion(ps, out, indices, mcfg, tcfg, resume=resume, progress=not quiet)
+    console.print(f"model: {model}")
+
+
+@app.command()
+@friendly_errors
+def finetune(
+    prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
+    fold: int = typer.Option(0, "--fold", "-k", help="Fold whose TRAINING part is used (never its test part)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default PREPARED/../models/foldK)."),
+    init: Optional[Path] = typer.Option(None, help="A pretrained model folder to start from."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with 'model:' and 'train:' sections."),
+    control: Optional[str] = typer.Option(None, help="Edge injection for a new model: concat | controlnet."),
+    kind: Optional[str] = typer.Option(None, help="small | sd15."),
+    pretrained: Optional[str] = typer.Option(None, help="sd15: local Stable Diffusion 1.5 folder or .safetensors file."),
+    steps: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    mixed_precision: Optional[str] = typer.Option(None),
+    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Stage 2: fine-tune on the training cases of one fold, condition = edges + mask boundary."""
+    from .data.store import PreparedSet
+    from .diffusion.train import train_diffusion
+
+    ps = PreparedSet(prepared)
+    f = ps.fold(fold)
+    out = out or prepared.parent / "models" / f"fold{fold}"
+    mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
+    tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
+                      mixed_precision=mixed_precision, condition="condition")
+    model = train_diffusion(ps, out, ps.indices(f.train, training=True), mcfg, tcfg, init=init, resume=resume,
+                            val_indices=ps.indices(f.val, training=True), progress=not quiet)
+    console.print(f"model: {model}")
+
+
+@app.command()
+@friendly_errors
+def generate(
+    model: Path = typer.Argument(..., help="A model folder (…/model from finetune)."),
+    prepared: Path = typer.Argument(..., help="The prepared set the model was fine-tuned on."),
+    fold: int = typer.Option(0, "--fold", "-k"),
+    n: int = typer.Option(4, "-n", help="Variants per training image."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../synthetic/foldK."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with a 'generate:' section."),
+    sampler: Optional[str] = typer.Option(None, help="ddim | dpm++ | unipc | euler."),
+    steps: Optional[int] = typer.Option(None),
+    guidance: Optional[float] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    texts: Optional[str] = typer.Option(None, help="Augmentation texts separated by '|' ('' = plain prompt); variant i uses text i mod len."),
+    blend: bool = typer.Option(False, "--blend", help="The public code's text-embedding blend (see docs)."),
+    seed: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Stage 3: n label-preserving synthetic variants of every training image of a fold."""
+    from .config import load_section
+    from .generation import GenerateConfig
+    from .generation import generate as run_generate
+
+    cfg = load_section(config, "generate", GenerateConfig) if config else GenerateConfig()
+    for k, v in {"n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "batch_size": batch_size,
+                 "seed": seed}.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if texts is not None:
+        cfg.texts = tuple(t.strip() for t in texts.split("|"))
+    if blend:
+        cfg.blend = True
+    cfg.__post_init__()
+    out = out or prepared.parent / "synthetic" / f"fold{fold}"
+    syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
+    console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

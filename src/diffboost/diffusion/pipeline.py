@@ -33,7 +33,11 @@ def make_scheduler(name: str, train_config: dict):
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     cls_name, extra = SAMPLERS[name]
     cls = getattr(diffusers, cls_name)
-    return cls.from_config(train_config, **extra)
+    # a plain dict: diffusers' private "_use_default_values" would make a fresh scheduler and the
+    # same scheduler reloaded from disk give different samplers
+    config = {k: v for k, v in dict(train_config).items() if not k.startswith("_")}
+    config["timestep_spacing"] = "trailing"  # start sampling at the last training step
+    return cls.from_config(config, **extra)
 
 
 def noise_for_seeds(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:

@@ -60,10 +60,11 @@ class TextEncoder(torch.nn.Module):
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(states [B, L, D], attention_mask [B, L])`` for the texts (cached per text)."""
-        missing = sorted({t for t in texts if t not in self._cache})
-        if missing:
-            states, masks = self._encode(missing)
-            for t, s, m in zip(missing, states, masks):
-                self._cache[t] = (s, m)
+        for t in dict.fromkeys(texts):
+            if t not in self._cache:
+                # one text at a time: a text's states must not depend on which texts were encoded
+                # with it (batched matmuls differ in the last bits), or resumed runs would drift
+                s, m = self._encode([t])
+                self._cache[t] = (s[0], m[0])
         return (torch.stack([self._cache[t][0] for t in texts]),
                 torch.stack([self._cache[t][1] for t in texts]))

@@ -149,6 +149,7 @@ def train_diffusion(
 
     out = Path(out)
     tcfg = train_cfg or TrainConfig()
+    torch.manual_seed(tcfg.seed)  # the initial weights are part of the run's identity
     if init is not None:
         pipe = DiffBoostPipeline.from_pretrained(init)
         mcfg = pipe.config
@@ -160,7 +161,6 @@ def train_diffusion(
     if not indices:
         raise ValueError(f"{prepared.root}: no training samples to train the diffusion model on")
     acc = Accelerator(gradient_accumulation_steps=tcfg.grad_accum, mixed_precision=tcfg.mixed_precision)
-    torch.manual_seed(tcfg.seed)
     params = trainable_parameters(pipe)
     net = pipe.denoiser
     net.train()

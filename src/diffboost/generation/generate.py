@@ -103,10 +103,11 @@ class SyntheticSet:
 
 
 def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dict]:
+    """Variant-major order: raising n later only appends batches."""
     items = []
-    for ri in indices:
-        row = ps.manifest[ri]
-        for i in range(cfg.n):
+    for i in range(cfg.n):
+        for ri in indices:
+            row = ps.manifest[ri]
             items.append({"real_index": ri, "case_id": row["case_id"], "slice_index": row["slice_index"],
                           "variant": i, "category": row["category"], "prompt": row["prompt"],
                           "text": cfg.texts[i % len(cfg.texts)],
