@@ -130,3 +130,27 @@ def test_checkpoint_limit_and_fine_tune_from_init(tmp_path, tiny_set):
     before, after = _params(m1), _params(m2)
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained, starting from m1
     assert DiffBoostPipeline.from_pretrained(m2).config.channels == TINY["channels"]
+
+
+@pytest.mark.slow
+def test_augmentation_phrases_move_images_the_way_they_say(tmp_path):
+    """A from-scratch model learns what "enhanced contrast" and "low contrast" mean (about 1 min)."""
+    from diffboost.config import PrepareConfig
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.data.preparation import prepare
+
+    ps = prepare(generate_phantoms(tmp_path / "src", n=24, seed=11), tmp_path / "p",
+                 PrepareConfig(size=32, folds=2), progress=False)
+    tcfg = TrainConfig(steps=400, batch_size=16, learning_rate=1e-3, warmup_steps=20, ema_decay=0.99,
+                       phrases=("enhanced contrast", "low contrast"), phrase_prob=0.6, checkpoint_every=10_000)
+    model = train_diffusion(ps, tmp_path / "run", list(range(len(ps))), ModelConfig(image_size=32), tcfg,
+                            progress=False)
+    pipe = DiffBoostPipeline.from_pretrained(model)
+    cond = np.asarray(ps.conditions[:8], np.float32) / 255.0
+    prompts = [ps.manifest[i]["prompt"] for i in range(8)]
+    std = {t: pipe(prompts, cond, seeds=list(range(8)), augment=[t] * 8, steps=20, guidance=2.0).std(axis=(1, 2))
+           for t in ("", "enhanced contrast", "low contrast")}
+    real_std = np.asarray(ps.images[:8], np.float32).std(axis=(1, 2)).mean()
+    assert 0.5 * real_std < std[""].mean() < 1.5 * real_std  # plain samples look like the data, not noise
+    assert (std["enhanced contrast"] > std[""]).mean() >= 7 / 8 and std["enhanced contrast"].mean() > 1.2 * std[""].mean()
+    assert (std["low contrast"] < std[""]).mean() >= 7 / 8 and std["low contrast"].mean() < 0.85 * std[""].mean()

@@ -100,34 +100,35 @@ def test_detector_preprocessing_is_bgr_255_minus_mean():
     np.testing.assert_allclose(spy.seen.numpy(), expected, rtol=0, atol=1e-4)
 
 
+def _same_weights(model: torch.nn.Module, net: HED) -> bool:
+    a, b = model.state_dict(), net.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_safetensors_and_torch_save_round_trip(net, tmp_path):
     state = _state(net)
     save_file(state, str(tmp_path / "hed.safetensors"))
     torch.save(state, tmp_path / "hed.pth")
-    torch.save(state, tmp_path / "hed.pt")
     torch.manual_seed(2)
     x = torch.randn(1, 3, 32, 48) * 50.0
     with torch.inference_mode():
         ref = net(x)
-        for name in ("hed.safetensors", "hed.pth", "hed.pt"):
+        for name in ("hed.safetensors", "hed.pth"):
             model = load_hed_weights(tmp_path / name)
-            assert not model.training
+            assert isinstance(model, HED) and not model.training
             assert not any(p.requires_grad for p in model.parameters())
             assert torch.equal(model(x), ref), name
-    det = HEDEdgeDetector(weights=tmp_path / "hed.safetensors")
-    np.testing.assert_array_equal(det(_ramp()), HEDEdgeDetector(model=net)(_ramp()))
+    assert _same_weights(HEDEdgeDetector(weights=tmp_path / "hed.pth").model, net)
 
 
 def test_prefixed_and_legacy_names_load(net, tmp_path):
     state = _state(net)
-    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "ddp.pth")
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "ddp.pt")
     # the originally hosted conversion names its modules moduleVggOne, moduleScoreOne, ...
     torch.save({"module" + k[len("net"):]: v for k, v in state.items()}, tmp_path / "legacy.pth")
     torch.save({"state_dict": state}, tmp_path / "wrapped.pth")
-    x = torch.randn(1, 3, 32, 32)
-    with torch.inference_mode():
-        for name in ("ddp.pth", "legacy.pth", "wrapped.pth"):
-            assert torch.equal(load_hed_weights(tmp_path / name)(x), net(x)), name
+    for name in ("ddp.pt", "legacy.pth", "wrapped.pth"):
+        assert _same_weights(load_hed_weights(tmp_path / name), net), name
 
 
 def test_wrong_keys_and_shapes_name_the_file(net, tmp_path):

@@ -62,7 +62,8 @@ class DiffBoostPipeline:
         """Images [B,1,H,W] in [-1,1] -> model space (pixel patches, or SD latents)."""
         if self.vae is None:
             return to_model_space(images, self.config.patch)
-        latents = self.vae.encode(images.repeat(1, 3, 1, 1).to(self.vae.dtype)).latent_dist.sample()
+        # the posterior mean: deterministic, so runs resume exactly
+        latents = self.vae.encode(images.repeat(1, 3, 1, 1).to(self.vae.dtype)).latent_dist.mean
         return latents * self.vae.config.scaling_factor
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,10 @@ class DiffBoostPipeline:
         """Edge maps [B,1,H,W] in [0,1] -> the denoiser's condition input."""
         if self.vae is None:
             return to_model_space(edges, self.config.patch)
-        return edges  # the SD ControlNet embeds full-resolution conditions itself
+        # the SD ControlNet embeds full-resolution conditions itself; a ControlNet made for RGB
+        # conditions (e.g. a public HED ControlNet) gets the edge map on all three channels
+        n = self.denoiser.controlnet.config.conditioning_channels
+        return edges.repeat(1, n, 1, 1) if n != edges.shape[1] else edges
 
     def model_shape(self, size: int) -> tuple[int, int, int]:
         if self.vae is None:
@@ -184,7 +188,7 @@ class DiffBoostPipeline:
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
-            text = TextEncoder((str(path / "text_encoder"), str(path / "tokenizer")), cfg.max_tokens)
+            text = TextEncoder((str(path / "text_encoder"), str(path / "tokenizer")), cfg.max_tokens, pass_mask=False)
         else:
             text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
         control = "controlnet" if controlnet is not None else "concat"

@@ -28,7 +28,7 @@ class TextEncoder(torch.nn.Module):
     """
 
     def __init__(self, name_or_path: str | tuple[str, str] = MINILM, max_tokens: int = 24,
-                 model=None, tokenizer=None):
+                 model=None, tokenizer=None, pass_mask: bool = True):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -44,6 +44,9 @@ class TextEncoder(torch.nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
+        # MiniLM was trained with padding masks; CLIP in Stable Diffusion is used without one
+        # (the UNet learned to read the padded states), so sd15 sets pass_mask=False
+        self.pass_mask = pass_mask
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -55,8 +58,11 @@ class TextEncoder(torch.nn.Module):
         tok = self.tokenizer(texts, padding="max_length", max_length=self.max_tokens, truncation=True,
                              return_tensors="pt")
         dev = next(self.model.parameters()).device
-        out = self.model(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev))
-        return out.last_hidden_state.float().cpu(), tok["attention_mask"].cpu()
+        if self.pass_mask:
+            out = self.model(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev))
+            return out.last_hidden_state.float().cpu(), tok["attention_mask"].cpu()
+        out = self.model(input_ids=tok["input_ids"].to(dev))
+        return out.last_hidden_state.float().cpu(), torch.ones_like(tok["attention_mask"])
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(states [B, L, D], attention_mask [B, L])`` for the texts (cached per text)."""

@@ -89,7 +89,10 @@ def new_pipeline(cfg: ModelConfig) -> DiffBoostPipeline:
     text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
     unet = build_small_unet(cfg, text.dim)
     cn = controlnet_from_unet(unet, cfg.patch ** 2, pixel_space=True) if cfg.control == "controlnet" else None
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    # cosine schedule with v-prediction: well conditioned at every noise level, including the
+    # nearly pure-noise start of sampling (epsilon-prediction explodes there with this schedule)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                          prediction_type="v_prediction")
     return DiffBoostPipeline(EdgeTextDenoiser(unet, cn, cfg.control), sched, text, cfg)
 
 
@@ -209,7 +212,8 @@ def train_diffusion(
             zt = noise_sched.add_noise(z0, noise, t)
             with acc.autocast():
                 pred = net(zt, t, states.to(acc.device), mask.to(acc.device), c)
-            loss = F.mse_loss(pred.float(), noise)
+            target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(z0, noise, t)
+            loss = F.mse_loss(pred.float(), target)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(params, tcfg.max_grad_norm)

@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmarks: timing, tables, JSON output, real-data paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("DIFFBOOST_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        print(f"SKIP: {path} not found (benchmarks on real data need ../shared/data)")
+        sys.exit(0)
+    return path
+
+
+def timed(fn, repeat: int = 1):
+    """Best wall time of ``repeat`` calls (seconds) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path | None = None) -> Path:
+    """Print a Markdown table and write ``bench/results/NAME.json``."""
+    cols = list(rows[0]) if rows else []
+    print(f"\n## {name}\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    out_dir = out_dir or REPO / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    import torch
+
+    path.write_text(json.dumps({"name": name, "rows": rows, **(extra or {}), "machine": {
+        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine()}}, indent=1))
+    print(f"\nwritten {path}")
+    return path

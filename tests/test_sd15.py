@@ -1,0 +1,90 @@
+"""The bring-your-own Stable Diffusion 1.5 route, with tiny random components built here."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+
+
+def _tiny_clip_tokenizer(folder):
+    from transformers import CLIPTokenizer
+
+    chars = list(string.ascii_lowercase + string.digits + ",.")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A Stable-Diffusion-shaped folder with tiny random weights (no download)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(0)
+    tok = _tiny_clip_tokenizer(root / "tok")
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                        num_attention_heads=4, max_position_embeddings=16, projection_dim=32))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=1,
+                                cross_attention_dim=32, attention_head_dim=4, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=32)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "sd15")
+    return root / "sd15"
+
+
+def test_sd15_trains_only_the_controlnet_and_round_trips(tiny_sd, tmp_path):
+    from diffboost.config import PrepareConfig
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.data.preparation import prepare
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+    from diffboost.diffusion.train import TrainConfig, train_diffusion
+
+    ps = prepare(generate_phantoms(tmp_path / "src", n=4, seed=1), tmp_path / "p", PrepareConfig(size=32, folds=2),
+                 progress=False)
+    cfg = ModelConfig(kind="sd15", pretrained=str(tiny_sd), image_size=32)
+    model = train_diffusion(ps, tmp_path / "run", list(range(len(ps))), cfg,
+                            TrainConfig(steps=2, batch_size=2, warmup_steps=0, learning_rate=1e-3), progress=False)
+    from safetensors.torch import load_file
+
+    base = load_file(str(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(model / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(base[k], after[k]) for k in base)  # the SD UNet stayed locked
+    cn = load_file(str(model / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in cn.items() if k.startswith(("controlnet_down_blocks", "controlnet_mid_block")))  # the ControlNet trained
+    pipe = DiffBoostPipeline.from_pretrained(model)
+    cond = np.asarray(ps.conditions[:2], np.float32) / 255.0
+    a = pipe(["US, Breast, benign"] * 2, cond, seeds=[1, 2], steps=3, sampler="ddim")
+    b = DiffBoostPipeline.from_pretrained(model)(["US, Breast, benign"] * 2, cond, seeds=[1, 2], steps=3, sampler="ddim")
+    assert a.shape == (2, 32, 32) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_sd15_errors(tmp_path):
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.sd15 import load_sd15
+
+    with pytest.raises(ValueError, match="--pretrained"):
+        load_sd15(ModelConfig(kind="sd15"))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_sd15(ModelConfig(kind="sd15", pretrained=str(tmp_path / "none")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a diffusers Stable Diffusion folder"):
+        load_sd15(ModelConfig(kind="sd15", pretrained=str(tmp_path / "empty")))
