@@ -56,3 +56,38 @@ def test_unknown_config_key_is_named(tmp_path):
     cfg.write_text("prepare:\n  sise: 64\n")
     res = runner.invoke(app, ["prepare", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(cfg)])
     assert res.exit_code == 2 and "sise" in res.output and "c.yaml" in res.output
+
+
+def test_pretrain_finetune_generate_commands(tmp_path):
+    """Stages 1-3 through the CLI on tiny data: corpus -> pretrain -> finetune fold 0 -> generate."""
+    from builders import make_corpus
+
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.generation import SyntheticSet
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  channels: [8, 16, 32]\n  attention: [false, true, true]\n"
+                   "train:\n  steps: 2\n  batch_size: 2\n  warmup_steps: 0\n")
+    corpus = make_corpus(tmp_path / "radimagenet")
+    res = runner.invoke(app, ["pretrain", str(corpus), "--out", str(tmp_path / "pre"), "--size", "32",
+                              "--config", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "pre" / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    pre_cfg = (tmp_path / "pre" / "config.yaml").read_text()
+    assert "condition: edges" in pre_cfg  # pretraining conditions on soft edges only
+
+    src = generate_phantoms(tmp_path / "ph", n=6, seed=4)
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "prep"), "--size", "32", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["finetune", str(tmp_path / "prep"), "--fold", "0", "--init",
+                              str(tmp_path / "pre" / "model"), "--config", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    model = tmp_path / "models" / "fold0" / "model"
+    assert "condition: condition" in (tmp_path / "models" / "fold0" / "config.yaml").read_text()
+    res = runner.invoke(app, ["generate", str(model), str(tmp_path / "prep"), "--fold", "0", "-n", "2",
+                              "--steps", "2", "--texts", "|enhanced contrast", "-q"])
+    assert res.exit_code == 0, res.output
+    syn = SyntheticSet(tmp_path / "synthetic" / "fold0")
+    assert {r["text"] for r in syn.manifest} == {"", "enhanced contrast"}
+    ps = PreparedSet(tmp_path / "prep")
+    assert {r["case_id"] for r in syn.manifest} <= set(ps.fold(0).train)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from builders import disk, gradient_image, make_busi, make_msd, save_nifti, save_png, volume_pair
+from builders import disk, make_busi, make_msd, save_nifti, save_png, volume_pair
 from PIL import Image
 
 from diffboost.conditioning.edges import mask_boundary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import platform
 import resource
@@ -159,7 +158,7 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
     images = np.load(tmp / "images.npy", mmap_mode="r")
     (tmp / "preview.png").write_bytes(preview_png(
         images, np.load(tmp / "masks.npy", mmap_mode="r"), np.load(tmp / "edges.npy", mmap_mode="r"),
-        np.load(tmp / "conditions.npy", mmap_mode="r"), _rows_typed(col.rows), cfg.preview_cases))
+        np.load(tmp / "conditions.npy", mmap_mode="r"), col.rows, cfg.preview_cases))
     categories: dict[str, int] = {}
     for c in col.cases.values():
         categories[c] = categories.get(c, 0) + 1
@@ -184,7 +183,3 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "python": platform.python_version(),
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
-
-
-def _rows_typed(rows: list[dict]) -> list[dict]:
-    return [{**r, "foreground_pixels": int(r["foreground_pixels"])} for r in rows]

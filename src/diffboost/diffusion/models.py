@@ -14,7 +14,7 @@ same receptive field ("simple diffusion"-style patching); the output is shuffled
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
