@@ -80,8 +80,9 @@ def main() -> None:
 
     tr_real = (np.asarray(ps.images[train_idx], np.float32) + 1) / 2
     tr_b = blurred(np.asarray(ps.conditions[train_idx], np.float32) / 255.0)
-    coef = np.polyfit(tr_b.ravel(), tr_real.ravel(), 1)
-    base = np.clip(np.polyval(coef, blurred(cond)), 0, 1)
+    design = np.stack([np.ones(tr_b.size), tr_b.ravel().astype(np.float64)], 1)
+    (a, b), *_ = np.linalg.lstsq(design, tr_real.ravel().astype(np.float64), rcond=None)
+    base = np.clip(a + b * blurred(cond), 0, 1).astype(np.float32)
 
     def scores(x):
         s = np.array([ssim(r, g, data_range=1.0) for r, g in zip(real, x)])

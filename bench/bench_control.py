@@ -10,6 +10,7 @@ gives SSIM / MAE to the real image (intensities in [0, 1]), steps done and secon
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -44,17 +45,15 @@ def main() -> None:
     rows = []
     for control in ("concat", "controlnet"):
         mcfg = ModelConfig(image_size=ps.size, control=control)
-        probe = work / f"control_probe_{control}"
-        t0 = time.perf_counter()
-        train_diffusion(ps, probe, train_idx, mcfg, TrainConfig(steps=20, batch_size=args.batch,
-                                                                checkpoint_every=10_000), progress=False)
-        sec_per_step = (time.perf_counter() - t0) / 20
-        steps = max(20, int(args.minutes * 60 / sec_per_step))
         run = work / f"control_{control}_{args.minutes:g}min"
         t0 = time.perf_counter()
-        model = train_diffusion(ps, run, train_idx, mcfg, TrainConfig(steps=steps, batch_size=args.batch,
-                                                                      checkpoint_every=10_000), progress=False)
+        # the same wall-clock budget for both; a constant learning rate since the step count is open
+        model = train_diffusion(ps, run, train_idx, mcfg, TrainConfig(
+            steps=10**6, batch_size=args.batch, lr_schedule="constant", checkpoint_every=10**6,
+            max_minutes=args.minutes), progress=False)
         minutes = (time.perf_counter() - t0) / 60
+        steps = int(json.loads((model / "training.json").read_text())["steps_done"])
+        sec_per_step = minutes * 60 / steps
         pipe = DiffBoostPipeline.from_pretrained(model)
         gen = np.concatenate([pipe([ps.manifest[j]["prompt"] for j in val_idx[i:i + 16]], cond[i:i + 16],
                                    seeds=list(range(i, min(i + 16, len(val_idx)))), steps=20)

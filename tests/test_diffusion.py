@@ -154,3 +154,12 @@ def test_augmentation_phrases_move_images_the_way_they_say(tmp_path):
     assert 0.5 * real_std < std[""].mean() < 1.5 * real_std  # plain samples look like the data, not noise
     assert (std["enhanced contrast"] > std[""]).mean() >= 7 / 8 and std["enhanced contrast"].mean() > 1.2 * std[""].mean()
     assert (std["low contrast"] < std[""]).mean() >= 7 / 8 and std["low contrast"].mean() < 0.85 * std[""].mean()
+
+
+def test_time_budget_stops_and_saves(tmp_path, tiny_set):
+    import json
+
+    model = train_diffusion(tiny_set, tmp_path / "b", list(range(len(tiny_set))), ModelConfig(**TINY),
+                            TrainConfig(steps=1000, batch_size=2, max_minutes=0.0), progress=False)
+    info = json.loads((model / "training.json").read_text())
+    assert info["steps_done"] < 1000 and (model / "unet" / "config.json").exists()

@@ -50,6 +50,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     condition: str = "condition"  # condition (edges + mask boundary) | edges
+    max_minutes: float | None = None  # stop early (and save) once this much wall time has passed
 
     def __post_init__(self):
         self.phrases = tuple(self.phrases)
@@ -197,7 +198,10 @@ def train_diffusion(
     idx_arr = np.asarray(indices)
     bar = _Bar(tcfg.steps, state.step, enabled=progress and acc.is_main_process)
     t_last, seen = time.perf_counter(), 0
+    t_start = t_last
     while state.step < tcfg.steps:
+        if tcfg.max_minutes is not None and time.perf_counter() - t_start > 60 * tcfg.max_minutes:
+            break
         step = state.step
         rng = np.random.default_rng([tcfg.seed, step, acc.process_index])
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -248,7 +252,8 @@ def train_diffusion(
             shutil.rmtree(tmp, ignore_errors=True)
             pipe.save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(
-                {"steps": tcfg.steps, "samples": len(indices), "init": str(init) if init else None}, indent=1))
+                {"steps": tcfg.steps, "steps_done": state.step, "samples": len(indices),
+                 "init": str(init) if init else None}, indent=1))
             if model_dir.exists():
                 shutil.rmtree(model_dir)
             tmp.rename(model_dir)
