@@ -168,28 +168,28 @@ def _print_summary(ps) -> None:
 
 # ---- diffusion: pretrain, finetune, generate ---------------------------------------------------
 
-def _train_cfg(config: Optional[Path], **overrides):
+def _stage_cfg(config: Optional[Path], section: str, cls: type, **overrides):
+    """A stage's config: the YAML section (or defaults), then the options given on the command line."""
     from .config import load_section
-    from .diffusion.train import TrainConfig
 
-    cfg = load_section(config, "train", TrainConfig) if config else TrainConfig()
+    cfg = load_section(config, section, cls) if config else cls()
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
     cfg.__post_init__()
     return cfg
+
+
+def _train_cfg(config: Optional[Path], **overrides):
+    from .diffusion.train import TrainConfig
+
+    return _stage_cfg(config, "train", TrainConfig, **overrides)
 
 
 def _model_cfg(config: Optional[Path], **overrides):
-    from .config import load_section
     from .diffusion.models import ModelConfig
 
-    cfg = load_section(config, "model", ModelConfig) if config else ModelConfig()
-    for k, v in overrides.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    cfg.__post_init__()
-    return cfg
+    return _stage_cfg(config, "model", ModelConfig, **overrides)
 
 
 @app.command()
@@ -281,20 +281,12 @@ def generate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Stage 3: n label-preserving synthetic variants of every training image of a fold."""
-    from .config import load_section
     from .generation import GenerateConfig
     from .generation import generate as run_generate
 
-    cfg = load_section(config, "generate", GenerateConfig) if config else GenerateConfig()
-    for k, v in {"n": n, "sampler": sampler, "steps": steps, "guidance": guidance, "batch_size": batch_size,
-                 "seed": seed}.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    if texts is not None:
-        cfg.texts = tuple(t.strip() for t in texts.split("|"))
-    if blend:
-        cfg.blend = True
-    cfg.__post_init__()
+    cfg = _stage_cfg(config, "generate", GenerateConfig, n=n, sampler=sampler, steps=steps, guidance=guidance,
+                     batch_size=batch_size, seed=seed, blend=True if blend else None,
+                     texts=None if texts is None else tuple(t.strip() for t in texts.split("|")))
     out = out or prepared.parent / "synthetic" / f"fold{fold}"
     syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")

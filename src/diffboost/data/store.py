@@ -36,6 +36,14 @@ MANIFEST_FIELDS = [
 ARRAYS = ("images", "masks", "edges", "conditions")
 
 
+def group_rows(rows: list[dict], key: str) -> dict:
+    """``row[key]`` -> the ``index`` of its rows, in first-seen order of the keys."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r["index"])
+    return out
+
+
 def _convert(row: dict) -> dict:
     out = dict(row)
     for k in ("index", "slice_index", "slice_axis", "orig_height", "orig_width", "foreground_pixels"):
@@ -98,17 +106,11 @@ class PreparedSet:
 
     @cached_property
     def case_ids(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.manifest:
-            seen.setdefault(r["case_id"], None)
-        return list(seen)
+        return list(self._rows_by_case)
 
     @cached_property
     def _rows_by_case(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for r in self.manifest:
-            out.setdefault(r["case_id"], []).append(r["index"])
-        return out
+        return group_rows(self.manifest, "case_id")
 
     def indices(self, case_ids, training: bool = False) -> list[int]:
         """Sample indices of these cases, slices in order; ``training`` keeps only the slices the

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..conditioning.augment_text import DEFAULT_TEXTS
 from ..config import save_yaml
-from ..data.store import PreparedSet
+from ..data.store import PreparedSet, group_rows
 from ..utils.progress import progress_iter
 
 SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
@@ -96,10 +96,7 @@ class SyntheticSet:
     @cached_property
     def by_real(self) -> dict[int, list[int]]:
         """Real sample index -> the rows of its variants."""
-        out: dict[int, list[int]] = {}
-        for r in self.manifest:
-            out.setdefault(r["real_index"], []).append(r["index"])
-        return out
+        return group_rows(self.manifest, "real_index")
 
 
 def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dict]:
@@ -225,9 +222,7 @@ def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, second
         "num_real": len({it["real_index"] for it in items}), "num_variants": len(items),
         "seconds": round(seconds, 2)}, indent=1))
     # preview: real | condition | the first four variants, for four real images
-    by_real: dict[int, list[int]] = {}
-    for r in rows:
-        by_real.setdefault(r["real_index"], []).append(r["index"])
+    by_real = group_rows(rows, "real_index")
     reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
     k = min(4, cfg.n)
     grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
