@@ -292,6 +292,100 @@ def generate(
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
 
 
+# ---- segmentation: train-seg, compare -----------------------------------------------------------
+
+def _seg_cfg(config: Optional[Path], channels: Optional[str], **overrides):
+    from .segmentation import SegConfig
+
+    if channels is not None:
+        try:
+            overrides["channels"] = tuple(int(c) for c in channels.split(","))
+        except ValueError:
+            raise ValueError(f"--channels expects widths like '16,32,64,128,128,256', got {channels!r}") from None
+    return _stage_cfg(config, "seg", SegConfig, **overrides)
+
+
+def _seg_table(summary: dict, title: str) -> None:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("mean ± std", justify="right")
+    for m, v in summary["metrics"].items():
+        t.add_row(m, f"{v['mean']:.4f} ± {v['std']:.4f}")
+    Console().print(t)
+
+
+@app.command("train-seg")
+@friendly_errors
+def train_seg(
+    prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
+    fold: int = typer.Option(0, "--fold", "-k", help="Test fold; its training part trains, its validation part selects the checkpoint."),
+    aug: Optional[str] = typer.Option(None, "--aug", help="none | contrast | gamma | brightness | noise | resolution | mirror | rotate | scale | deepstack | diffboost | diffboost+CLASSICAL."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default PREPARED/../seg/AUG/foldK)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with a 'seg:' section."),
+    network: Optional[str] = typer.Option(None, help="attention_unet | unet | res_unet | resnet50_unet | swin_unetr | basic_unet."),
+    channels: Optional[str] = typer.Option(None, help="Network widths, e.g. '16,32,64,128,128,256'."),
+    size: Optional[int] = typer.Option(None, help="Working size (default: the prepared set's)."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    alpha: Optional[float] = typer.Option(None, help="Algorithm 1: probability of a real patch (default 0.6)."),
+    patch: Optional[int] = typer.Option(None, help="Algorithm 1: patch size in pixels (default: 64 at 384 px, scaled)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Synthetic variants per image to use (default: all)."),
+    mix: Optional[str] = typer.Option(None, help="input (paper's Algorithm 1) | output (public code)."),
+    synthetic: Optional[str] = typer.Option(None, help="Synthetic set folder ('{fold}' is filled in); default PREPARED/../synthetic/foldK."),
+    seed: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Stage 4: train one segmenter on one fold and evaluate it on the fold's test cases."""
+    from .segmentation import train_seg as run_train_seg
+
+    cfg = _seg_cfg(config, channels, aug=aug, network=network, size=size, epochs=epochs, batch_size=batch_size,
+                   learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
+                   threads=threads)
+    summary = run_train_seg(prepared, fold, cfg, out, progress=not quiet)
+    _seg_table(summary, f"{cfg.aug}, fold {fold}: {summary['cases']} test cases (best epoch {summary['best_epoch']})")
+
+
+@app.command()
+@friendly_errors
+def compare(
+    prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
+    augs: Optional[str] = typer.Option(None, "--augs", help="Comma-separated strategies (default: none, the 8 classical ones, deepstack, diffboost)."),
+    folds: Optional[str] = typer.Option(None, help="Comma-separated folds (default: all)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for seg/ and compare/ (default: beside PREPARED)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with a 'seg:' section."),
+    network: Optional[str] = typer.Option(None),
+    channels: Optional[str] = typer.Option(None),
+    size: Optional[int] = typer.Option(None),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    alpha: Optional[float] = typer.Option(None),
+    patch: Optional[int] = typer.Option(None),
+    n: Optional[int] = typer.Option(None, "-n"),
+    mix: Optional[str] = typer.Option(None),
+    synthetic: Optional[str] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    threads: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Stage 4: every strategy on the same folds and seeds; writes the paper's Table II."""
+    from .segmentation import DEFAULT_COMPARE
+    from .segmentation import compare as run_compare
+
+    cfg = _seg_cfg(config, channels, network=network, size=size, epochs=epochs, batch_size=batch_size,
+                   learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
+                   threads=threads)
+    strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
+    fold_list = [int(k) for k in folds.split(",")] if folds else None
+    result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet)
+    from .segmentation.compare import markdown_table
+
+    typer.echo(markdown_table(result["table"], result["unit"]))
+    console.print(f"tables: {(out or prepared.parent) / 'compare'}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

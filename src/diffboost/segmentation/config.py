@@ -1,0 +1,83 @@
+"""Options of ``diffboost train-seg`` / ``compare``, and the strategy names."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .augment import CLASSICAL, DEEPSTACK
+from .networks import NETWORKS
+
+SYNTHETIC_SOURCES = ("diffboost", "pix2pix")  # strategies that read a synthetic set
+DEFAULT_COMPARE = ("none", *CLASSICAL, DEEPSTACK, "diffboost")
+
+
+def parse_strategy(name: str) -> tuple[str | None, str]:
+    """``"diffboost+deepstack"`` -> (synthetic source, classical augmentation): ("diffboost", "deepstack").
+
+    A strategy is a classical name (or ``none``), a synthetic source, or ``SOURCE+CLASSICAL``.
+    """
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    source = [p for p in parts if p in SYNTHETIC_SOURCES]
+    classical = [p for p in parts if p not in SYNTHETIC_SOURCES]
+    valid = ("none", *CLASSICAL, DEEPSTACK)
+    bad = [p for p in classical if p not in valid]
+    if not parts or bad or len(source) > 1 or len(classical) > 1:
+        raise ValueError(f"unknown augmentation strategy {name!r}: use one of {', '.join(valid)}, "
+                         f"{', '.join(SYNTHETIC_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+deepstack)")
+    return (source[0] if source else None), (classical[0] if classical else "none")
+
+
+@dataclass
+class SegConfig:
+    """How one segmenter is trained and evaluated (saved as ``config.yaml`` beside its outputs)."""
+
+    network: str = "attention_unet"  # attention_unet | unet | res_unet | resnet50_unet | swin_unetr | basic_unet
+    channels: tuple[int, ...] | None = None  # widths; None = the network's default (the paper's for attention_unet)
+    size: int | None = None  # working size; None = the prepared set's
+    epochs: int = 50
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"  # cosine | constant
+    aug: str = "none"  # a strategy: none, contrast, ..., deepstack, diffboost, diffboost+deepstack
+    aug_prob: float = 0.5  # probability of a single classical transform
+    alpha: float = 0.6  # Algorithm 1: probability that a patch comes from the real image
+    patch: int | None = None  # Algorithm 1: cell size in pixels; None = 64 px at 384 px, scaled
+    n: int | None = None  # variants per image to use; None = all that were generated
+    mix: str = "input"  # input (the paper's Algorithm 1) | output (the public code)
+    synthetic: str | None = None  # synthetic set of the fold ('{fold}' is filled in); None = PREPARED/../synthetic/fold{fold}
+    val_every: int = 1  # epochs between validation-Dice evaluations (checkpoint selection)
+    seed: int = 0
+    threads: int | None = None  # torch threads; None = torch's default
+    channels_last: bool = True
+
+    def __post_init__(self):
+        if self.channels is not None:
+            self.channels = tuple(int(c) for c in self.channels)
+        if self.network not in NETWORKS:
+            raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
+        parse_strategy(self.aug)
+        if self.mix not in ("input", "output"):
+            raise ValueError(f"mix must be 'input' or 'output', got {self.mix!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for name in ("epochs", "batch_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (batch normalisation)")
+        if self.patch is not None and self.patch < 1:
+            raise ValueError(f"patch must be at least 1 pixel, got {self.patch}")
+        if self.n is not None and self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+
+    def identity(self) -> dict:
+        """The settings that change the trained model (threads and memory layout do not)."""
+        d = dataclasses.asdict(self)
+        for k in ("threads", "channels_last"):
+            d.pop(k)
+        d["channels"] = list(d["channels"]) if d["channels"] else None
+        return d

@@ -1,0 +1,317 @@
+"""Train one segmenter on one fold, choose its checkpoint on the fold's validation part, and
+evaluate it on the fold's test cases (whole cases, original size).
+
+Output folder::
+
+    config.yaml    the SegConfig (+ prepared set, fold, synthetic set)
+    log.csv        per epoch: loss, validation Dice, learning rate, seconds
+    model/         the selected checkpoint: config.json + model.safetensors
+    state/         last epoch's weights, optimizer and counters (safetensors + JSON), to resume
+    metrics.csv    per test case: Dice, Precision, Recall, HD95, ASSD (per label and mean)
+    predictions.npz  the test predictions at the original size
+    summary.json   mean ± std per metric, best epoch, timings; its presence marks the fold as done
+
+Every random choice of an epoch (order, variants, masks, augmentations) is drawn from
+(seed, epoch), so a run resumed from ``state/`` ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import save_yaml
+from ..data.store import PreparedSet, group_rows
+from ..utils.atomic import atomic_write_text
+from ..utils.progress import ProgressBar
+from .augment import BatchAugmenter
+from .config import SegConfig, parse_strategy
+from .data import FoldData, load_synthetic, load_training, to_size
+from .networks import build_network, size_multiple
+from .patchmix import choose_variants, default_patch, mix, patch_mask
+from .predict import evaluate_cases, quick_dice
+
+LOG_FIELDS = ["epoch", "loss", "val_dice", "lr", "seconds"]
+
+
+# ---- saving and loading a segmenter (safetensors + config.json) ---------------------------------
+
+def save_segmenter(net: torch.nn.Module, config: dict, path: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """A saved segmenter (``model/`` of a training run) and its config."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path}: not a segmenter folder (config.json + model.safetensors)")
+    config = json.loads((path / "config.json").read_text())
+    net = build_network(config["network"], config["out_channels"], config.get("channels"))
+    net.load_state_dict(load_file(str(path / "model.safetensors")))
+    return net, config
+
+
+# ---- resumable training state -------------------------------------------------------------------
+
+def _save_state(out: Path, net, opt, counters: dict) -> None:
+    from safetensors.torch import save_file
+
+    sd = opt.state_dict()
+    tensors = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"optim.{pid}.{k}"] = v.contiguous() if torch.is_tensor(v) else torch.tensor(v)
+    tmp = out / ".state.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({**counters, "param_groups": sd["param_groups"]}, indent=1))
+    final = out / "state"
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def _load_state(out: Path, net, opt) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / "state" / "state.safetensors"))
+    meta = json.loads((out / "state" / "state.json").read_text())
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    return meta
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch]).integers(2**62))
+
+
+def _lr(cfg: SegConfig, epoch: int) -> float:
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+
+
+# ---- one fold -----------------------------------------------------------------------------------
+
+def default_synthetic(ps: PreparedSet, fold: int, cfg: SegConfig) -> Path:
+    if cfg.synthetic:
+        return Path(cfg.synthetic.format(fold=fold))
+    return ps.root.parent / "synthetic" / f"fold{fold}"
+
+
+def labels_of(ps: PreparedSet) -> list[int]:
+    return sorted(k for k in ps.label_names if k != 0) or [1]
+
+
+def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | None = None,
+              out: str | Path | None = None, progress: bool = True) -> dict:
+    """Train, select on validation, evaluate on test; return the summary. A finished run with the
+    same settings is not retrained; an interrupted one continues from its last epoch."""
+    cfg = cfg or SegConfig()
+    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    f = ps.fold(fold)
+    out = Path(out) if out else ps.root.parent / "seg" / cfg.aug / f"fold{fold}"
+    source, classical = parse_strategy(cfg.aug)
+    size = cfg.size or ps.size
+    mult = size_multiple(cfg.network, cfg.channels)
+    if size % mult:
+        raise ValueError(f"size {size} is not a multiple of {mult}, which {cfg.network} needs")
+    syn_path = default_synthetic(ps, fold, cfg) if source else None
+    identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
+                "synthetic": str(syn_path.resolve()) if syn_path else None, "size": size}
+    done = _check_run(out, identity)
+    if done is not None:
+        return done
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    labels = labels_of(ps)
+    train_idx = ps.indices(f.train, training=True)
+    data = load_training(ps, train_idx, size)
+    if source:
+        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n)
+    val_idx = ps.indices(f.val)
+    val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
+    val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
+    val_groups = [[val_idx.index(i) for i in rows] for rows in group_rows([ps.manifest[i] for i in val_idx], "case_id").values()]
+
+    torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a comparison
+    out_channels = max(labels) + 1
+    net = build_network(cfg.network, out_channels, cfg.channels)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+    out.mkdir(parents=True, exist_ok=True)
+    model_config = {"network": cfg.network, "channels": list(cfg.channels) if cfg.channels else None,
+                    "out_channels": out_channels, "size": size, "labels": labels,
+                    "label_names": {str(k): v for k, v in ps.label_names.items()}, "strategy": cfg.aug}
+    counters = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "train_seconds": 0.0}
+    if (out / "state" / "state.json").exists():
+        counters = _load_state(out, net, opt)
+        _trim_log(out / "log.csv", counters["epoch"])
+    else:
+        save_yaml({"seg": cfg, "run": identity}, out / "config.yaml")
+        (out / "log.csv").unlink(missing_ok=True)
+        (out / "run.json").write_text(json.dumps(identity, indent=1))
+    augment = BatchAugmenter(classical, cfg.aug_prob, cfg.seed)
+    patch = cfg.patch or default_patch(size)
+    bar = ProgressBar(f"{cfg.aug} fold {fold}", cfg.epochs, counters["epoch"],
+                      {"loss": "{:.4f}", "val Dice": "{:.3f}"}, enabled=progress)
+    try:
+        while counters["epoch"] < cfg.epochs:
+            epoch = counters["epoch"]
+            t0 = time.perf_counter()
+            loss = _train_epoch(net, opt, loss_fn, data, cfg, augment, patch, epoch)
+            val = None
+            if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                val = quick_dice(net, val_images, val_masks, val_groups, labels, channels_last=cfg.channels_last)
+                if val > counters["best_dice"]:
+                    counters.update(best_dice=val, best_epoch=epoch)
+                    save_segmenter(net, {**model_config, "epoch": epoch, "val_dice": val}, out / "model")
+            elif val_images is None and epoch + 1 == cfg.epochs:  # no validation part: the last epoch
+                counters.update(best_epoch=epoch)
+                save_segmenter(net, {**model_config, "epoch": epoch, "val_dice": None}, out / "model")
+            seconds = time.perf_counter() - t0
+            counters["epoch"] = epoch + 1
+            counters["train_seconds"] += seconds
+            _log(out / "log.csv", [epoch, f"{loss:.6f}", "" if val is None else f"{val:.5f}",
+                                   f"{_lr(cfg, epoch):.3e}", f"{seconds:.2f}"])
+            _save_state(out, net, opt, counters)
+            bar.update(epoch + 1, loss=loss, **{"val Dice": val})
+    finally:
+        bar.close()
+    return _evaluate(out, ps, f, size, labels, cfg, counters, identity, time.perf_counter() - t_start)
+
+
+def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: BatchAugmenter, patch: int,
+                 epoch: int) -> float:
+    for group in opt.param_groups:
+        group["lr"] = _lr(cfg, epoch)
+    g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
+    perm = torch.randperm(len(data), generator=g)
+    batches = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # a batch of one breaks batch normalisation
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    pool = data.synthetic
+    net.train()
+    total = 0.0
+    for step, b in enumerate(batches):
+        x, y = data.images[b], data.masks[b]
+        syn = pool.pick(b, choose_variants(pool.counts[b], g)) if pool is not None else None
+        if augment:
+            both, y = augment(x if syn is None else torch.cat([x, syn], 1), y, epoch, step)
+            x, syn = (both, None) if syn is None else (both[:, :1], both[:, 1:])
+        if syn is None:
+            logits = net(x.contiguous(memory_format=layout))
+        else:
+            m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g)
+            if cfg.mix == "input":
+                logits = net(mix(x, syn, m).contiguous(memory_format=layout))
+            else:
+                both = net(torch.cat([x, syn]).contiguous(memory_format=layout))
+                logits = mix(both[: len(b)], both[len(b):], m)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+    return total / len(batches)
+
+
+def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, counters: dict, identity: dict,
+              seconds: float) -> dict:
+    from ..utils.atomic import atomic_write_bytes
+
+    net, _ = load_segmenter(out / "model")  # as a user loads it: the test predictions are reproducible
+    t0 = time.perf_counter()
+    metric, preds = evaluate_cases(net, ps, f.test, size, labels, keep=set(f.test))
+    eval_seconds = time.perf_counter() - t0
+    rows = [{"strategy": cfg.aug, "fold": f.index, **r} for r in metric.rows]
+    _write_csv(out / "metrics.csv", rows)
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **preds)
+    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+    summary = {"strategy": cfg.aug, "fold": f.index, "cases": len(rows),
+               "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metric.aggregate().items()},
+               "best_epoch": counters["best_epoch"], "best_val_dice": counters["best_dice"],
+               "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 1),
+               "eval_seconds": round(eval_seconds, 1), "identity": identity}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    shutil.rmtree(out / "state", ignore_errors=True)  # done: the selected model and metrics stay
+    return summary
+
+
+def _check_run(out: Path, identity: dict) -> dict | None:
+    """The summary of a finished run with these settings; None to (re)start; an error when ``out``
+    holds a run with other settings."""
+    run = out / "run.json"
+    if not run.exists():
+        return None
+    old = json.loads(run.read_text())
+    if old != identity:
+        diff = sorted(k for k in set(old["config"]) | set(identity["config"])
+                      if old["config"].get(k) != identity["config"].get(k))
+        diff += [k for k in ("prepared", "fold", "synthetic", "size") if old.get(k) != identity.get(k)]
+        raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); "
+                         "choose another --out or remove it")
+    summary = out / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else None
+
+
+def _log(path: Path, row: list) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        w = csv.writer(fh)
+        if new:
+            w.writerow(LOG_FIELDS)
+        w.writerow(row)
+
+
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """Keep the log rows of the epochs the saved state has (an interruption may leave one more)."""
+    if path.exists():
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+        atomic_write_text(path, "".join(",".join(r) + "\n" for r in rows[:1] + [r for r in rows[1:] if int(r[0]) < epochs_done]))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["case_id"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
