@@ -124,10 +124,10 @@ def test_interrupted_training_resumes_to_the_same_weights(task, monkeypatch):
 
     real_epoch = trainer._train_epoch
 
-    def stop_at_two(net, opt, loss_fn, data, c, augment, patch, epoch):
+    def stop_at_two(net, opt, loss_fn, data, c, augment, patch, epoch, **kw):
         if epoch == 2:
             raise KeyboardInterrupt
-        return real_epoch(net, opt, loss_fn, data, c, augment, patch, epoch)
+        return real_epoch(net, opt, loss_fn, data, c, augment, patch, epoch, **kw)
 
     monkeypatch.setattr(trainer, "_train_epoch", stop_at_two)
     with pytest.raises(KeyboardInterrupt):
@@ -232,3 +232,27 @@ def test_cli_train_seg_and_compare(task):
     assert "| contrast |" in r.output and (root / "cli" / "compare" / "table.md").exists()
     r = runner.invoke(app, ["train-seg", str(ps.root), "--aug", "sharpen", "-q"])
     assert r.exit_code == 2 and "unknown augmentation strategy 'sharpen'" in r.output
+
+
+def test_prefetching_the_next_batch_changes_nothing(task):
+    from monai.losses import DiceCELoss
+
+    import diffboost.segmentation.trainer as trainer
+    from diffboost.segmentation.data import load_synthetic, load_training
+    from diffboost.segmentation.networks import build_network
+
+    root, ps = task
+    cfg = SegConfig(**FAST, aug="diffboost+deepstack")
+    idx = ps.indices(ps.fold(0).train, training=True)
+    data = load_training(ps, idx, 32)
+    data.synthetic = load_synthetic(root / "synthetic" / "fold0", ps, 0, idx, 32)
+    weights = []
+    for prefetch in (False, True):
+        torch.manual_seed(0)
+        net = build_network("attention_unet", 2, cfg.channels)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        loss = trainer._train_epoch(net, opt, DiceCELoss(include_background=False, to_onehot_y=True, softmax=True),
+                                    data, cfg, BatchAugmenter("deepstack", 0.5, 0), 8, epoch=0, prefetch=prefetch)
+        weights.append((loss, net.state_dict()))
+    (l1, a), (l2, b) = weights
+    assert l1 == l2 and all(torch.equal(a[k], b[k]) for k in a)

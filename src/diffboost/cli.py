@@ -334,6 +334,8 @@ def train_seg(
     mix: Optional[str] = typer.Option(None, help="input (paper's Algorithm 1) | output (public code)."),
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folder ('{fold}' is filled in); default PREPARED/../synthetic/foldK."),
     seed: Optional[int] = typer.Option(None),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16 (autocast while training)."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -342,7 +344,7 @@ def train_seg(
 
     cfg = _seg_cfg(config, channels, aug=aug, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   threads=threads)
+                   precision=precision, device=device, threads=threads)
     summary = run_train_seg(prepared, fold, cfg, out, progress=not quiet)
     _seg_table(summary, f"{cfg.aug}, fold {fold}: {summary['cases']} test cases (best epoch {summary['best_epoch']})")
 
@@ -367,6 +369,8 @@ def compare(
     mix: Optional[str] = typer.Option(None),
     synthetic: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
+    precision: Optional[str] = typer.Option(None, help="fp32 | bf16."),
+    device: Optional[str] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -376,7 +380,7 @@ def compare(
 
     cfg = _seg_cfg(config, channels, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   threads=threads)
+                   precision=precision, device=device, threads=threads)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
     result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet)

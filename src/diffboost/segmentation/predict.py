@@ -24,12 +24,13 @@ def predict_probs(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 
                   channels_last: bool = False) -> torch.Tensor:
     """Softmax probabilities ``[N, C, S, S]`` of images ``[N, 1, S, S]``."""
     net.eval()
+    device = next(net.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
+        x = images[i : i + batch_size].to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out.append(torch.softmax(net(x).float(), dim=1))
+        out.append(torch.softmax(net(x).float(), dim=1).cpu())
     return torch.cat(out)
 
 

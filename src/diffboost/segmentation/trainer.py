@@ -22,6 +22,7 @@ import json
 import math
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +164,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
 
     torch.manual_seed(cfg.seed)  # same initial weights for every strategy of a comparison
     out_channels = max(labels) + 1
-    net = build_network(cfg.network, out_channels, cfg.channels)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net = build_network(cfg.network, out_channels, cfg.channels).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -213,7 +215,10 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
 
 
 def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: BatchAugmenter, patch: int,
-                 epoch: int) -> float:
+                 epoch: int, prefetch: bool = True) -> float:
+    """One pass over the real training samples. With ``prefetch`` the next batch (variant choice,
+    augmentation, Algorithm 1 mask) is made in a background thread while the network trains on the
+    current one; batches are still made one after another, in order, so the result is the same."""
     for group in opt.param_groups:
         group["lr"] = _lr(cfg, epoch)
     g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -222,29 +227,43 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
     if len(batches) > 1 and len(batches[-1]) < 2:
         batches.pop()  # a batch of one breaks batch normalisation
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    device = next(net.parameters()).device
     pool = data.synthetic
-    net.train()
-    total = 0.0
-    for step, b in enumerate(batches):
+
+    def make_batch(step: int):
+        b = batches[step]
         x, y = data.images[b], data.masks[b]
         syn = pool.pick(b, choose_variants(pool.counts[b], g)) if pool is not None else None
         if augment:
             both, y = augment(x if syn is None else torch.cat([x, syn], 1), y, epoch, step)
             x, syn = (both, None) if syn is None else (both[:, :1], both[:, 1:])
-        if syn is None:
-            logits = net(x.contiguous(memory_format=layout))
-        else:
-            m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g)
-            if cfg.mix == "input":
-                logits = net(mix(x, syn, m).contiguous(memory_format=layout))
+        m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g) if syn is not None else None
+        return x, y, syn, m
+
+    def forward(inputs):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return net(inputs.to(device).contiguous(memory_format=layout)).float()
+
+    net.train()
+    total = 0.0
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = worker.submit(make_batch, 0) if prefetch else None
+        for step in range(len(batches)):
+            x, y, syn, m = pending.result() if prefetch else make_batch(step)
+            if prefetch and step + 1 < len(batches):
+                pending = worker.submit(make_batch, step + 1)
+            if syn is None:
+                logits = forward(x)
+            elif cfg.mix == "input":
+                logits = forward(mix(x, syn, m))
             else:
-                both = net(torch.cat([x, syn]).contiguous(memory_format=layout))
-                logits = mix(both[: len(b)], both[len(b):], m)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach())
+                both = forward(torch.cat([x, syn]))
+                logits = mix(both[: len(x)], both[len(x):], m.to(device))
+            loss = loss_fn(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
     return total / len(batches)
 
 
