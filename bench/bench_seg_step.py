@@ -96,7 +96,8 @@ def main() -> None:
         t0 = time.perf_counter()
         data(r, True)
         data_aug.append(time.perf_counter() - t0)
-        for k in nets:  # interleaved: both layouts see the same machine state
+        order = list(nets) if r % 2 == 0 else list(nets)[::-1]  # interleaved, alternating order
+        for k in order:
             parts[k].append(step(k, x, y))
     rows = []
     med = {}
@@ -126,7 +127,7 @@ def main() -> None:
     fd = FoldData(pool_real[:96], pool_mask[:96], list(range(96)))
     epoch_t = {False: [], True: []}
     for r in range(max(2, args.repeats // 2)):
-        for prefetch in (False, True):
+        for prefetch in ((False, True) if r % 2 == 0 else (True, False)):  # ABBA: no order bias
             net, opt = make("baseline")
             t0 = time.perf_counter()
             _train_epoch(net, opt, _L(include_background=False, to_onehot_y=True, softmax=True), fd, cfg,

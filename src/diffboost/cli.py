@@ -390,6 +390,36 @@ def compare(
     console.print(f"tables: {(out or prepared.parent) / 'compare'}")
 
 
+# ---- export -------------------------------------------------------------------------------------
+
+@app.command()
+@friendly_errors
+def export(
+    source: Path = typer.Argument(..., help="A prepared set, or a run folder with prepared/ and synthetic/foldK."),
+    to: str = typer.Option("nnunet", "--to", help="nnunet (v2 raw) | msd."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Parent folder (e.g. $nnUNet_raw)."),
+    dataset_id: int = typer.Option(501, "--dataset-id", help="nnU-Net dataset id / MSD task number."),
+    name: str = typer.Option("DiffBoost", "--name", help="Dataset name (letters, digits, _ and -)."),
+    file_ending: Optional[str] = typer.Option(None, help="nnunet: .png (2D default) or .nii.gz (3D default)."),
+    volumes: str = typer.Option("slices", help="3D sets: slices (one case per slice) | volumes (re-stacked)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Variants per image to export (default: all)."),
+    synthetic: Optional[str] = typer.Option(None, help="Synthetic set folders ('{fold}' is filled in)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export real training cases and their synthetic variants as an nnU-Net v2 or MSD raw dataset,
+    with splits_final.json keeping synthetic cases out of every validation fold."""
+    from .export import ExportConfig, export_dataset
+
+    cfg = ExportConfig(to=to, dataset_id=dataset_id, name=name, file_ending=file_ending, volumes=volumes, n=n,
+                       synthetic=synthetic)
+    path = export_dataset(source, out, cfg, overwrite=overwrite, progress=not quiet)
+    import json
+
+    meta = json.loads((path / "dataset.json").read_text())
+    console.print(f"wrote {meta['numTraining']} cases to {path} (splits_final.json beside dataset.json)")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

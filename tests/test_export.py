@@ -1,0 +1,145 @@
+"""Export to nnU-Net v2 and MSD raw datasets: read back with the readers and against the schemas,
+and the split file's guarantee (synthetic cases only in the training part of their own fold)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffboost.config import PrepareConfig
+from diffboost.data.preparation import prepare
+from diffboost.data.preview import to_uint8
+from diffboost.data.readers import get_reader
+from diffboost.export import ExportConfig, export_dataset
+
+
+@pytest.fixture(scope="module")
+def run2d(tmp_path_factory, phantom_root):
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import new_pipeline
+    from diffboost.generation import GenerateConfig, generate
+
+    root = tmp_path_factory.mktemp("export")
+    ps = prepare(phantom_root, root / "prepared", PrepareConfig(size=32, folds=3), progress=False)
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(root / "model")
+    for k in (0, 2):  # fold 1 has no synthetic set: its training list must hold real cases only
+        generate(root / "model", ps, root / "synthetic" / f"fold{k}", k, GenerateConfig(n=2, steps=1, batch_size=8),
+                 progress=False)
+    return root, ps
+
+
+def _check_splits(path, ps, names_by_case, syn_names):
+    splits = json.loads((path / "splits_final.json").read_text())
+    assert len(splits) == len(ps.folds)
+    info = {c["name"]: c for c in json.loads((path / "diffboost_export.json").read_text())["cases"]}
+    for f, split in zip(ps.folds, splits):
+        assert sorted(split["val"]) == sorted(n for c in f.test for n in names_by_case[c])
+        assert not set(split["val"]) & syn_names  # never a synthetic case in validation
+        syn_train = [n for n in split["train"] if n in syn_names]
+        assert all(info[n]["synthetic_fold"] == f.index for n in syn_train)  # only its own fold's variants
+        assert all(info[n]["case_id"] in f.train for n in syn_train)  # made from training cases only
+        assert not set(split["train"]) & set(split["val"])
+    return splits
+
+
+def test_nnunet_export_round_trip_2d(run2d, tmp_path):
+    root, ps = run2d
+    path = export_dataset(root, tmp_path, ExportConfig(dataset_id=7, name="Phantom"), progress=False)
+    assert path.name == "Dataset007_Phantom"
+    meta = json.loads((path / "dataset.json").read_text())
+    # nnU-Net v2's documented schema
+    assert set(meta) >= {"channel_names", "labels", "numTraining", "file_ending"}
+    assert meta["file_ending"] == ".png" and meta["labels"]["background"] == 0 and meta["channel_names"] == {"0": "zscore"}
+    images = sorted((path / "imagesTr").iterdir())
+    labels = sorted((path / "labelsTr").iterdir())
+    assert len(images) == len(labels) == meta["numTraining"]
+    assert all(p.name.endswith("_0000.png") for p in images)
+    assert {p.name[: -len("_0000.png")] for p in images} == {p.name[: -len(".png")] for p in labels}
+    n_syn = sum(2 * len(ps.indices(ps.fold(k).train, training=True)) for k in (0, 2))
+    assert meta["numTraining"] == len(ps) + n_syn
+    # read back with the nnU-Net reader: every case, the same pixels and labels as exported
+    reader = get_reader(path, PrepareConfig(format="nnunet"))
+    refs = reader.scan()
+    assert len(refs) == meta["numTraining"]
+    info = {c["name"]: c for c in json.loads((path / "diffboost_export.json").read_text())["cases"]}
+    for ref in refs[:6]:
+        case = reader.load(ref)
+        c = info[ref.case_id]
+        real = ps.indices([c["case_id"]])[0]
+        assert np.array_equal(case.mask, np.asarray(ps.masks[real]))
+        if c["synthetic_fold"] is None:
+            assert np.array_equal(case.image.astype(np.uint8), to_uint8(ps.images[real]))
+    syn_names = {n for n, c in info.items() if c["synthetic_fold"] is not None}
+    names_by_case = {}
+    for n, c in info.items():
+        if c["synthetic_fold"] is None:
+            names_by_case.setdefault(c["case_id"], []).append(n)
+    splits = _check_splits(path, ps, names_by_case, syn_names)
+    assert not [n for n in splits[1]["train"] if n in syn_names]  # fold 1 had no synthetic set
+    assert sum(n in syn_names for n in splits[0]["train"]) == 2 * len(ps.indices(ps.fold(0).train, training=True))
+
+
+def test_msd_export_round_trip_and_schema(run2d, tmp_path):
+    root, ps = run2d
+    path = export_dataset(root / "prepared", tmp_path, ExportConfig(to="msd", dataset_id=42, name="Phantom", n=1),
+                          progress=False)
+    assert path.name == "Task42_Phantom"
+    meta = json.loads((path / "dataset.json").read_text())
+    assert set(meta) >= {"name", "modality", "labels", "numTraining", "numTest", "training", "test"}
+    assert meta["modality"] == {"0": "US"} and meta["labels"]["0"] == "background"
+    assert meta["numTraining"] == len(meta["training"]) == len(ps) + sum(
+        len(ps.indices(ps.fold(k).train, training=True)) for k in (0, 2))
+    for entry in meta["training"][:3]:
+        assert (path / entry["image"]).exists() and (path / entry["label"]).exists()
+    back = prepare(path, tmp_path / "back", PrepareConfig(size=32, format="msd"), progress=False)
+    assert back.meta["num_cases"] == meta["numTraining"]
+    info = {c["name"]: c for c in json.loads((path / "diffboost_export.json").read_text())["cases"]}
+    for entry in meta["training"][:4]:
+        name = entry["image"].split("/")[-1][: -len(".nii.gz")]
+        m = np.asarray(back.masks[back.indices([name])[0]])
+        assert np.array_equal(m, np.asarray(ps.masks[ps.indices([info[name]["case_id"]])[0]]))
+
+
+def test_3d_sets_export_as_slices_or_volumes(tmp_path):
+    from builders import make_msd
+
+    ps = prepare(make_msd(tmp_path / "msd", n=3, spacing=(0.5, 0.5, 3.0)), tmp_path / "prepared",
+                 PrepareConfig(size=16, folds=3), progress=False)
+    vol = export_dataset(ps.root, tmp_path / "v", ExportConfig(volumes="volumes", dataset_id=3, name="Vol"), progress=False)
+    meta = json.loads((vol / "dataset.json").read_text())
+    assert meta["file_ending"] == ".nii.gz" and meta["numTraining"] == 3
+    reader = get_reader(vol, PrepareConfig(format="nnunet"))
+    case = reader.load(reader.scan()[0])
+    orig = ps.original_mask(case.ref.case_id)
+    assert case.image.shape == (16, 16, orig.shape[2])  # in-plane at the working size, every slice kept
+    assert case.spacing == pytest.approx((0.5 * orig.shape[0] / 16, 0.5 * orig.shape[1] / 16, 3.0))
+    sl = export_dataset(ps.root, tmp_path / "s", ExportConfig(dataset_id=4, name="Sl"), progress=False)
+    assert json.loads((sl / "dataset.json").read_text())["numTraining"] == len(ps)
+
+
+def test_export_refuses_bad_options_and_keeps_nothing_half_written(run2d, tmp_path):
+    root, ps = run2d
+    with pytest.raises(ValueError, match="letters"):
+        ExportConfig(name="my data")
+    with pytest.raises(ValueError, match="NIfTI"):
+        ExportConfig(to="msd", file_ending=".png")
+    export_dataset(root, tmp_path, ExportConfig(dataset_id=9, name="X", n=1), progress=False)
+    with pytest.raises(FileExistsError):
+        export_dataset(root, tmp_path, ExportConfig(dataset_id=9, name="X", n=1), progress=False)
+    with pytest.raises(FileNotFoundError, match="neither a prepared set"):
+        export_dataset(tmp_path / "nowhere", tmp_path, ExportConfig(), progress=False)
+
+
+def test_export_command(run2d, tmp_path):
+    from diffboost.cli import app
+
+    root, _ = run2d
+    r = CliRunner().invoke(app, ["export", str(root), "--to", "nnunet", "--dataset-id", "501", "--name", "BUSIBoost",
+                                 "--out", str(tmp_path), "-n", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "Dataset501_BUSIBoost" / "splits_final.json").exists()
