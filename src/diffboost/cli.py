@@ -334,6 +334,7 @@ def train_seg(
     mix: Optional[str] = typer.Option(None, help="input (paper's Algorithm 1) | output (public code)."),
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folder ('{fold}' is filled in); default PREPARED/../synthetic/foldK."),
     seed: Optional[int] = typer.Option(None),
+    quality_filter: bool = typer.Option(False, "--quality-filter", help="Drop synthetic variants that fail the quality checks."),
     precision: Optional[str] = typer.Option(None, help="fp32 | bf16 (autocast while training)."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda when available)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
@@ -344,7 +345,7 @@ def train_seg(
 
     cfg = _seg_cfg(config, channels, aug=aug, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   precision=precision, device=device, threads=threads)
+                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None)
     summary = run_train_seg(prepared, fold, cfg, out, progress=not quiet)
     _seg_table(summary, f"{cfg.aug}, fold {fold}: {summary['cases']} test cases (best epoch {summary['best_epoch']})")
 
@@ -369,6 +370,7 @@ def compare(
     mix: Optional[str] = typer.Option(None),
     synthetic: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
+    quality_filter: bool = typer.Option(False, "--quality-filter"),
     precision: Optional[str] = typer.Option(None, help="fp32 | bf16."),
     device: Optional[str] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
@@ -380,7 +382,7 @@ def compare(
 
     cfg = _seg_cfg(config, channels, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   precision=precision, device=device, threads=threads)
+                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
     result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet)
@@ -418,6 +420,80 @@ def export(
 
     meta = json.loads((path / "dataset.json").read_text())
     console.print(f"wrote {meta['numTraining']} cases to {path} (splits_final.json beside dataset.json)")
+
+
+# ---- fidelity and the Pix2Pix baseline ----------------------------------------------------------
+
+pix2pix_app = typer.Typer(no_args_is_help=True, help="The Pix2Pix (edge -> image GAN) baseline.")
+app.add_typer(pix2pix_app, name="pix2pix")
+
+
+@pix2pix_app.command("train")
+@friendly_errors
+def pix2pix_train(
+    prepared: Path = typer.Argument(..., help="A prepared set."),
+    fold: int = typer.Option(0, "--fold", "-k", help="Fold whose TRAINING part is used."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default PREPARED/../pix2pix/foldK)."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with a 'pix2pix:' section."),
+    steps: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train Pix2Pix (U-Net generator, PatchGAN, L1 + adversarial) from conditions to images."""
+    from .data.store import PreparedSet
+    from .evaluation.pix2pix import Pix2PixConfig, train_pix2pix
+
+    cfg = _stage_cfg(config, "pix2pix", Pix2PixConfig, steps=steps, batch_size=batch_size)
+    ps = PreparedSet(prepared)
+    model = train_pix2pix(ps, fold, out or prepared.parent / "pix2pix" / f"fold{fold}", cfg, progress=not quiet)
+    console.print(f"model: {model}")
+
+
+@pix2pix_app.command("generate")
+@friendly_errors
+def pix2pix_generate(
+    model: Path = typer.Argument(..., help="A Pix2Pix model folder (…/model)."),
+    prepared: Path = typer.Argument(..., help="The prepared set it was trained on."),
+    fold: int = typer.Option(0, "--fold", "-k"),
+    n: int = typer.Option(1, "-n", help="Variants per training image (they differ by dropout)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../synthetic_pix2pix/foldK."),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Write a synthetic set from Pix2Pix, usable as the `pix2pix` strategy of train-seg / compare."""
+    from .data.store import PreparedSet
+    from .evaluation.pix2pix import generate_pix2pix
+
+    syn = generate_pix2pix(model, PreparedSet(prepared), out or prepared.parent / "synthetic_pix2pix" / f"fold{fold}",
+                           fold, n=n, seed=seed, progress=not quiet)
+    console.print(f"{len(syn)} synthetic images in {syn.root}")
+
+
+@app.command()
+@friendly_errors
+def fidelity(
+    model: Path = typer.Argument(..., help="A diffusion model folder (…/model from finetune)."),
+    prepared: Path = typer.Argument(..., help="The prepared set."),
+    fold: int = typer.Option(0, "--fold", "-k", help="Its TEST images are generated and compared."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../fidelity/foldK."),
+    samplers: str = typer.Option("dpm++:20", help="Comma-separated SAMPLER:STEPS settings, e.g. 'dpm++:20,ddim:50'."),
+    pix2pix: Optional[Path] = typer.Option(None, help="A Pix2Pix model folder to compare with."),
+    guidance: float = typer.Option(3.0),
+    limit: Optional[int] = typer.Option(None, help="At most this many test images (spread over the fold)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Table I: MAE, MSE, RMSE, SSIM, MS-SSIM of images generated from held-out edges, vs Pix2Pix."""
+    from .evaluation.fidelity import fidelity as run_fidelity
+    from .evaluation.fidelity import table_markdown
+
+    try:
+        settings = [(s.split(":")[0].strip(), int(s.split(":")[1])) for s in samplers.split(",") if s.strip()]
+    except (IndexError, ValueError):
+        raise ValueError(f"--samplers expects SAMPLER:STEPS[,...], got {samplers!r}") from None
+    out = out or prepared.parent / "fidelity" / f"fold{fold}"
+    rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet)
+    typer.echo(table_markdown(rows))
+    console.print(f"tables and grid: {out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -203,11 +203,23 @@ def _unpack_existing(out: Path, work: Path) -> None:
 
 
 def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, seconds) -> None:
-    from ..data.preview import grid_png, to_uint8
-
     images = np.stack([np.load(work / f"{_key(it)}.npy") for it in items])
     rows = [{"index": k, **it, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance,
              "model_hash": mhash} for k, it in enumerate(items)]
+    write_synthetic_set(out, ps, rows, images, cfg, {
+        "identity": identity, "model": str(Path(model).resolve()), "fold": fold, "n": cfg.n,
+        "num_real": len({it["real_index"] for it in items}), "num_variants": len(items),
+        "seconds": round(seconds, 2)})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np.ndarray, cfg, meta: dict) -> None:
+    """Write a synthetic set (``images.npy``, ``manifest.csv``, ``config.yaml``, ``generation.json``,
+    ``preview.png``) through a temporary folder, so a reader never sees half of it. ``rows`` follow
+    ``SYN_FIELDS``; ``cfg`` is the generator's config dataclass (saved under ``generate:``)."""
+    from ..data.preview import grid_png, to_uint8
+
+    out = Path(out)
     tmp = out / ".final"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -217,19 +229,16 @@ def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, second
         w.writeheader()
         w.writerows(rows)
     save_yaml(cfg, tmp / "config.yaml", section="generate")
-    (tmp / "generation.json").write_text(json.dumps({
-        "identity": identity, "model": str(Path(model).resolve()), "fold": fold, "n": cfg.n,
-        "num_real": len({it["real_index"] for it in items}), "num_variants": len(items),
-        "seconds": round(seconds, 2)}, indent=1))
+    (tmp / "generation.json").write_text(json.dumps(meta, indent=1))
     # preview: real | condition | the first four variants, for four real images
     by_real = group_rows(rows, "real_index")
     reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
-    k = min(4, cfg.n)
+    k = min(4, max(len(v) for v in by_real.values()))
     grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
             [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
-    heads = ["real", "condition"] + [f"v{i}: {cfg.texts[i % len(cfg.texts)] or 'plain'}" for i in range(k)]
+    first = by_real[reals[0]]
+    heads = ["real", "condition"] + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))]
     (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))
     for name in ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png"):
         (tmp / name).replace(out / name)
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)

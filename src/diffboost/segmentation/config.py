@@ -46,6 +46,7 @@ class SegConfig:
     patch: int | None = None  # Algorithm 1: cell size in pixels; None = 64 px at 384 px, scaled
     n: int | None = None  # variants per image to use; None = all that were generated
     mix: str = "input"  # input (the paper's Algorithm 1) | output (the public code)
+    quality_filter: bool = False  # drop variants that fail diffboost.generation.quality's checks
     synthetic: str | None = None  # synthetic set of the fold ('{fold}' is filled in); None = PREPARED/../synthetic/fold{fold}
     val_every: int = 1  # epochs between validation-Dice evaluations (checkpoint selection)
     seed: int = 0

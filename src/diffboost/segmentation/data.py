@@ -59,7 +59,7 @@ def load_training(ps: PreparedSet, indices: list[int], size: int) -> FoldData:
 
 
 def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[int], size: int,
-                   n: int | None = None) -> SyntheticPool:
+                   n: int | None = None, quality_filter: bool = False) -> SyntheticPool:
     """Read a synthetic set made for ``fold`` and check that it belongs to this fold's training samples
     only (a variant of a validation or test image would leak it into training)."""
     from ..generation.generate import SyntheticSet
@@ -84,6 +84,11 @@ def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[i
         if short < n:
             raise ValueError(f"{syn.root}: n={n} asked, but some training samples have only {short} variant(s)")
         per = [p[:n] for p in per]
+    if quality_filter:  # after n: the filter removes from the variants that would be used
+        from ..generation.quality import quality_filter as passing
+
+        keep = passing(syn, ps)
+        per = [[r for r in p if r in keep] for p in per]
     used = sorted({r for p in per for r in p})
     remap = {r: k for k, r in enumerate(used)}
     n_max = max(len(p) for p in per)

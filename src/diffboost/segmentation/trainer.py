@@ -120,10 +120,13 @@ def _lr(cfg: SegConfig, epoch: int) -> float:
 
 # ---- one fold -----------------------------------------------------------------------------------
 
-def default_synthetic(ps: PreparedSet, fold: int, cfg: SegConfig) -> Path:
+def default_synthetic(ps: PreparedSet, fold: int, cfg: SegConfig, source: str = "diffboost") -> Path:
+    """``cfg.synthetic`` ('{fold}' filled in), else ``synthetic/foldK`` (diffusion) or
+    ``synthetic_pix2pix/foldK`` beside the prepared set."""
     if cfg.synthetic:
         return Path(cfg.synthetic.format(fold=fold))
-    return ps.root.parent / "synthetic" / f"fold{fold}"
+    folder = "synthetic" if source == "diffboost" else f"synthetic_{source}"
+    return ps.root.parent / folder / f"fold{fold}"
 
 
 def labels_of(ps: PreparedSet) -> list[int]:
@@ -143,7 +146,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     mult = size_multiple(cfg.network, cfg.channels)
     if size % mult:
         raise ValueError(f"size {size} is not a multiple of {mult}, which {cfg.network} needs")
-    syn_path = default_synthetic(ps, fold, cfg) if source else None
+    syn_path = default_synthetic(ps, fold, cfg, source) if source else None
     identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
                 "synthetic": str(syn_path.resolve()) if syn_path else None, "size": size}
     done = _check_run(out, identity)
@@ -156,7 +159,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     train_idx = ps.indices(f.train, training=True)
     data = load_training(ps, train_idx, size)
     if source:
-        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n)
+        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n, cfg.quality_filter)
     val_idx = ps.indices(f.val)
     val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
     val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
