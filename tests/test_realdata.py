@@ -130,3 +130,39 @@ def test_hippocampus_folds_never_split_a_case(hippocampus):
         train_cases = {hippocampus.manifest[i]["case_id"] for i in hippocampus.indices(f.train, training=True)}
         test_cases = {hippocampus.manifest[i]["case_id"] for i in hippocampus.indices(f.test)}
         assert train_cases.isdisjoint(test_cases)
+
+
+def test_busi_segmentation_is_scored_on_every_test_image_at_its_original_size(busi, tmp_path):
+    import csv
+
+    from diffboost.segmentation import SegConfig, train_seg
+
+    s = train_seg(busi, 0, SegConfig(channels=(8, 16, 32), size=32, epochs=1, batch_size=16), tmp_path / "seg",
+                  progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "seg" / "metrics.csv")))
+    test = busi.fold(0).test
+    assert s["cases"] == len(rows) == len(test)
+    normal = [r for r in rows if r["category"] == "normal"]
+    assert normal and all(r["reference_empty"] == "1" for r in normal)  # empty references are kept and scored
+    for r in rows:
+        assert all(np.isfinite(float(r[m])) for m in ("dice", "precision", "recall", "hd95", "assd"))
+        if r["reference_empty"] == "1":
+            assert float(r["dice"]) == (1.0 if r["prediction_empty"] == "1" else 0.0)
+    preds = np.load(tmp_path / "seg" / "predictions.npz")
+    for case in test[:20]:
+        assert preds[case].shape == busi.original_mask(case).shape
+
+
+def test_hippocampus_segmentation_is_scored_on_whole_volumes_in_mm(hippocampus, tmp_path):
+    from diffboost.segmentation import SegConfig, train_seg
+
+    s = train_seg(hippocampus, 1, SegConfig(channels=(8, 16, 32), size=32, epochs=1, batch_size=32), tmp_path / "seg",
+                  progress=False)
+    test = hippocampus.fold(1).test
+    assert s["cases"] == len(test)
+    preds = np.load(tmp_path / "seg" / "predictions.npz")
+    for case in test:
+        ref = hippocampus.original_mask(case)
+        assert preds[case].shape == ref.shape  # the whole volume at its original size
+    diag = max(np.sqrt(sum(n ** 2 for n in hippocampus.original_mask(c).shape)) for c in test)  # 1 mm voxels
+    assert 0 <= s["metrics"]["hd95"]["mean"] <= diag
