@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from diffboost.config import PrepareConfig
@@ -19,18 +18,11 @@ from diffboost.export import ExportConfig, export_dataset
 
 @pytest.fixture(scope="module")
 def run2d(tmp_path_factory, phantom_root):
-    from diffboost.diffusion.models import ModelConfig
-    from diffboost.diffusion.train import new_pipeline
-    from diffboost.generation import GenerateConfig, generate
+    from builders import prepared_with_variants
 
     root = tmp_path_factory.mktemp("export")
-    ps = prepare(phantom_root, root / "prepared", PrepareConfig(size=32, folds=3), progress=False)
-    torch.manual_seed(0)
-    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(root / "model")
-    for k in (0, 2):  # fold 1 has no synthetic set: its training list must hold real cases only
-        generate(root / "model", ps, root / "synthetic" / f"fold{k}", k, GenerateConfig(n=2, steps=1, batch_size=8),
-                 progress=False)
-    return root, ps
+    # fold 1 gets no synthetic set: its training list must hold real cases only
+    return root, prepared_with_variants(root, phantom_root, folds=(0, 2), steps=1)
 
 
 def _check_splits(path, ps, names_by_case, syn_names):

@@ -23,18 +23,10 @@ FAST = dict(channels=(8, 16, 32), epochs=2, batch_size=4)
 @pytest.fixture(scope="module")
 def task(tmp_path_factory, phantom_root):
     """Phantoms prepared at 32 px, a tiny diffusion model, and REAL generated variants for folds 0, 1."""
-    from diffboost.diffusion.models import ModelConfig
-    from diffboost.diffusion.train import new_pipeline
-    from diffboost.generation import GenerateConfig, generate
+    from builders import prepared_with_variants
 
     root = tmp_path_factory.mktemp("seg")
-    ps = prepare(phantom_root, root / "prepared", PrepareConfig(size=32, folds=3), progress=False)
-    torch.manual_seed(0)
-    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(root / "model")
-    for k in (0, 1):
-        generate(root / "model", ps, root / "synthetic" / f"fold{k}", k,
-                 GenerateConfig(n=2, steps=2, batch_size=8), progress=False)
-    return root, ps
+    return root, prepared_with_variants(root, phantom_root, folds=(0, 1))
 
 
 # ---- strategies ----------------------------------------------------------------------------------
