@@ -132,19 +132,18 @@ def info(prepared: Path = typer.Argument(..., help="A prepared set folder.")):
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder."),
     n: int = typer.Option(48, "--n", "-n", help="Number of phantom images."),
-    size: int = typer.Option(128, help="Working size."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """The main job on built-in SYNTHETIC phantoms: make them, prepare them, summarise them."""
-    from .config import PrepareConfig
+    """The main job on built-in SYNTHETIC phantoms: `diffboost run` with the demo preset, then the report."""
     from .data.phantoms import generate_phantoms
-    from .data.preparation import prepare as run_prepare
+    from .run import preset
+    from .run import run as run_all
 
     src = out / "phantoms"
     if not (src / "README.txt").exists():
         generate_phantoms(src, n=n, seed=0, overwrite=True)
-    ps = run_prepare(src, out / "prepared", PrepareConfig(size=size), overwrite=True)
-    _print_summary(ps)
-    console.print(f"preview grid: {ps.root / 'preview.png'}")
+    report = run_all(src, out, preset("demo"), progress=not quiet)
+    console.print(f"report: {report} (and {report.with_suffix('.md')})")
 
 
 def _print_summary(ps) -> None:
@@ -494,6 +493,51 @@ def fidelity(
     rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet)
     typer.echo(table_markdown(rows))
     console.print(f"tables and grid: {out}")
+
+
+# ---- the whole pipeline ---------------------------------------------------------------------------
+
+@app.command("run")
+@friendly_errors
+def run_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (BUSI, MSD, nnU-Net, images/+masks/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: prepared/, models/, synthetic/, seg/, compare/, report."),
+    preset_name: str = typer.Option("cpu", "--preset", help="demo | cpu | gpu."),
+    config: Optional[Path] = typer.Option(None, help="YAML with sections prepare/pretrain/model/train/generate/seg/compare, laid over the preset."),
+    pretrained: Optional[str] = typer.Option(None, help="A local Stable Diffusion 1.5 folder: use the sd15 model."),
+    corpus: Optional[str] = typer.Option(None, help="A radiology corpus to pretrain on first."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """prepare -> (pretrain) -> fine-tune and generate per fold -> compare -> report, resumable."""
+    from .run import load_run_config
+    from .run import run as run_all
+
+    cfg = load_run_config(config, preset_name)
+    if pretrained:
+        cfg.model.kind, cfg.model.pretrained = "sd15", pretrained
+        cfg.model.__post_init__()
+    if corpus:
+        cfg.pretrain.corpus = corpus
+    report = run_all(data, out, cfg, progress=not quiet)
+    console.print(f"report: {report} (and {report.with_suffix('.md')}); config: {out / 'run.yaml'}")
+
+
+@app.command("config")
+@friendly_errors
+def config_cmd(preset_name: str = typer.Option("cpu", "--preset", help="demo | cpu | gpu.")):
+    """Print a full run config (every stage's options) to edit and pass to `diffboost run --config`."""
+    from .run import config_yaml, preset
+
+    typer.echo(config_yaml(preset(preset_name)), nl=False)
+
+
+@app.command()
+@friendly_errors
+def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, seg/, compare/ ...).")):
+    """Write DIR/report.html (self-contained) and DIR/report.md with DIR/figures/."""
+    from .report import write_report
+
+    console.print(f"report: {write_report(run_dir)}")
 
 
 def main() -> None:  # pragma: no cover

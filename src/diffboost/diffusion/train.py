@@ -253,7 +253,8 @@ def train_diffusion(
             pipe.save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(
                 {"steps": tcfg.steps, "steps_done": state.step, "samples": len(indices),
-                 "init": str(init) if init else None}, indent=1))
+                 "init": str(init) if init else None,
+                 "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))  # this call's wall time
             if model_dir.exists():
                 shutil.rmtree(model_dir)
             tmp.rename(model_dir)

@@ -124,8 +124,10 @@ def generate(
     cfg: GenerateConfig | None = None,
     device: str | None = None,
     progress: bool = True,
+    replace_stale: bool = False,
 ) -> SyntheticSet:
-    """Generate ``cfg.n`` variants of every training sample of ``fold`` into ``out``."""
+    """Generate ``cfg.n`` variants of every training sample of ``fold`` into ``out``. A set made with
+    other settings in ``out`` is an error, or is removed and remade with ``replace_stale``."""
     from accelerate import PartialState
 
     from ..diffusion.pipeline import PUBLIC_BLEND, DiffBoostPipeline, model_hash
@@ -139,7 +141,12 @@ def generate(
     identity = {**cfg.identity(), "model_hash": mhash, "prepared": str(ps.root.resolve()), "fold": fold}
     work = out / ".work"
     if state.is_main_process:
-        _check_compatible(out, identity)
+        try:
+            _check_compatible(out, identity)
+        except ValueError:
+            if not replace_stale:
+                raise
+            shutil.rmtree(out)
         work.mkdir(parents=True, exist_ok=True)
         (work / "identity.json").write_text(json.dumps(identity, indent=1))
         _unpack_existing(out, work)

@@ -30,7 +30,8 @@ HEADERS = {"dice": "Dice", "precision": "Precision", "recall": "Recall", "hd95":
 
 
 def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg: SegConfig | None = None,
-            out: str | Path | None = None, folds: list[int] | None = None, progress: bool = True) -> dict:
+            out: str | Path | None = None, folds: list[int] | None = None, progress: bool = True,
+            replace_stale: bool = False) -> dict:
     """Run (or reuse) every strategy on every fold; write and return the comparison table."""
     cfg = cfg or SegConfig()
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
@@ -45,7 +46,8 @@ def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg:
     for s in strategies:
         for k in folds:
             summaries.append(train_seg(ps, k, dataclasses.replace(cfg, aug=s),
-                                       out / "seg" / s / f"fold{k}", progress=progress))
+                                       out / "seg" / s / f"fold{k}", progress=progress,
+                                       replace_stale=replace_stale))
     rows = []
     for s in strategies:
         for k in folds:

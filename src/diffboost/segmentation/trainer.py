@@ -134,9 +134,10 @@ def labels_of(ps: PreparedSet) -> list[int]:
 
 
 def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | None = None,
-              out: str | Path | None = None, progress: bool = True) -> dict:
+              out: str | Path | None = None, progress: bool = True, replace_stale: bool = False) -> dict:
     """Train, select on validation, evaluate on test; return the summary. A finished run with the
-    same settings is not retrained; an interrupted one continues from its last epoch."""
+    same settings is not retrained; an interrupted one continues from its last epoch. A run with
+    other settings in ``out`` is an error, or is removed and redone with ``replace_stale``."""
     cfg = cfg or SegConfig()
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     f = ps.fold(fold)
@@ -149,7 +150,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     syn_path = default_synthetic(ps, fold, cfg, source) if source else None
     identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
                 "synthetic": str(syn_path.resolve()) if syn_path else None, "size": size}
-    done = _check_run(out, identity)
+    done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
     if cfg.threads:
@@ -295,13 +296,16 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     return summary
 
 
-def _check_run(out: Path, identity: dict) -> dict | None:
+def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict | None:
     """The summary of a finished run with these settings; None to (re)start; an error when ``out``
     holds a run with other settings."""
     run = out / "run.json"
     if not run.exists():
         return None
     old = json.loads(run.read_text())
+    if old != identity and replace_stale:
+        shutil.rmtree(out)
+        return None
     if old != identity:
         diff = sorted(k for k in set(old["config"]) | set(identity["config"])
                       if old["config"].get(k) != identity["config"].get(k))

@@ -1,0 +1,180 @@
+"""``diffboost report DIR``: ``report.md`` (figures beside it in ``figures/``) and a self-contained
+``report.html`` (figures embedded) from what a run folder holds. Parts whose inputs are missing are
+left out with a note, so a report can be made at any point of a run."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..data.store import PreparedSet
+from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from ..utils.atomic import atomic_write_bytes, atomic_write_text
+from . import figures
+
+_HEAD = {"dice": "Dice", "precision": "Precision", "recall": "Recall", "hd95": "HD95", "assd": "ASSD"}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("diffboost", "torch", "monai", "diffusers", "accelerate", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
+    times = [("prepare", float(ps.meta.get("seconds", 0.0)))]
+    for p in sorted((run / "models").glob("fold*/loss.csv")):
+        info = p.parent / "model" / "training.json"
+        seconds = json.loads(info.read_text()).get("seconds") if info.exists() else None
+        if seconds is None:  # older runs: from the logged throughput (a row per log_every steps)
+            cfg = yaml.safe_load((p.parent / "config.yaml").read_text())["train"]
+            rows = list(csv.DictReader(open(p)))
+            seconds = sum(cfg["log_every"] * cfg["batch_size"] / float(r["images_per_s"]) for r in rows
+                          if float(r["images_per_s"]) > 0)
+        times.append((f"fine-tune {p.parent.name}", float(seconds)))
+    for p in sorted((run / "synthetic").glob("fold*/generation.json")):
+        times.append((f"generate {p.parent.name}", float(json.loads(p.read_text()).get("seconds", 0.0))))
+    seg = 0.0
+    for p in (run / "seg").glob("*/fold*/summary.json"):
+        s = json.loads(p.read_text())
+        seg += s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
+    if seg:
+        times.append(("segmentation (all strategies and folds)", seg))
+    return times
+
+
+def _table(result: dict) -> tuple[str, str]:
+    """Table II as Markdown and as HTML (best per column in bold)."""
+    from ..segmentation.compare import markdown_table
+
+    table, unit = result["table"], result.get("unit", "px")
+    md = markdown_table(table, unit)
+    best = {m: (max if HIGHER_IS_BETTER[m] else min)(e[m]["mean"] for e in table.values()) for m in METRICS}
+    head = "".join(f"<th>{_HEAD[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}</th>" for m in METRICS)
+    rows = []
+    for s, e in table.items():
+        cells = []
+        for m in METRICS:
+            k = 100.0 if HIGHER_IS_BETTER[m] else 1.0
+            txt = f"{e[m]['mean'] * k:.2f} ± {e[m]['std'] * k:.2f}"
+            cells.append(f"<td><b>{txt}</b></td>" if abs(e[m]["mean"] - best[m]) < 1e-12 else f"<td>{txt}</td>")
+        gain = e.get("dice_gain_vs_none")
+        p = e.get("wilcoxon_p_vs_none")
+        cells.append(f"<td>{'—' if gain is None else f'{gain * 100:+.1f}%'}</td><td>{'—' if p is None else f'{p:.3g}'}</td>")
+        rows.append(f"<tr><td>{html.escape(s)}</td>{''.join(cells)}</tr>")
+    htm = (f"<table><tr><th>strategy</th>{head}<th>Dice gain vs none</th><th>p (Wilcoxon)</th></tr>"
+           + "".join(rows) + "</table>"
+           + f"<p>Dice, Precision, Recall in %; HD95, ASSD in {'mm' if unit == 'mm' else 'pixels of the original image'}.</p>")
+    return md, htm
+
+
+def write_report(run: str | Path, title: str | None = None) -> Path:
+    """Write ``run/report.md``, ``run/report.html`` and ``run/figures/``; return the HTML path."""
+    run = Path(run)
+    ps = PreparedSet(run / "prepared")
+    figdir = run / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    result = json.loads((run / "compare" / "table.json").read_text()) if (run / "compare" / "table.json").exists() else None
+    strategies = list(result["table"]) if result else sorted(p.name for p in (run / "seg").glob("*") if p.is_dir())
+    sections: list[tuple[str, str, str, str | None]] = []  # title, markdown, html, figure
+
+    def add(name: str, md: str, htm: str | None = None, fig: bytes | None = None, fig_name: str | None = None):
+        if fig is not None:
+            atomic_write_bytes(figdir / f"{fig_name}.png", fig)
+        sections.append((name, md, htm if htm is not None else f"<p>{html.escape(md)}</p>",
+                         fig_name if fig is not None else None))
+
+    if result:
+        md, htm = _table(result)
+        base, syn = result["table"].get("none"), result["table"].get("diffboost")
+        gain = ""
+        if base and syn:
+            gain = (f"DiffBoost Dice {syn['dice']['mean'] * 100:.2f} vs no augmentation "
+                    f"{base['dice']['mean'] * 100:.2f} ({syn.get('dice_gain_vs_none', 0) * 100:+.1f}% relative, "
+                    f"paired Wilcoxon p = {syn.get('wilcoxon_p_vs_none', 1):.3g}).")
+        rows = list(csv.DictReader(open(run / "compare" / "cases.csv")))
+        add("Table II: segmentation with each augmentation strategy",
+            md + "\n" + gain, htm + f"<p>{html.escape(gain)}</p>",
+            figures.boxplots(rows, strategies, result.get("unit", "px")), "boxplots")
+    else:
+        add("Table II", "No comparison yet (run `diffboost compare`).")
+    syn_root = next(iter(sorted((run / "synthetic").glob("fold*/generation.json"))), None)
+    if syn_root is not None:
+        from ..generation.generate import SyntheticSet
+        from ..segmentation.patchmix import default_patch
+
+        syn = SyntheticSet(syn_root.parent)
+        add("Synthetic variants (Fig. 3)", f"Real image, its condition (edges + mask boundary), the mask outline and "
+            f"variants of {syn.root.name} with their augmentation texts; the real mask outlined on each variant.",
+            fig=figures.variants(ps, syn), fig_name="variants")
+        ri = max(syn.by_real, key=lambda i: ps.manifest[i]["foreground_pixels"])
+        add("Algorithm 1 mixing (Fig. 4)", f"The mixed input m·real + (1−m)·synthetic for alpha from 0 (all synthetic) "
+            f"to 1 (all real), patch {default_patch(ps.size)} px, one fixed draw of the grid.",
+            fig=figures.alpha_strip(np.asarray(ps.images[ri], np.float32),
+                                    np.asarray(syn.images[syn.by_real[ri][0]], np.float32), default_patch(ps.size)),
+            fig_name="alpha_strip")
+    else:
+        add("Synthetic variants", "No synthetic set yet (run `diffboost generate`).")
+    shown = [s for s in ("none", "diffboost") if s in strategies] or strategies[:2]
+    best_classical = None
+    if result:
+        classical = [s for s in strategies if s not in ("none",) and not s.startswith(("diffboost", "pix2pix"))]
+        if classical:
+            best_classical = max(classical, key=lambda s: result["table"][s]["dice"]["mean"])
+            shown = list(dict.fromkeys(["none", best_classical, *shown]))
+    ov = figures.overlays(ps, run / "seg", shown)
+    if ov is not None:
+        add("Segmentations (Fig. 5)", "The same test cases of fold 0: reference outline in green, prediction in red, "
+            f"under {', '.join(shown)}.", fig=ov, fig_name="overlays")
+    cv = figures.curves(run, shown)
+    if cv is not None:
+        add("Training curves", "Diffusion fine-tuning loss per fold; validation Dice per epoch (fold 0), which "
+            "chooses each segmenter's checkpoint.", fig=cv, fig_name="curves")
+    prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+            "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
+                                                 "num_training_samples", "cases_per_category")},
+            "folds": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in ps.folds],
+            "wall_seconds": {k: round(v, 1) for k, v in _stage_times(run, ps)}}
+    if result:
+        prov["segmentation_config"] = result.get("config")
+    if (run / "times.json").exists():
+        prov["wall_seconds_of_the_last_run_call"] = json.loads((run / "times.json").read_text())
+    if (run / "run.yaml").exists():
+        prov["run_config"] = yaml.safe_load((run / "run.yaml").read_text())
+    prov_json = json.dumps(prov, indent=1, default=str)
+    add("Provenance", "```json\n" + prov_json + "\n```", f"<pre>{html.escape(prov_json)}</pre>")
+
+    title = title or f"DiffBoost report: {Path(str(ps.meta.get('source', run))).name}"
+    md = [f"# {title}\n"]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+            "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
+            "pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>"]
+    for name, text, htm, fig in sections:
+        md.append(f"## {name}\n\n{text}\n")
+        page.append(f"<h2>{html.escape(name)}</h2>{htm}")
+        if fig:
+            md.append(f"![{name}](figures/{fig}.png)\n")
+            data = base64.b64encode((figdir / f"{fig}.png").read_bytes()).decode()
+            page.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    page.append("</body></html>")
+    atomic_write_text(run / "report.md", "\n".join(md))
+    atomic_write_text(run / "report.html", "\n".join(page))
+    return run / "report.html"
+

@@ -1,0 +1,157 @@
+"""The report's figures, each from the files a run folder already holds (PNG bytes out).
+
+| figure | like the paper's | reads |
+|---|---|---|
+| ``boxplots`` | Table II, per case | ``compare/cases.csv`` |
+| ``variants`` | Fig. 3 | ``prepared/``, ``synthetic/foldK/`` |
+| ``alpha_strip`` | Fig. 4 | one real image and one of its variants |
+| ``overlays`` | Fig. 5 | ``seg/<strategy>/foldK/predictions.npz`` |
+| ``curves`` | — | ``models/foldK/loss.csv``, ``seg/<strategy>/foldK/log.csv`` |
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..data.preview import grid_png, overlay, to_uint8
+from ..data.store import PreparedSet
+from ..evaluation.metrics import METRICS
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def boxplots(rows: list[dict], strategies: list[str], unit: str = "px") -> bytes:
+    """One panel per metric: the per-case distribution of each strategy."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.2))
+    for ax, m in zip(axes, METRICS):
+        data = [[float(r[m]) * (100 if m in ("dice", "precision", "recall") else 1) for r in rows if r["strategy"] == s]
+                for s in strategies]
+        ax.boxplot(data, showmeans=True, widths=0.6)
+        ax.set_xticks(range(1, len(strategies) + 1), strategies, rotation=70, fontsize=8)
+        ax.set_title(m.upper() if m in ("hd95", "assd") else m.capitalize())
+        ax.set_ylabel("%" if m in ("dice", "precision", "recall") else unit)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("per-case metrics on the test folds (triangle = mean)")
+    return _png(fig)
+
+
+def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> bytes:
+    """Real image, its condition, the mask outline, and several variants with their texts."""
+    by_real = syn.by_real
+    reals = sorted(by_real, key=lambda i: -ps.manifest[i]["foreground_pixels"])
+    reals = [reals[k] for k in np.linspace(0, max(len(reals) // 2 - 1, 0), n_images).astype(int)] if reals else []
+    rows, heads = [], []
+    for ri in dict.fromkeys(reals):
+        img = np.asarray(ps.images[ri], np.float32)
+        vs = sorted(by_real[ri], key=lambda j: syn.manifest[j]["variant"])[:n_variants]
+        rows.append([to_uint8(img), np.asarray(ps.conditions[ri]), overlay(img, np.asarray(ps.masks[ri]), fill=0.0)]
+                    + [overlay(np.asarray(syn.images[j], np.float32), np.asarray(ps.masks[ri]), fill=0.0) for j in vs])
+        heads = ["real", "condition", "mask outline"] + [
+            f"v{syn.manifest[j]['variant']}: {syn.manifest[j]['text'] or 'plain'}"[:22] for j in vs]
+    return grid_png(rows, [""] * len(rows), heads, tile=max(128, ps.size))
+
+
+def alpha_strip(real: np.ndarray, synthetic: np.ndarray, patch: int, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+                seed: int = 0) -> bytes:
+    """Algorithm 1's mixed input for each alpha, with one fixed draw of the grid."""
+    import torch
+
+    from ..segmentation.patchmix import mix
+
+    h, w = real.shape
+    grid = torch.rand(1, 1, -(-h // patch), -(-w // patch), generator=torch.Generator().manual_seed(seed))
+    tiles = []
+    for a in alphas:
+        m = torch.nn.functional.interpolate((grid < a).float(), scale_factor=patch, mode="nearest")[..., :h, :w]
+        tiles.append(to_uint8(mix(torch.from_numpy(real)[None, None], torch.from_numpy(synthetic)[None, None], m)[0, 0].numpy()))
+    return grid_png([tiles], [""], [f"alpha = {a:g}" for a in alphas], tile=max(128, h))
+
+
+def _outline(image: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Reference outlined in green, prediction in red, on the image."""
+    from ..conditioning.edges import mask_boundary
+
+    rgb = np.repeat(to_uint8(image)[..., None], 3, axis=2)
+    rgb[mask_boundary((ref > 0).astype(np.uint8)) > 0] = (40, 220, 60)
+    rgb[mask_boundary((pred > 0).astype(np.uint8)) > 0] = (235, 40, 40)
+    return rgb
+
+
+def overlays(ps: PreparedSet, seg_root: Path, strategies: list[str], fold: int = 0, n: int = 5) -> bytes | None:
+    """The same test cases under each strategy: reference (green) and prediction (red) outlines."""
+    from ..data.preprocess import resize_mask
+
+    preds = {}
+    for s in strategies:
+        p = seg_root / s / f"fold{fold}" / "predictions.npz"
+        if p.exists():
+            preds[s] = np.load(p)
+    if not preds:
+        return None
+    cases = [c for c in ps.fold(fold).test if ps.original_mask(c).any()]
+    cases = [cases[k] for k in np.linspace(0, len(cases) - 1, min(n, len(cases))).astype(int)] if cases else []
+    rows, labels = [], []
+    for case in cases:
+        ref = ps.original_mask(case)
+        idx = ps.indices([case])
+        row0 = ps.manifest[idx[0]]
+        if row0["slice_axis"] < 0:
+            sample, plane = idx[0], (lambda v: v)
+        else:  # the slice with the most reference foreground
+            axis = row0["slice_axis"]
+            k = int(np.argmax(np.count_nonzero(np.moveaxis(ref, axis, 0), axis=(1, 2))))
+            sample = next(i for i in idx if ps.manifest[i]["slice_index"] == k)
+            plane = (lambda v, a=axis, k=k: np.take(v, k, axis=a))
+        img = np.asarray(ps.images[sample], np.float32)
+        ref2 = resize_mask(plane(ref), ps.size)
+        rows.append([_outline(img, ref2, ref2 * 0)] + [_outline(img, ref2, resize_mask(plane(p[case]), ps.size))
+                                                        for p in preds.values()])
+        labels.append(case[:20])
+    return grid_png(rows, labels, ["reference"] + list(preds), tile=max(128, ps.size))
+
+
+def curves(run: Path, strategies: list[str]) -> bytes | None:
+    """Diffusion training loss per fold; segmentation validation Dice per epoch per strategy (fold 0)."""
+    plt = _plt()
+    losses = sorted((run / "models").glob("fold*/loss.csv"))
+    logs = [(s, run / "seg" / s / "fold0" / "log.csv") for s in strategies]
+    logs = [(s, p) for s, p in logs if p.exists()]
+    if not losses and not logs:
+        return None
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    for p in losses:
+        rows = list(csv.DictReader(open(p)))
+        a1.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=p.parent.name, lw=0.8)
+    a1.set(title="diffusion fine-tuning loss", xlabel="step", ylabel="MSE (v-prediction)", yscale="log")
+    if losses:
+        a1.legend()
+    for s, p in logs:
+        rows = [r for r in csv.DictReader(open(p)) if r["val_dice"]]
+        a2.plot([int(r["epoch"]) + 1 for r in rows], [float(r["val_dice"]) for r in rows], label=s, lw=1.0)
+    a2.set(title="segmentation: validation Dice (fold 0)", xlabel="epoch", ylabel="Dice")
+    if logs:
+        a2.legend(fontsize=7, ncol=2)
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    return _png(fig)

@@ -1,0 +1,232 @@
+"""``diffboost run``: data to evidence in one command.
+
+prepare -> (pretrain, when a corpus is given) -> per fold: fine-tune, generate -> compare -> report,
+with one config (every stage's options, YAML sections) saved as ``DIR/run.yaml``.
+
+Re-running continues where a run stopped (diffusion training resumes from its last checkpoint,
+generation completes missing variants, segmentation resumes at its last epoch, finished folds are
+reused). Each stage records what it was made from in ``stage.json``; a stage whose inputs or
+options changed is redone and so is everything downstream of it, nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import PrepareConfig, from_dict, save_yaml, to_dict
+from .diffusion.models import ModelConfig
+from .diffusion.train import TrainConfig
+from .generation.generate import GenerateConfig
+from .segmentation.config import DEFAULT_COMPARE, SegConfig
+
+
+@dataclass
+class CompareConfig:
+    augs: tuple[str, ...] = DEFAULT_COMPARE
+    folds: tuple[int, ...] | None = None  # None = every fold of the prepared set
+
+    def __post_init__(self):
+        self.augs = tuple(self.augs)
+        self.folds = tuple(int(k) for k in self.folds) if self.folds is not None else None
+
+
+@dataclass
+class PretrainConfig:
+    corpus: str | None = None  # a RadImageNet-style corpus; None = fine-tune from scratch
+    steps: int = 20000
+
+
+@dataclass
+class RunConfig:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
+        return cls(**{name: from_dict(section, data.get(name) or {}) for name, section in _SECTIONS.items()})
+
+
+_SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
+             "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig}
+
+# Presets: what differs from the defaults. ``cpu`` is the setting measured on real BUSI on 2 cores
+# (bench/bench_seg_compare.py); ``demo`` finishes on the built-in phantoms in minutes; ``gpu`` follows
+# the paper (384 px, the paper's AttentionUNet, bf16).
+PRESETS: dict[str, dict] = {
+    "demo": {"prepare": {"size": 64},
+             "model": {"channels": [16, 32, 64], "attention": [False, True, True]},
+             "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300},
+             "generate": {"n": 2, "steps": 10},
+             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1}},
+    "cpu": {"prepare": {"size": 96},
+            "train": {"steps": 2500, "batch_size": 8},
+            "generate": {"n": 3, "steps": 15},
+            "seg": {"channels": [8, 16, 32, 64, 64, 128], "epochs": 16, "batch_size": 16, "precision": "bf16"}},
+    "gpu": {"prepare": {"size": 384},
+            "model": {"channels": [64, 128, 256, 512], "attention": [False, True, True, True], "layers_per_block": 2},
+            "train": {"steps": 20000, "batch_size": 32, "mixed_precision": "bf16"},
+            "generate": {"n": 10, "steps": 20, "batch_size": 64},
+            "seg": {"epochs": 100, "batch_size": 8, "precision": "bf16"}},
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return RunConfig.from_dict(PRESETS[name])
+
+
+def load_run_config(path: str | Path | None, preset_name: str = "cpu") -> RunConfig:
+    """The preset, with the sections of a YAML file laid over it option by option."""
+    base = to_dict(preset(preset_name))
+    if path is None:
+        return RunConfig.from_dict(base)
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected sections (prepare:, train:, seg: ...) at the top level")
+    for section, values in data.items():
+        if section not in base:
+            raise ValueError(f"{path}: unknown section {section!r}; known: {', '.join(base)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping")
+        base[section].update(values)
+    try:
+        return RunConfig.from_dict(base)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _fresh(folder: Path, identity: dict) -> bool:
+    """True when ``folder`` was made from ``identity``; otherwise it is removed (stale) -> False."""
+    stamp = folder / "stage.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("identity") == identity:
+        return True
+    if folder.exists():
+        shutil.rmtree(folder)
+    return False
+
+
+def _stamp(folder: Path, identity: dict, seconds: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stage.json").write_text(json.dumps({"identity": identity, "seconds": round(seconds, 1)}, indent=1))
+
+
+def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True) -> Path:
+    """Run every stage into ``out``; return the report's path."""
+    from .data.preparation import prepare
+    from .data.store import PreparedSet
+    from .diffusion.train import train_diffusion
+    from .generation.generate import generate
+    from .report import write_report
+    from .segmentation.compare import compare
+
+    cfg = cfg or preset("cpu")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "run.yaml")
+    times: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    prep_id = {"source": str(Path(data).resolve()), "prepare": to_dict(cfg.prepare)}
+    if not _fresh(out / "prepared", prep_id) or not (out / "prepared" / "dataset.json").exists():
+        for stale in ("pretrain", "models", "synthetic", "seg", "compare"):  # all of it depends on the data
+            shutil.rmtree(out / stale, ignore_errors=True)
+        shutil.rmtree(out / "prepared", ignore_errors=True)
+        prepare(data, out / "prepared", cfg.prepare, progress=progress)
+        _stamp(out / "prepared", prep_id, time.perf_counter() - t0)
+    ps = PreparedSet(out / "prepared")
+    times["prepare"] = time.perf_counter() - t0
+    upstream = _hash(prep_id)
+
+    init = None
+    if cfg.pretrain.corpus:
+        t0 = time.perf_counter()
+        pre_id = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
+                  "train": to_dict(cfg.train), "size": ps.size}
+        pre = out / "pretrain"
+        if not _fresh(pre, pre_id) or not (pre / "model").exists():
+            corpus = prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
+                             overwrite=True, progress=progress)
+            tcfg = dataclasses.replace(cfg.train, steps=cfg.pretrain.steps, condition="edges")
+            train_diffusion(corpus, pre, [r["index"] for r in corpus.manifest], dataclasses.replace(cfg.model, image_size=ps.size),
+                            tcfg, resume="latest" if (pre / "checkpoints").exists() else None, progress=progress)
+            _stamp(pre, pre_id, time.perf_counter() - t0)
+        init = pre / "model"
+        upstream = _hash([upstream, pre_id])
+        times["pretrain"] = time.perf_counter() - t0
+
+    folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
+    needs_synthetic = any(a.split("+")[0] == "diffboost" for a in cfg.compare.augs)
+    for k in folds if needs_synthetic else []:
+        f = ps.fold(k)
+        t0 = time.perf_counter()
+        model_dir = out / "models" / f"fold{k}"
+        ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
+        if not _fresh(model_dir, ft_id) or not (model_dir / "model").exists():
+            _drop_synthetic_runs(out, k, cfg.compare.augs)
+            train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
+                            dataclasses.replace(cfg.model, image_size=ps.size), cfg.train, init=init,
+                            resume="latest" if (model_dir / "checkpoints").exists() else None,
+                            val_indices=ps.indices(f.val, training=True), progress=progress)
+            _stamp(model_dir, ft_id, time.perf_counter() - t0)
+        times[f"fine-tune fold{k}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        syn_dir = out / "synthetic" / f"fold{k}"
+        before = _made_of(syn_dir)
+        generate(model_dir / "model", ps, syn_dir, k, cfg.generate, progress=progress, replace_stale=True)
+        if before is not None and before != _made_of(syn_dir):
+            _drop_synthetic_runs(out, k, cfg.compare.augs)  # other or more variants: their segmenters are stale
+        times[f"generate fold{k}"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True)
+    times["compare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = write_report(out)
+    times["report"] = time.perf_counter() - t0
+    (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+    return report
+
+
+def _made_of(syn_dir: Path):
+    meta = syn_dir / "generation.json"
+    if not meta.exists():
+        return None
+    d = json.loads(meta.read_text())
+    return d["identity"], d["num_variants"]
+
+
+def _drop_synthetic_runs(out: Path, fold: int, augs) -> None:
+    for a in augs:
+        if a.split("+")[0] == "diffboost":
+            shutil.rmtree(out / "seg" / a / f"fold{fold}", ignore_errors=True)
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
