@@ -89,3 +89,49 @@ def test_presets_and_config_files(tmp_path):
     f.write_text("segmentation:\n  epochs: 3\n")
     with pytest.raises(ValueError, match="unknown section 'segmentation'"):
         load_run_config(f)
+
+
+def test_runs_killed_in_fine_tuning_and_in_generation_finish_equal_to_an_uninterrupted_one(
+        phantom_root, tmp_path, monkeypatch):
+    import numpy as np
+    from safetensors.torch import load_file
+
+    import diffboost.diffusion.train as dtrain
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+
+    cfg = _cfg(generate={"batch_size": 2}, compare={"augs": ["none", "diffboost"], "folds": [0]})
+    run(phantom_root, tmp_path / "a", cfg, progress=False)
+    b = tmp_path / "b"
+    real_save = dtrain._save_checkpoint
+
+    def stop_after_first_checkpoint(acc, out, step, limit):
+        real_save(acc, out, step, limit)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dtrain, "_save_checkpoint", stop_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(phantom_root, b, cfg, progress=False)
+    monkeypatch.undo()
+    assert (b / "models" / "fold0" / "checkpoints").exists() and not (b / "models" / "fold0" / "model").exists()
+    real_call, batches = DiffBoostPipeline.__call__, []
+
+    def stop_in_second_batch(self, *a, **k):
+        if "control_scale" in k:  # generation (not the training's validation grid)
+            batches.append(1)
+            if len(batches) == 2:
+                raise KeyboardInterrupt
+        return real_call(self, *a, **k)
+
+    monkeypatch.setattr(DiffBoostPipeline, "__call__", stop_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(phantom_root, b, cfg, progress=False)
+    monkeypatch.undo()
+    assert (b / "synthetic" / "fold0" / ".work").exists() and not (b / "synthetic" / "fold0" / "images.npy").exists()
+    run(phantom_root, b, cfg, progress=False)
+    a = tmp_path / "a"
+    wa = load_file(str(a / "models/fold0/model/unet/diffusion_pytorch_model.safetensors"))
+    wb = load_file(str(b / "models/fold0/model/unet/diffusion_pytorch_model.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert np.array_equal(np.load(a / "synthetic/fold0/images.npy"), np.load(b / "synthetic/fold0/images.npy"))
+    for s in ("none", "diffboost"):
+        assert (a / f"seg/{s}/fold0/metrics.csv").read_text() == (b / f"seg/{s}/fold0/metrics.csv").read_text()

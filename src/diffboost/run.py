@@ -170,7 +170,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         pre_id = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
                   "train": to_dict(cfg.train), "size": ps.size}
         pre = out / "pretrain"
-        if not _fresh(pre, pre_id) or not (pre / "model").exists():
+        if not _fresh(pre, pre_id):
+            _stamp(pre, pre_id, 0.0)  # before training: an interrupted pretraining resumes
+        if not (pre / "model").exists():
             corpus = prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
                              overwrite=True, progress=progress)
             tcfg = dataclasses.replace(cfg.train, steps=cfg.pretrain.steps, condition="edges")
@@ -188,8 +190,11 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
         ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-        if not _fresh(model_dir, ft_id) or not (model_dir / "model").exists():
+        if not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
             _drop_synthetic_runs(out, k, cfg.compare.augs)
+            shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
+            _stamp(model_dir, ft_id, 0.0)  # before training: an interrupted fine-tuning resumes
+        if not (model_dir / "model").exists():
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), cfg.train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,

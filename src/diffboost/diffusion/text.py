@@ -39,8 +39,16 @@ class TextEncoder(torch.nn.Module):
                 (name_or_path, name_or_path) if isinstance(name_or_path, str) else name_or_path)
             if not Path(enc_dir).exists():
                 raise FileNotFoundError(f"{enc_dir}: text encoder folder not found")
-            model = AutoModel.from_pretrained(enc_dir)
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            from transformers.utils import logging as hf_logging
+
+            shown = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a local load of a few MB: no per-tensor bar
+            try:
+                model = AutoModel.from_pretrained(enc_dir)
+                tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+            finally:
+                if shown:
+                    hf_logging.enable_progress_bar()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
