@@ -135,3 +135,24 @@ def test_runs_killed_in_fine_tuning_and_in_generation_finish_equal_to_an_uninter
     assert np.array_equal(np.load(a / "synthetic/fold0/images.npy"), np.load(b / "synthetic/fold0/images.npy"))
     for s in ("none", "diffboost"):
         assert (a / f"seg/{s}/fold0/metrics.csv").read_text() == (b / f"seg/{s}/fold0/metrics.csv").read_text()
+
+
+def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_root):
+    from diffboost.ablate import ablate, parse_sweep
+    from diffboost.report import write_report
+
+    out, _ = first_run
+    run(phantom_root, out, _cfg(generate={"n": 2}), progress=False)  # leave the run as the other tests expect it
+    assert parse_sweep("alpha=0,0.5") == ("alpha", [0.0, 0.5])
+    with pytest.raises(ValueError, match="NAME=V1"):
+        parse_sweep("beta=1")
+    res = ablate(out, "alpha", [0.0, 1.0], progress=False)
+    assert set(res["dice"]["diffboost"]) == {"0.0", "1.0"} and res["baseline"] is not None
+    before = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
+    res_n = ablate(out, "n", [1, 3], progress=False)
+    after = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
+    assert after == before // 2 * 3  # n = 3 only added the third variant of each image
+    assert set(res_n["dice"]["diffboost"]) == {"1", "3"}
+    write_report(out)
+    md = (out / "report.md").read_text()
+    assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()

@@ -540,6 +540,26 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
     console.print(f"report: {write_report(run_dir)}")
 
 
+@app.command()
+@friendly_errors
+def ablate(
+    run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
+    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network; repeatable."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """The paper's ablations (n, alpha, patch size, backbone) on a finished run; appended to its report."""
+    from .ablate import ablate as run_ablate
+    from .ablate import parse_sweep
+    from .report import write_report
+
+    for text in sweep:
+        name, values = parse_sweep(text)
+        res = run_ablate(run_dir, name, values, progress=not quiet)
+        for s, per in res["dice"].items():
+            console.print(f"{name} ({s}): " + ", ".join(f"{v}: {d['mean']:.4f}" for v, d in per.items()))
+    console.print(f"report: {write_report(run_dir)}")
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
 

@@ -144,6 +144,16 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
     if cv is not None:
         add("Training curves", "Diffusion fine-tuning loss per fold; validation Dice per epoch (fold 0), which "
             "chooses each segmenter's checkpoint.", fig=cv, fig_name="curves")
+    for f in sorted((run / "ablations").glob("*.json")):
+        ab = json.loads(f.read_text())
+        lines = ["| " + ab["param"] + " | " + " | ".join(f"{s} Dice (mean ± std over folds)" for s in ab["dice"]) + " |",
+                 "|---|" + "---|" * len(ab["dice"])]
+        for v in ab["values"]:
+            lines.append(f"| {v} | " + " | ".join(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}"
+                                                  for d in ab["dice"].values()) + " |")
+        text = "\n".join(lines) + (f"\n\nBaseline (none): {ab['baseline'] * 100:.2f}." if ab.get("baseline") else "")
+        add(f"Ablation: {ab['param']}", text, f"<pre>{html.escape(text)}</pre>",
+            f.with_suffix(".png").read_bytes() if f.with_suffix(".png").exists() else None, f"ablation_{ab['param']}")
     prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
                                                  "num_training_samples", "cases_per_category")},
