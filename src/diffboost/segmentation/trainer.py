@@ -51,7 +51,7 @@ def save_segmenter(net: torch.nn.Module, config: dict, path: str | Path) -> Path
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     if path.exists():
         shutil.rmtree(path)
@@ -78,10 +78,10 @@ def _save_state(out: Path, net, opt, counters: dict) -> None:
     from safetensors.torch import save_file
 
     sd = opt.state_dict()
-    tensors = {f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            tensors[f"optim.{pid}.{k}"] = v.contiguous() if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
     tmp = out / ".state.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
