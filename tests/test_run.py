@@ -156,3 +156,18 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()
+
+
+def test_run_command_with_a_config_file(phantom_root, tmp_path):
+    from diffboost.cli import app
+
+    cfg = json.loads(json.dumps(TINY))
+    cfg["compare"] = {"augs": ["none", "gamma"], "folds": [2]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["run", "--data", str(phantom_root), "--out", str(tmp_path / "r"), "--preset", "demo",
+                                 "--config", str(tmp_path / "tiny.yaml"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r" / "report.html").exists() and not (tmp_path / "r" / "models").exists()  # no diffboost asked
+    assert yaml.safe_load((tmp_path / "r" / "run.yaml").read_text())["compare"]["augs"] == ["none", "gamma"]
+    r = CliRunner().invoke(app, ["run", "--data", str(phantom_root), "--out", str(tmp_path / "r"), "--preset", "fast"])
+    assert r.exit_code == 2 and "unknown preset 'fast'" in r.output
