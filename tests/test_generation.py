@@ -97,3 +97,15 @@ def test_two_processes_give_the_same_images(setup, tmp_path):
     a, b = SyntheticSet(tmp_path / "one"), SyntheticSet(tmp_path / "two")
     assert [r["seed"] for r in a.manifest] == [r["seed"] for r in b.manifest]
     np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+
+
+def test_a_complete_set_is_left_as_it_is(setup, tmp_path, monkeypatch):
+    root, ps = setup
+    cfg = GenerateConfig(n=1, steps=2, batch_size=8)
+    generate(root / "model", ps, tmp_path / "s", 2, cfg, progress=False)
+    meta = (tmp_path / "s" / "generation.json").read_bytes()
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+
+    monkeypatch.setattr(DiffBoostPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model again"))
+    generate(root / "model", ps, tmp_path / "s", 2, cfg, progress=False)
+    assert (tmp_path / "s" / "generation.json").read_bytes() == meta  # its timing is not overwritten

@@ -147,6 +147,11 @@ def generate(
             if not replace_stale:
                 raise
             shutil.rmtree(out)
+    state.wait_for_everyone()
+    if (out / "generation.json").exists() and json.loads((out / "generation.json").read_text())["n"] == cfg.n \
+            and not work.exists():
+        return SyntheticSet(out)  # complete already: nothing to do (its metadata and timing stay as they are)
+    if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
         (work / "identity.json").write_text(json.dumps(identity, indent=1))
         _unpack_existing(out, work)
