@@ -248,3 +248,16 @@ def test_prefetching_the_next_batch_changes_nothing(task):
         weights.append((loss, net.state_dict()))
     (l1, a), (l2, b) = weights
     assert l1 == l2 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_runs_recorded_before_an_option_existed_are_reused(task, monkeypatch):
+    root, ps = task
+    out = root / "runs" / "none"
+    first = train_seg(ps, 0, SegConfig(**FAST), out, progress=False)
+    ident = json.loads((out / "run.json").read_text())
+    del ident["config"]["quality_filter"]  # as written by an older version
+    (out / "run.json").write_text(json.dumps(ident))
+    import diffboost.segmentation.trainer as trainer
+
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: pytest.fail("retrained a finished fold"))
+    assert train_seg(ps, 0, SegConfig(**FAST), out, progress=False) == first

@@ -303,6 +303,8 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     if not run.exists():
         return None
     old = json.loads(run.read_text())
+    # a run recorded before an option existed ran with that option's default
+    old["config"] = {**SegConfig().identity(), **old.get("config", {})}
     if old != identity and replace_stale:
         shutil.rmtree(out)
         return None
