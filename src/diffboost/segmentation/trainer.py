@@ -196,7 +196,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         while counters["epoch"] < cfg.epochs:
             epoch = counters["epoch"]
             t0 = time.perf_counter()
-            loss = _train_epoch(net, opt, loss_fn, data, cfg, augment, patch, epoch)
+            loss = _train_epoch(net, opt, loss_fn, data, cfg, augment, patch, epoch, prefetch=cfg.prefetch)
             val = None
             if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
                 val = quick_dice(net, val_images, val_masks, val_groups, labels, channels_last=cfg.channels_last)
@@ -219,7 +219,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
 
 
 def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: BatchAugmenter, patch: int,
-                 epoch: int, prefetch: bool = True) -> float:
+                 epoch: int, prefetch: bool = False) -> float:
     """One pass over the real training samples. With ``prefetch`` the next batch (variant choice,
     augmentation, Algorithm 1 mask) is made in a background thread while the network trains on the
     current one; batches are still made one after another, in order, so the result is the same."""
