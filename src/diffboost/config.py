@@ -110,8 +110,8 @@ def save_yaml(cfg: Any, path: str | Path, section: str | None = None) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def load_section(path: str | Path, section: str, cls: type) -> Any:
-    """Read ``section`` of a YAML config file (or the whole file if it has no sections)."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML config file's top-level mapping, or one clear error naming the file."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -121,6 +121,13 @@ def load_section(path: str | Path, section: str, cls: type) -> Any:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_section(path: str | Path, section: str, cls: type) -> Any:
+    """Read ``section`` of a YAML config file (or the whole file if it has no sections)."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     names = {f.name for f in dataclasses.fields(cls)}
     if section in data:
         data = data[section] or {}

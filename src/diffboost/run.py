@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import PrepareConfig, from_dict, save_yaml, to_dict
+from .config import PrepareConfig, from_dict, read_yaml_mapping, save_yaml, to_dict
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
 from .generation.generate import GenerateConfig
@@ -99,14 +99,7 @@ def load_run_config(path: str | Path | None, preset_name: str = "cpu") -> RunCon
     if path is None:
         return RunConfig.from_dict(base)
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected sections (prepare:, train:, seg: ...) at the top level")
+    data = read_yaml_mapping(path)
     for section, values in data.items():
         if section not in base:
             raise ValueError(f"{path}: unknown section {section!r}; known: {', '.join(base)}")
