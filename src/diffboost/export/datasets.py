@@ -195,15 +195,15 @@ def _units(ps: PreparedSet, synthetic: dict, volumes: bool, n: int | None):
         for i, r in zip(idx, rows):
             name = base if r["slice_axis"] < 0 else f"{base}_z{r['slice_index']:03d}"
             spacing = _slice_spacing(r, ps.size)
-            units.append(_Unit(name, np.asarray(images[i], np.float32), np.asarray(masks[i]), spacing, case,
-                               slice_index=None if r["slice_axis"] < 0 else r["slice_index"]))
+            z = None if r["slice_axis"] < 0 else r["slice_index"]
+            units.append(_Unit(name, np.asarray(images[i], np.float32), np.asarray(masks[i]), spacing, case, slice_index=z))
             names.append(name)
             for k, syn in synthetic.items():
                 for v, row in enumerate(sorted(syn.by_real.get(i, []), key=lambda j: syn.manifest[j]["variant"])):
                     if n is not None and v >= n:
                         break
                     units.append(_Unit(f"{name}_syn_f{k}_v{v}", np.asarray(syn.images[row], np.float32),
-                                       np.asarray(masks[i]), spacing, case, k, v, units[-1].slice_index))
+                                       np.asarray(masks[i]), spacing, case, k, v, z))
         real_of_case[case] = names
     return units, real_of_case
 
