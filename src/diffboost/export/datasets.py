@@ -149,12 +149,7 @@ def _synthetic_sets(ps: PreparedSet, cfg: ExportConfig) -> dict:
         root = Path(cfg.synthetic.format(fold=f.index)) if cfg.synthetic else ps.root.parent / "synthetic" / f"fold{f.index}"
         if (root / "generation.json").exists():
             syn = SyntheticSet(root)
-            made_for = syn.meta.get("fold")
-            if made_for is not None and int(made_for) != f.index:
-                raise ValueError(f"{root}: synthetic set was generated for fold {made_for}, not fold {f.index}")
-            allowed = set(ps.indices(f.train, training=True))
-            if not {r["real_index"] for r in syn.manifest} <= allowed:
-                raise ValueError(f"{root}: holds variants of images outside fold {f.index}'s training part")
+            syn.check_fold(ps, f.index)
             found[f.index] = syn
     return found
 

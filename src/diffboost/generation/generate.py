@@ -93,6 +93,17 @@ class SyntheticSet:
     def images(self) -> np.ndarray:
         return np.load(self.root / "images.npy", mmap_mode="r")
 
+    def check_fold(self, ps: PreparedSet, fold: int) -> None:
+        """Refuse a set made for another fold, or holding variants of images outside the fold's
+        training part (they would leak validation or test images into training)."""
+        made_for = self.meta.get("fold", self.meta.get("identity", {}).get("fold"))
+        if made_for is not None and int(made_for) != fold:
+            raise ValueError(f"{self.root}: synthetic set was generated for fold {made_for}, not fold {fold}")
+        foreign = sorted({r["real_index"] for r in self.manifest} - set(ps.indices(ps.fold(fold).train, training=True)))
+        if foreign:
+            raise ValueError(f"{self.root}: {len(foreign)} variant source image(s) are not training samples of fold "
+                             f"{fold} (e.g. sample {foreign[0]}); generate them from this fold's training part only")
+
     @cached_property
     def by_real(self) -> dict[int, list[int]]:
         """Real sample index -> the rows of its variants."""

@@ -65,14 +65,7 @@ def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[i
     from ..generation.generate import SyntheticSet
 
     syn = SyntheticSet(root)
-    made_for = syn.meta.get("fold", syn.meta.get("identity", {}).get("fold"))
-    if made_for is not None and int(made_for) != fold:
-        raise ValueError(f"{syn.root}: synthetic set was generated for fold {made_for}, not fold {fold}")
-    allowed = set(indices)
-    foreign = sorted({r["real_index"] for r in syn.manifest} - allowed)
-    if foreign:
-        raise ValueError(f"{syn.root}: {len(foreign)} variant source image(s) are not training samples of fold "
-                         f"{fold} (e.g. sample {foreign[0]}); generate them from this fold's training part only")
+    syn.check_fold(ps, fold)
     by_real = syn.by_real
     missing = [i for i in indices if i not in by_real]
     if missing:
