@@ -16,7 +16,8 @@ TINY = {"prepare": {"size": 32},
         "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "validate_every": 6, "warmup_steps": 1},
         "generate": {"n": 1, "steps": 2, "batch_size": 8},
         "seg": {"channels": [8, 16, 32], "epochs": 1, "batch_size": 4},
-        "compare": {"augs": ["none", "mirror", "diffboost"], "folds": [0, 1]}}
+        "compare": {"augs": ["none", "mirror", "diffboost"], "folds": [0, 1]},
+        "ablate": {"sweeps": []}}
 
 
 def _cfg(**changes) -> RunConfig:
@@ -43,6 +44,11 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
     for title in ("Table II", "Synthetic variants (Fig. 3)", "Algorithm 1 mixing (Fig. 4)", "Segmentations (Fig. 5)",
                   "Training curves", "Provenance"):
         assert f"## {title}" in md
+    prov = json.loads((out / "provenance.json").read_text())
+    assert set(prov["wall_seconds"]) >= {"prepare", "fine-tune fold0", "generate fold1",
+                                         "segmentation (all strategies and folds)"}
+    assert all(v > 0 for k, v in prov["wall_seconds"].items() if k != "prepare")
+    assert "| fine-tune fold0 | " in md and "| total | " in md  # wall time per stage, readable
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 5 and "<table>" in page  # self-contained
     for fig in ("boxplots", "variants", "alpha_strip", "overlays", "curves"):
@@ -142,12 +148,20 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     from diffboost.report import write_report
 
     out, _ = first_run
-    run(phantom_root, out, _cfg(generate={"n": 2}), progress=False)  # leave the run as the other tests expect it
     assert parse_sweep("alpha=0,0.5") == ("alpha", [0.0, 0.5])
     with pytest.raises(ValueError, match="NAME=V1"):
         parse_sweep("beta=1")
-    res = ablate(out, "alpha", [0.0, 1.0], progress=False)
-    assert set(res["dice"]["diffboost"]) == {"0.0", "1.0"} and res["baseline"] is not None
+    with pytest.raises(ValueError, match="NAME=V1"):  # a typo in a run config fails before any training
+        _cfg(ablate={"sweeps": ["alhpa=0,1"]})
+    # sweeps in the run config run after the comparison (as `make demo` does); the run is otherwise unchanged
+    run(phantom_root, out, _cfg(generate={"n": 2}, ablate={"sweeps": ["alpha=0,0.6"]}), progress=False)
+    res = json.loads((out / "ablations" / "alpha.json").read_text())
+    assert set(res["dice"]["diffboost"]) == {"0.0", "0.6"} and res["baseline"] is not None
+    # alpha = 0.6 is the comparison's own setting: its runs are reused, not trained again
+    assert not (out / "ablations" / "alpha" / "0.6").exists() and (out / "ablations" / "alpha" / "0.0").exists()
+    assert res["dice"]["diffboost"]["0.6"]["per_fold"] == [
+        json.loads((out / "seg" / "diffboost" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
+        for k in (0, 1)]
     before = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
     res_n = ablate(out, "n", [1, 3], progress=False)
     after = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]

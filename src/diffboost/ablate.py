@@ -58,8 +58,11 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True)
         for s in strategies:
             seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
             means = []
+            same_as_compare = seg == dataclasses.replace(cfg.seg, aug=s)
             for k in folds:
                 out = run_dir / "ablations" / param / str(v) / s / f"fold{k}"
+                if same_as_compare and (run_dir / "seg" / s / f"fold{k}" / "summary.json").exists():
+                    out = run_dir / "seg" / s / f"fold{k}"  # the comparison trained exactly this one already
                 means.append(train_seg(ps, k, seg, out, progress=progress, replace_stale=True)["metrics"]["dice"]["mean"])
             results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(means)), "std": float(np.std(means)),
                                                           "per_fold": means}

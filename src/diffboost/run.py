@@ -45,6 +45,19 @@ class PretrainConfig:
 
 
 @dataclass
+class AblateConfig:
+    """Sweeps run after the comparison (``diffboost ablate``), e.g. ``["alpha=0,0.5,1", "n=1,3"]``."""
+    sweeps: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        from .ablate import parse_sweep
+
+        self.sweeps = tuple(self.sweeps)
+        for s in self.sweeps:  # a typo fails now, not after hours of training
+            parse_sweep(s)
+
+
+@dataclass
 class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -53,6 +66,7 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -63,7 +77,8 @@ class RunConfig:
 
 
 _SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
-             "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig}
+             "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig,
+             "ablate": AblateConfig}
 
 # Presets: what differs from the defaults. ``cpu`` is the setting measured on real BUSI on 2 cores
 # (bench/bench_seg_compare.py); ``demo`` finishes on the built-in phantoms in minutes; ``gpu`` follows
@@ -73,7 +88,8 @@ PRESETS: dict[str, dict] = {
              "model": {"channels": [16, 32, 64], "attention": [False, True, True]},
              "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300},
              "generate": {"n": 2, "steps": 10},
-             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1}},
+             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
+             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64"]}},
     "cpu": {"prepare": {"size": 96},
             "train": {"steps": 2500, "batch_size": 8},
             "generate": {"n": 3, "steps": 15},
@@ -133,6 +149,7 @@ def _stamp(folder: Path, identity: dict, seconds: float) -> None:
 
 def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True) -> Path:
     """Run every stage into ``out``; return the report's path."""
+    from .ablate import ablate, parse_sweep
     from .data.preparation import prepare
     from .data.store import PreparedSet
     from .diffusion.train import train_diffusion
@@ -206,6 +223,13 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     t0 = time.perf_counter()
     compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True)
     times["compare"] = time.perf_counter() - t0
+    if cfg.ablate.sweeps and not needs_synthetic:
+        print("ablate: skipped, the sweeps vary the diffboost strategy and it is not among compare.augs")
+    for sweep in cfg.ablate.sweeps if needs_synthetic else ():  # reuses variants and finished runs
+        name, values = parse_sweep(sweep)
+        t0 = time.perf_counter()
+        ablate(out, name, values, progress=progress)
+        times[f"ablate {name}"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     report = write_report(out)
     times["report"] = time.perf_counter() - t0

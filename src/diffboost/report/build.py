@@ -54,6 +54,10 @@ def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
         seg += s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
     if seg:
         times.append(("segmentation (all strategies and folds)", seg))
+    for d in sorted(p for p in (run / "ablations").glob("*") if p.is_dir()):
+        t = sum(s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
+                for s in (json.loads(q.read_text()) for q in d.glob("*/*/fold*/summary.json")))
+        times.append((f"ablation {d.name}", t))
     return times
 
 
@@ -79,6 +83,43 @@ def _table(result: dict) -> tuple[str, str]:
     htm = (f"<table><tr><th>strategy</th>{head}<th>Dice gain vs none</th><th>p (Wilcoxon)</th></tr>"
            + "".join(rows) + "</table>"
            + f"<p>Dice, Precision, Recall in %; HD95, ASSD in {'mm' if unit == 'mm' else 'pixels of the original image'}.</p>")
+    return md, htm
+
+
+def _md_rows(head: list[str], body: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in body)])
+
+
+def _html_rows(head: list[str], body: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+
+
+def _provenance(prov: dict) -> tuple[str, str]:
+    """What a reader checks first (versions, data, folds, seeds, wall time per stage) as tables; the full
+    configuration below (folded in the HTML). Everything is also in ``provenance.json``."""
+    d = prov["data"]
+    seg = prov.get("segmentation_config") or {}
+    cfg = prov.get("run_config") or {}
+    facts = [["created", prov["created"]],
+             ["versions", ", ".join(f"{k} {v}" for k, v in prov["versions"].items())],
+             ["data", f"{d.get('source')} ({d.get('format')}), {d.get('num_cases')} cases, {d.get('num_samples')} "
+                      f"2D samples at {d.get('size')} px"],
+             ["cases per category", ", ".join(f"{k}: {v}" for k, v in (d.get("cases_per_category") or {}).items())],
+             ["folds (train / val / test cases)", ", ".join(f"{f['train']} / {f['val']} / {f['test']}" for f in prov["folds"])],
+             ["seeds", f"folds {cfg.get('prepare', {}).get('seed', '?')}, diffusion {cfg.get('train', {}).get('seed', '?')}, "
+                       f"generation {cfg.get('generate', {}).get('seed', '?')}, segmentation {seg.get('seed', '?')}"]]
+    wall = prov["wall_seconds"]
+    times = [[k, f"{v:,.1f}", f"{v / 60:.1f}"] for k, v in wall.items()]
+    times.append(["total", f"{sum(wall.values()):,.1f}", f"{sum(wall.values()) / 60:.1f}"])
+    full = yaml.safe_dump({k: prov[k] for k in ("run_config", "segmentation_config", "wall_seconds_of_the_last_run_call")
+                           if k in prov}, sort_keys=False)
+    md = (_md_rows(["item", "value"], facts) + "\n\nWall time per stage:\n\n" + _md_rows(["stage", "seconds", "minutes"], times)
+          + "\n\nConfiguration (`run.yaml`; everything above is also in `provenance.json`):\n\n```yaml\n" + full + "```")
+    htm = (_html_rows(["item", "value"], facts) + "<p>Wall time per stage:</p>" + _html_rows(["stage", "seconds", "minutes"], times)
+           + "<details><summary>Configuration (run.yaml; everything above is also in provenance.json)</summary>"
+           + f"<pre>{html.escape(full)}</pre></details>")
     return md, htm
 
 
@@ -146,13 +187,12 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             "chooses each segmenter's checkpoint.", fig=cv, fig_name="curves")
     for f in sorted((run / "ablations").glob("*.json")):
         ab = json.loads(f.read_text())
-        lines = ["| " + ab["param"] + " | " + " | ".join(f"{s} Dice (mean ± std over folds)" for s in ab["dice"]) + " |",
-                 "|---|" + "---|" * len(ab["dice"])]
-        for v in ab["values"]:
-            lines.append(f"| {v} | " + " | ".join(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}"
-                                                  for d in ab["dice"].values()) + " |")
-        text = "\n".join(lines) + (f"\n\nBaseline (none): {ab['baseline'] * 100:.2f}." if ab.get("baseline") else "")
-        add(f"Ablation: {ab['param']}", text, f"<pre>{html.escape(text)}</pre>",
+        head = [ab["param"], *(f"{s} Dice (mean ± std over folds)" for s in ab["dice"])]
+        body = [[str(v), *(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}" for d in ab["dice"].values())]
+                for v in ab["values"]]
+        note = f"Baseline (none): {ab['baseline'] * 100:.2f}." if ab.get("baseline") is not None else ""
+        add(f"Ablation: {ab['param']}", _md_rows(head, body) + (f"\n\n{note}" if note else ""),
+            _html_rows(head, body) + (f"<p>{html.escape(note)}</p>" if note else ""),
             f.with_suffix(".png").read_bytes() if f.with_suffix(".png").exists() else None, f"ablation_{ab['param']}")
     prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
@@ -165,9 +205,8 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         prov["wall_seconds_of_the_last_run_call"] = json.loads((run / "times.json").read_text())
     if (run / "run.yaml").exists():
         prov["run_config"] = yaml.safe_load((run / "run.yaml").read_text())
-    prov_json = json.dumps(prov, indent=1, default=str)
-    add("Provenance", "```json\n" + prov_json + "\n```", f"<pre>{html.escape(prov_json)}</pre>")
-
+    atomic_write_text(run / "provenance.json", json.dumps(prov, indent=1, default=str))
+    add("Provenance", *_provenance(prov))
     title = title or f"DiffBoost report: {Path(str(ps.meta.get('source', run))).name}"
     md = [f"# {title}\n"]
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
