@@ -46,6 +46,11 @@ def main() -> None:
     stages = prov["wall_seconds"]
     print("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
           + f"; total {sum(stages.values()):.0f} s = {sum(stages.values()) / 3600:.2f} h")
+    md = (f"# `diffboost run --preset {args.preset}` on {args.data}\n\n"
+          f"Command: `python bench/bench_run.py --data {args.data} --preset {args.preset}`\n\n"
+          + "| stage | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.0f} |\n" for k, v in stages.items())
+          + f"| total | {sum(stages.values()):.0f} |\n\n" + (out / "compare" / "table.md").read_text())
+    (REPO / "bench" / "results" / f"run_{args.data}_{args.preset}.md").write_text(md)
     report(f"run_{args.data}_{args.preset}", rows, {
         "preset": args.preset, "run_folder": str(out), "wall_seconds_per_stage": stages,
         "wall_seconds_total": round(sum(stages.values()), 1), "seconds_of_this_call": round(this_call, 1),

@@ -89,7 +89,7 @@ PRESETS: dict[str, dict] = {
              "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300},
              "generate": {"n": 2, "steps": 10},
              "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
-             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64"]}},
+             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet"]}},
     "cpu": {"prepare": {"size": 96},
             "train": {"steps": 2500, "batch_size": 8},
             "generate": {"n": 3, "steps": 15},

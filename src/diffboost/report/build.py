@@ -91,8 +91,8 @@ def _md_rows(head: list[str], body: list[list[str]]) -> str:
                       *("| " + " | ".join(r) + " |" for r in body)])
 
 
-def _html_rows(head: list[str], body: list[list[str]]) -> str:
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+def _html_rows(head: list[str], body: list[list[str]], cls: str = "") -> str:
+    return (f"<table{f' class={cls!r}' if cls else ''}><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
 
 
@@ -117,7 +117,7 @@ def _provenance(prov: dict) -> tuple[str, str]:
                            if k in prov}, sort_keys=False)
     md = (_md_rows(["item", "value"], facts) + "\n\nWall time per stage:\n\n" + _md_rows(["stage", "seconds", "minutes"], times)
           + "\n\nConfiguration (`run.yaml`; everything above is also in `provenance.json`):\n\n```yaml\n" + full + "```")
-    htm = (_html_rows(["item", "value"], facts) + "<p>Wall time per stage:</p>" + _html_rows(["stage", "seconds", "minutes"], times)
+    htm = (_html_rows(["item", "value"], facts, "facts") + "<p>Wall time per stage:</p>" + _html_rows(["stage", "seconds", "minutes"], times)
            + "<details><summary>Configuration (run.yaml; everything above is also in provenance.json)</summary>"
            + f"<pre>{html.escape(full)}</pre></details>")
     return md, htm
@@ -212,7 +212,7 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}"
             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}"
-            "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}"
+            "td:first-child,th:first-child,.facts td,.facts th{text-align:left}img{max-width:100%;border:1px solid #eee}"
             "pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}</style></head><body>",
             f"<h1>{html.escape(title)}</h1>"]
     for name, text, htm, fig in sections:
