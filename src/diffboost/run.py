@@ -25,7 +25,7 @@ from .config import PrepareConfig, from_dict, read_yaml_mapping, save_yaml, to_d
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
 from .generation.generate import GenerateConfig
-from .segmentation.config import DEFAULT_COMPARE, SegConfig
+from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
 
 
 @dataclass
@@ -142,9 +142,10 @@ def _fresh(folder: Path, identity: dict) -> bool:
     return False
 
 
-def _stamp(folder: Path, identity: dict, seconds: float) -> None:
+def _stamp(folder: Path, identity: dict) -> None:
+    """Record what ``folder`` is made from (each stage's own files record its wall time)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "stage.json").write_text(json.dumps({"identity": identity, "seconds": round(seconds, 1)}, indent=1))
+    (folder / "stage.json").write_text(json.dumps({"identity": identity}, indent=1))
 
 
 def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True) -> Path:
@@ -170,7 +171,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
             shutil.rmtree(out / stale, ignore_errors=True)
         shutil.rmtree(out / "prepared", ignore_errors=True)
         prepare(data, out / "prepared", cfg.prepare, progress=progress)
-        _stamp(out / "prepared", prep_id, time.perf_counter() - t0)
+        _stamp(out / "prepared", prep_id)
     ps = PreparedSet(out / "prepared")
     times["prepare"] = time.perf_counter() - t0
     upstream = _hash(prep_id)
@@ -182,20 +183,19 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
                   "train": to_dict(cfg.train), "size": ps.size}
         pre = out / "pretrain"
         if not _fresh(pre, pre_id):
-            _stamp(pre, pre_id, 0.0)  # before training: an interrupted pretraining resumes
+            _stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
         if not (pre / "model").exists():
             corpus = prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
                              overwrite=True, progress=progress)
             tcfg = dataclasses.replace(cfg.train, steps=cfg.pretrain.steps, condition="edges")
             train_diffusion(corpus, pre, [r["index"] for r in corpus.manifest], dataclasses.replace(cfg.model, image_size=ps.size),
                             tcfg, resume="latest" if (pre / "checkpoints").exists() else None, progress=progress)
-            _stamp(pre, pre_id, time.perf_counter() - t0)
         init = pre / "model"
         upstream = _hash([upstream, pre_id])
         times["pretrain"] = time.perf_counter() - t0
 
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
-    needs_synthetic = any(a.split("+")[0] == "diffboost" for a in cfg.compare.augs)
+    needs_synthetic = any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs)
     for k in folds if needs_synthetic else []:
         f = ps.fold(k)
         t0 = time.perf_counter()
@@ -204,13 +204,12 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         if not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
             _drop_synthetic_runs(out, k, cfg.compare.augs)
             shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
-            _stamp(model_dir, ft_id, 0.0)  # before training: an interrupted fine-tuning resumes
+            _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
         if not (model_dir / "model").exists():
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), cfg.train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,
                             val_indices=ps.indices(f.val, training=True), progress=progress)
-            _stamp(model_dir, ft_id, time.perf_counter() - t0)
         times[f"fine-tune fold{k}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         syn_dir = out / "synthetic" / f"fold{k}"
@@ -247,7 +246,7 @@ def _made_of(syn_dir: Path):
 
 def _drop_synthetic_runs(out: Path, fold: int, augs) -> None:
     for a in augs:
-        if a.split("+")[0] == "diffboost":
+        if parse_strategy(a)[0] == "diffboost":
             shutil.rmtree(out / "seg" / a / f"fold{fold}", ignore_errors=True)
 
 

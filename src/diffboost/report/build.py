@@ -16,12 +16,8 @@ import numpy as np
 import yaml
 
 from ..data.store import PreparedSet
-from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
 from ..utils.atomic import atomic_write_bytes, atomic_write_text
 from . import figures
-
-_HEAD = {"dice": "Dice", "precision": "Precision", "recall": "Recall", "hd95": "HD95", "assd": "ASSD"}
-
 
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
@@ -48,42 +44,34 @@ def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
         times.append((f"fine-tune {p.parent.name}", float(seconds)))
     for p in sorted((run / "synthetic").glob("fold*/generation.json")):
         times.append((f"generate {p.parent.name}", float(json.loads(p.read_text()).get("seconds", 0.0))))
-    seg = 0.0
-    for p in (run / "seg").glob("*/fold*/summary.json"):
-        s = json.loads(p.read_text())
-        seg += s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
+    seg = _seg_seconds((run / "seg").glob("*/fold*/summary.json"))
     if seg:
         times.append(("segmentation (all strategies and folds)", seg))
     for d in sorted(p for p in (run / "ablations").glob("*") if p.is_dir()):
-        t = sum(s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
-                for s in (json.loads(q.read_text()) for q in d.glob("*/*/fold*/summary.json")))
-        times.append((f"ablation {d.name}", t))
+        times.append((f"ablation {d.name}", _seg_seconds(d.glob("*/*/fold*/summary.json"))))
     return times
+
+
+def _seg_seconds(summaries) -> float:
+    """Training + evaluation time of the segmentation runs whose ``summary.json`` files are given."""
+    total = 0.0
+    for p in summaries:
+        s = json.loads(p.read_text())
+        total += s.get("train_seconds", 0.0) + s.get("eval_seconds", 0.0)
+    return total
 
 
 def _table(result: dict) -> tuple[str, str]:
     """Table II as Markdown and as HTML (best per column in bold)."""
-    from ..segmentation.compare import markdown_table
+    from ..segmentation.compare import markdown_table, table_cells
 
     table, unit = result["table"], result.get("unit", "px")
-    md = markdown_table(table, unit)
-    best = {m: (max if HIGHER_IS_BETTER[m] else min)(e[m]["mean"] for e in table.values()) for m in METRICS}
-    head = "".join(f"<th>{_HEAD[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}</th>" for m in METRICS)
-    rows = []
-    for s, e in table.items():
-        cells = []
-        for m in METRICS:
-            k = 100.0 if HIGHER_IS_BETTER[m] else 1.0
-            txt = f"{e[m]['mean'] * k:.2f} ± {e[m]['std'] * k:.2f}"
-            cells.append(f"<td><b>{txt}</b></td>" if abs(e[m]["mean"] - best[m]) < 1e-12 else f"<td>{txt}</td>")
-        gain = e.get("dice_gain_vs_none")
-        p = e.get("wilcoxon_p_vs_none")
-        cells.append(f"<td>{'—' if gain is None else f'{gain * 100:+.1f}%'}</td><td>{'—' if p is None else f'{p:.3g}'}</td>")
-        rows.append(f"<tr><td>{html.escape(s)}</td>{''.join(cells)}</tr>")
-    htm = (f"<table><tr><th>strategy</th>{head}<th>Dice gain vs none</th><th>p (Wilcoxon)</th></tr>"
-           + "".join(rows) + "</table>"
+    heads, rows = table_cells(table, unit)
+    htm = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
+           + "".join("<tr>" + "".join(f"<td><b>{html.escape(t)}</b></td>" if best else f"<td>{html.escape(t)}</td>"
+                                      for t, best in r) + "</tr>" for r in rows) + "</table>"
            + f"<p>Dice, Precision, Recall in %; HD95, ASSD in {'mm' if unit == 'mm' else 'pixels of the original image'}.</p>")
-    return md, htm
+    return markdown_table(table, unit), htm
 
 
 def _md_rows(head: list[str], body: list[list[str]]) -> str:

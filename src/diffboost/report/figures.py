@@ -19,7 +19,7 @@ import numpy as np
 
 from ..data.preview import grid_png, overlay, to_uint8
 from ..data.store import PreparedSet
-from ..evaluation.metrics import METRICS
+from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
 
 
 def _png(fig) -> bytes:
@@ -45,12 +45,12 @@ def boxplots(rows: list[dict], strategies: list[str], unit: str = "px") -> bytes
     plt = _plt()
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 4.2))
     for ax, m in zip(axes, METRICS):
-        data = [[float(r[m]) * (100 if m in ("dice", "precision", "recall") else 1) for r in rows if r["strategy"] == s]
+        data = [[float(r[m]) * (100 if HIGHER_IS_BETTER[m] else 1) for r in rows if r["strategy"] == s]
                 for s in strategies]
         ax.boxplot(data, showmeans=True, widths=0.6)
         ax.set_xticks(range(1, len(strategies) + 1), strategies, rotation=70, fontsize=8)
         ax.set_title(m.upper() if m in ("hd95", "assd") else m.capitalize())
-        ax.set_ylabel("%" if m in ("dice", "precision", "recall") else unit)
+        ax.set_ylabel("%" if HIGHER_IS_BETTER[m] else unit)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("per-case metrics on the test folds (triangle = mean)")
     return _png(fig)
@@ -77,13 +77,12 @@ def alpha_strip(real: np.ndarray, synthetic: np.ndarray, patch: int, alphas=(0.0
     """Algorithm 1's mixed input for each alpha, with one fixed draw of the grid."""
     import torch
 
-    from ..segmentation.patchmix import mix
+    from ..segmentation.patchmix import mix, patch_mask
 
     h, w = real.shape
-    grid = torch.rand(1, 1, -(-h // patch), -(-w // patch), generator=torch.Generator().manual_seed(seed))
     tiles = []
-    for a in alphas:
-        m = torch.nn.functional.interpolate((grid < a).float(), scale_factor=patch, mode="nearest")[..., :h, :w]
+    for a in alphas:  # the same seed each time: the same draw of the grid, thresholded at each alpha
+        m = patch_mask(1, h, w, a, patch, generator=torch.Generator().manual_seed(seed))
         tiles.append(to_uint8(mix(torch.from_numpy(real)[None, None], torch.from_numpy(synthetic)[None, None], m)[0, 0].numpy()))
     return grid_png([tiles], [""], [f"alpha = {a:g}" for a in alphas], tile=max(128, h))
 

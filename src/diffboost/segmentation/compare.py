@@ -91,28 +91,37 @@ def summarise(rows: list[dict], strategies: list[str]) -> dict:
     return table
 
 
-def markdown_table(table: dict, unit: str = "px") -> str:
-    """Table II: mean ± std per metric, region metrics in %, best per column in bold."""
+def table_cells(table: dict, unit: str = "px") -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Table II's header and rows as text cells with a "best in its column" flag: mean ± std per
+    metric (region metrics in %), the Dice gain over ``none`` and the Wilcoxon p. Rendered by
+    :func:`markdown_table` and by the HTML report."""
     best = {}
     for m in METRICS:
         vals = {s: e[m]["mean"] for s, e in table.items()}
         if vals:
             best[m] = (max if HIGHER_IS_BETTER[m] else min)(vals.values())
-    heads = [f"{HEADERS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" + (f" ({unit})" if m in ("hd95", "assd") else "")
-             for m in METRICS]
-    lines = ["| strategy | " + " | ".join(heads) + " | Dice gain vs none | p (Wilcoxon, Dice) |",
-             "|---|" + "---|" * (len(METRICS) + 2)]
+    heads = ["strategy"] + [f"{HEADERS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}"
+                            + (f" ({unit})" if m in ("hd95", "assd") else "") for m in METRICS]
+    heads += ["Dice gain vs none", "p (Wilcoxon, Dice)"]
+    rows = []
     for s, e in table.items():
-        cells = []
+        cells = [(s, False)]
         for m in METRICS:
             scale = 100.0 if HIGHER_IS_BETTER[m] else 1.0
-            text = f"{e[m]['mean'] * scale:.2f} ± {e[m]['std'] * scale:.2f}"
-            cells.append(f"**{text}**" if np.isclose(e[m]["mean"], best[m]) else text)
+            cells.append((f"{e[m]['mean'] * scale:.2f} ± {e[m]['std'] * scale:.2f}", bool(np.isclose(e[m]["mean"], best[m]))))
         gain = e.get("dice_gain_vs_none")
         p = e.get("wilcoxon_p_vs_none")
-        cells.append("—" if gain is None else f"{gain * 100:+.1f}%")
-        cells.append("—" if p is None else f"{p:.3g}")
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        cells.append(("—" if gain is None else f"{gain * 100:+.1f}%", False))
+        cells.append(("—" if p is None else f"{p:.3g}", False))
+        rows.append(cells)
+    return heads, rows
+
+
+def markdown_table(table: dict, unit: str = "px") -> str:
+    """Table II in Markdown, best per column in bold."""
+    heads, rows = table_cells(table, unit)
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(f"**{t}**" if best else t for t, best in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
