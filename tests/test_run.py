@@ -3,6 +3,7 @@ the report; the config presets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -167,6 +168,14 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     after = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
     assert after == before // 2 * 3  # n = 3 only added the third variant of each image
     assert set(res_n["dice"]["diffboost"]) == {"1", "3"}
+    # the comparison's diffboost runs trained on every variant there was: now that the set grew they are
+    # stale, and not silently reused
+    from diffboost.data.store import PreparedSet
+    from diffboost.segmentation.trainer import train_seg
+
+    seg = dataclasses.replace(load_run_config(out / "run.yaml").seg, aug="diffboost")
+    with pytest.raises(ValueError, match="synthetic_variants"):
+        train_seg(PreparedSet(out / "prepared"), 0, seg, out / "seg" / "diffboost" / "fold0", progress=False)
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()

@@ -202,7 +202,6 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         model_dir = out / "models" / f"fold{k}"
         ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
         if not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
-            _drop_synthetic_runs(out, k, cfg.compare.augs)
             shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
             _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
         if not (model_dir / "model").exists():
@@ -212,11 +211,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
                             val_indices=ps.indices(f.val, training=True), progress=progress)
         times[f"fine-tune fold{k}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        syn_dir = out / "synthetic" / f"fold{k}"
-        before = _made_of(syn_dir)
-        generate(model_dir / "model", ps, syn_dir, k, cfg.generate, progress=progress, replace_stale=True)
-        if before is not None and before != _made_of(syn_dir):
-            _drop_synthetic_runs(out, k, cfg.compare.augs)  # other or more variants: their segmenters are stale
+        # other or more variants make the segmenters trained on them stale: train_seg sees it
+        generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
+                 replace_stale=True)
         times[f"generate fold{k}"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -234,20 +231,6 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     times["report"] = time.perf_counter() - t0
     (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
     return report
-
-
-def _made_of(syn_dir: Path):
-    meta = syn_dir / "generation.json"
-    if not meta.exists():
-        return None
-    d = json.loads(meta.read_text())
-    return d["identity"], d["num_variants"]
-
-
-def _drop_synthetic_runs(out: Path, fold: int, augs) -> None:
-    for a in augs:
-        if parse_strategy(a)[0] == "diffboost":
-            shutil.rmtree(out / "seg" / a / f"fold{fold}", ignore_errors=True)
 
 
 def config_yaml(cfg: RunConfig) -> str:

@@ -149,7 +149,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         raise ValueError(f"size {size} is not a multiple of {mult}, which {cfg.network} needs")
     syn_path = default_synthetic(ps, fold, cfg, source) if source else None
     identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
-                "synthetic": str(syn_path.resolve()) if syn_path else None, "size": size}
+                "synthetic": str(syn_path.resolve()) if syn_path else None,
+                "synthetic_variants": _variants_of(syn_path) if syn_path else None, "size": size}
     done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
@@ -296,6 +297,16 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     return summary
 
 
+def _variants_of(syn_path: Path) -> dict | None:
+    """What a synthetic set was generated from and how many variants it holds: a run trained on it is
+    stale once the set is regenerated or grows."""
+    meta = syn_path / "generation.json"
+    if not meta.exists():
+        return None
+    d = json.loads(meta.read_text())
+    return {"identity": d.get("identity"), "num_variants": d.get("num_variants")}
+
+
 def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict | None:
     """The summary of a finished run with these settings; None to (re)start; an error when ``out``
     holds a run with other settings."""
@@ -305,13 +316,14 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     old = json.loads(run.read_text())
     # a run recorded before an option existed ran with that option's default
     old["config"] = {**SegConfig().identity(), **old.get("config", {})}
+    old.setdefault("synthetic_variants", identity["synthetic_variants"])  # recorded before this was kept
     if old != identity and replace_stale:
         shutil.rmtree(out)
         return None
     if old != identity:
         diff = sorted(k for k in set(old["config"]) | set(identity["config"])
                       if old["config"].get(k) != identity["config"].get(k))
-        diff += [k for k in ("prepared", "fold", "synthetic", "size") if old.get(k) != identity.get(k)]
+        diff += [k for k in ("prepared", "fold", "synthetic", "synthetic_variants", "size") if old.get(k) != identity.get(k)]
         raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); "
                          "choose another --out or remove it")
     summary = out / "summary.json"
