@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -514,8 +515,7 @@ def run_cmd(
 
     cfg = load_run_config(config, preset_name)
     if pretrained:
-        cfg.model.kind, cfg.model.pretrained = "sd15", pretrained
-        cfg.model.__post_init__()
+        cfg.model = dataclasses.replace(cfg.model, kind="sd15", pretrained=pretrained)  # validated again
     if corpus:
         cfg.pretrain.corpus = corpus
     report = run_all(data, out, cfg, progress=not quiet)
