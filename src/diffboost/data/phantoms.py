@@ -23,16 +23,15 @@ dataset (and :class:`diffboost.data.readers.busi.BusiReader`) expects them.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from ..utils.atomic import commit_artifact, make_temp_dir, recover_artifact
 
 __all__ = ["KINDS", "MIN_SIDE", "VERSION", "generate_phantoms", "phantom"]
 
@@ -436,6 +435,7 @@ def generate_phantoms(
     fr = tuple(float(x) for x in fractions)
     if len(fr) != 3 or not all(math.isfinite(x) and x >= 0 for x in fr) or sum(fr) <= 0:
         raise ValueError(f"fractions must be three non-negative numbers with a positive sum, got {fractions!r}")
+    recover_artifact(out)  # a previous output that a kill left aside counts as existing
     if (out.is_symlink() or out.exists()) and not overwrite:
         if not out.is_dir() or any(out.iterdir()):
             raise FileExistsError(f"{out} already exists and is not empty; pass overwrite=True to replace it")
@@ -443,7 +443,7 @@ def generate_phantoms(
     counts = _class_counts(n, fr)
     seeds = np.random.SeedSequence(seed).spawn(n)  # one independent stream per image
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out)  # a normal folder's permissions, not mkdtemp's 0700
     try:
         base = tmp / "Dataset_BUSI_with_GT"
         index = 0
@@ -469,20 +469,8 @@ def generate_phantoms(
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing whatever is there."""
+    """Move the finished ``tmp`` folder to ``out``, replacing whatever is there; the previous
+    contents stay (as ``.out.old``, restored by the next write) until the new ones are in place."""
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
         out.rmdir()
-    if not (out.is_symlink() or out.exists()):
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)  # put the previous contents back
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
+    commit_artifact(tmp, out)

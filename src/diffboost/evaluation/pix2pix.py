@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
+from ..utils.atomic import artifact_dir, recover_artifact
 from ..utils.progress import ProgressBar
 
 
@@ -78,6 +78,7 @@ def train_pix2pix(ps: PreparedSet, fold: int, out: str | Path, cfg: Pix2PixConfi
     cfg = cfg or Pix2PixConfig()
     out = Path(out)
     model = out / "model"
+    recover_artifact(model)  # a kill while swapping a new version in leaves the previous one aside
     if (model / "generator.safetensors").exists():
         saved = json.loads((model / "config.json").read_text())
         if saved["pix2pix"] != _plain(cfg) or saved["fold"] != fold:
@@ -120,18 +121,13 @@ def train_pix2pix(ps: PreparedSet, fold: int, out: str | Path, cfg: Pix2PixConfi
             log.append({"step": step + 1, "l1": l1_v, "loss_d": d_v})
             bar.update(step + 1, L1=l1_v, D=d_v)
     bar.close()
-    tmp = out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(tmp / "generator.safetensors"))
-    save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(tmp / "discriminator.safetensors"))
-    (tmp / "config.json").write_text(json.dumps({"pix2pix": _plain(cfg), "fold": fold, "size": ps.size,
-                                                 "prepared": str(ps.root.resolve()), "samples": len(idx),
-                                                 "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
-    (tmp / "log.json").write_text(json.dumps(log))
-    if model.exists():
-        shutil.rmtree(model)
-    tmp.rename(model)
+    with artifact_dir(model) as tmp:  # a previous model stays until this one is complete
+        save_file({k: v.contiguous() for k, v in gen.state_dict().items()}, str(tmp / "generator.safetensors"))
+        save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, str(tmp / "discriminator.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"pix2pix": _plain(cfg), "fold": fold, "size": ps.size,
+                                                     "prepared": str(ps.root.resolve()), "samples": len(idx),
+                                                     "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
+        (tmp / "log.json").write_text(json.dumps(log))
     return model
 
 
@@ -149,6 +145,7 @@ class Pix2PixGenerator:
         from safetensors.torch import load_file
 
         path = Path(path)
+        recover_artifact(path)
         if not (path / "generator.safetensors").exists():
             raise FileNotFoundError(f"{path}: not a Pix2Pix model (generator.safetensors missing)")
         self.meta = json.loads((path / "config.json").read_text())
@@ -178,13 +175,14 @@ class Pix2PixGenerator:
 def generate_pix2pix(model: str | Path, ps: PreparedSet, out: str | Path, fold: int, n: int = 1, seed: int = 0,
                      progress: bool = True):
     """n variants of every training sample of ``fold``, written as a synthetic set."""
-    from ..generation.generate import SyntheticSet, variant_seed, write_synthetic_set
+    from ..generation.generate import SyntheticSet, check_set_folder, variant_seed, write_synthetic_set
     from ..utils.progress import progress_iter
 
     gen = Pix2PixGenerator(model)
     if gen.meta["fold"] != fold:
         raise ValueError(f"{model}: trained on fold {gen.meta['fold']}, not fold {fold}")
     out = Path(out)
+    check_set_folder(out)  # before the work: writing the set replaces the whole folder
     idx = ps.indices(ps.fold(fold).train, training=True)
     cond_arr = ps.conditions if gen.cfg.condition == "condition" else ps.edges
     rows, images = [], []

@@ -24,10 +24,26 @@ import numpy as np
 from ..conditioning.augment_text import DEFAULT_TEXTS
 from ..config import save_yaml
 from ..data.store import PreparedSet, group_rows
+from ..utils.atomic import artifact_dir, recover_artifact
 from ..utils.progress import progress_iter
 
 SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
               "seed", "sampler", "steps", "guidance", "model_hash"]
+SET_FILES = ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
+_SET_CACHES = ("quality.csv", "quality.json")  # made from the set's images: replaced with them
+
+
+def check_set_folder(out: str | Path) -> None:
+    """Refuse an ``out`` that holds files other than a synthetic set's: the whole folder is replaced
+    when a set is written (hidden entries, such as ``.work``, are the tool's own)."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    other = sorted(p.name for p in out.iterdir()
+                   if not p.name.startswith(".") and p.name not in SET_FILES + _SET_CACHES)
+    if other:
+        raise ValueError(f"{out}: holds files that are not part of a synthetic set ({', '.join(other[:3])}"
+                         f"{', ...' if len(other) > 3 else ''}); choose an empty or new --out")
 
 
 @dataclass
@@ -72,6 +88,7 @@ class SyntheticSet:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        recover_artifact(self.root)  # a kill while a new set was swapped in leaves the previous one aside
         if not (self.root / "generation.json").exists():
             raise FileNotFoundError(f"{self.root}: not a synthetic set (no generation.json); run `diffboost generate`")
         self.meta = json.loads((self.root / "generation.json").read_text())
@@ -152,6 +169,8 @@ def generate(
     identity = {**cfg.identity(), "model_hash": mhash, "prepared": str(ps.root.resolve()), "fold": fold}
     work = out / ".work"
     if state.is_main_process:
+        recover_artifact(out)  # a kill while swapping a new set in leaves the previous one aside
+        check_set_folder(out)
         try:
             _check_compatible(out, identity)
         except ValueError:
@@ -238,30 +257,28 @@ def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, second
 
 def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np.ndarray, cfg, meta: dict) -> None:
     """Write a synthetic set (``images.npy``, ``manifest.csv``, ``config.yaml``, ``generation.json``,
-    ``preview.png``) through a temporary folder, so a reader never sees half of it. ``rows`` follow
+    ``preview.png``) through a temporary folder that replaces ``out`` whole, so a reader never sees half
+    of it and a kill keeps the previous set (see ``utils.atomic.artifact_dir``). ``rows`` follow
     ``SYN_FIELDS``; ``cfg`` is the generator's config dataclass (saved under ``generate:``)."""
     from ..data.preview import grid_png, to_uint8
 
     out = Path(out)
-    tmp = out / ".final"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "images.npy", images)
-    with open(tmp / "manifest.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SYN_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    save_yaml(cfg, tmp / "config.yaml", section="generate")
-    (tmp / "generation.json").write_text(json.dumps(meta, indent=1))
-    # preview: real | condition | the first four variants, for four real images
-    by_real = group_rows(rows, "real_index")
-    reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
-    k = min(4, max(len(v) for v in by_real.values()))
-    grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
-            [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
-    first = by_real[reals[0]]
-    heads = ["real", "condition"] + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))]
-    (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))
-    for name in ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png"):
-        (tmp / name).replace(out / name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_set_folder(out)
+    # the whole folder is swapped: the previous set (and its .work, quality cache) stays until this one is complete
+    with artifact_dir(out) as tmp:
+        np.save(tmp / "images.npy", images)
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=SYN_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        save_yaml(cfg, tmp / "config.yaml", section="generate")
+        (tmp / "generation.json").write_text(json.dumps(meta, indent=1))
+        # preview: real | condition | the first four variants, for four real images
+        by_real = group_rows(rows, "real_index")
+        reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
+        k = min(4, max(len(v) for v in by_real.values()))
+        grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
+                [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
+        first = by_real[reals[0]]
+        heads = ["real", "condition"] + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))]
+        (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))
