@@ -22,8 +22,13 @@ def save_png(path: Path, arr: np.ndarray) -> Path:
 
 
 def gradient_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A noisy linear ramp from 40 to 200 whose direction turns 50 degrees per seed, so the images of
+    different seeds are distinct cases to the near-duplicate check."""
     rng = np.random.default_rng(seed)
-    base = np.linspace(40, 200, w)[None, :].repeat(h, 0)
+    yy, xx = np.mgrid[:h, :w]
+    a = np.deg2rad(50.0 * seed)
+    ramp = np.cos(a) * xx / max(w - 1, 1) + np.sin(a) * yy / max(h - 1, 1)
+    base = 40 + 160 * (ramp - ramp.min()) / max(np.ptp(ramp), 1e-9)
     return np.clip(base + rng.normal(0, 10, (h, w)), 0, 255).astype(np.uint8)
 
 
@@ -112,9 +117,9 @@ def make_folders(root: Path, n: int = 3, mask_dir: str = "masks") -> Path:
 
 
 def make_corpus(root: Path) -> Path:
-    for mod, organ, cat in [("CT", "Abdomen", "Arterial_Pathology"), ("MR", "Hip", "normal")]:
-        for i in range(2):
-            save_png(root / mod / organ / cat / f"{i}.png", gradient_image(32, 32, i))
+    for j, (mod, organ, cat) in enumerate([("CT", "Abdomen", "Arterial_Pathology"), ("MR", "Hip", "normal")]):
+        for i in range(2):  # four distinct images (no near-duplicates)
+            save_png(root / mod / organ / cat / f"{i}.png", gradient_image(32, 32, 2 * j + i))
     return root
 
 

@@ -51,6 +51,54 @@ def test_bad_input_gives_one_error_line(tmp_path):
     assert res.exit_code == 2 and "LOW,HIGH" in res.output
 
 
+def test_errors_stay_on_one_line_when_output_is_not_a_terminal(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3) / ("and_another_long_folder_name_" * 3) / "not_prepared"
+    deep.mkdir(parents=True)
+    assert len(str(deep)) > 160
+    res = runner.invoke(app, ["info", str(deep)])
+    assert res.exit_code == 2
+    lines = [line for line in res.output.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"{deep}: not a prepared set" in lines[0]
+    # the real thing: stderr is a pipe (as in CI logs and `2>log`), no COLUMNS set
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "TERM")}
+    p = subprocess.run([sys.executable, "-m", "diffboost.cli", "info", str(deep)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.splitlines()[0] == f"error: {deep}: not a prepared set (no dataset.json); run `diffboost prepare`"
+
+
+def test_programming_errors_keep_their_traceback(tmp_path, monkeypatch):
+    import diffboost.data.store as store
+
+    def broken(self, root):
+        raise KeyError("num_cases")
+
+    monkeypatch.setattr(store.PreparedSet, "__init__", broken)
+    res = runner.invoke(app, ["info", str(tmp_path)])
+    assert res.exit_code == 1 and isinstance(res.exception, KeyError)  # not exit 2 with a "user error" line
+    assert "error:" not in res.output
+
+
+def test_a_fold_that_does_not_exist_is_named(tmp_path):
+    import pytest
+
+    src = make_busi(tmp_path / "busi")
+    res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "o"), "--size", "24", "--folds", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    ps = PreparedSet(tmp_path / "o")
+    for k in (2, 5, -1):
+        with pytest.raises(ValueError) as e:
+            ps.fold(k)
+        assert str(e.value) == f"fold {k} does not exist: {ps.root} has 2 folds (0-1)"
+    res = runner.invoke(app, ["train-seg", str(tmp_path / "o"), "--fold", "5", "-q"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"error: fold 5 does not exist: {ps.root} has 2 folds (0-1)" in res.output
+
+
 def test_unknown_config_key_is_named(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("prepare:\n  sise: 64\n")

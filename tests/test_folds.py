@@ -44,3 +44,31 @@ def test_split_errors():
         split_by_case(["a", "a", "b"])
     with pytest.raises(ValueError, match="cannot make 3 folds"):
         split_by_case(["a", "b"])
+
+
+def test_groups_stay_in_one_part_and_folds_stay_balanced():
+    ids = [f"b{i:02d}" for i in range(30)] + [f"m{i:02d}" for i in range(15)]
+    strata = ["b"] * 30 + ["m"] * 15
+    groups = [["b00", "b01", "b02"], ["b03", "m00"], ["m01", "m02"], ["b10", "b11", "b12", "b13"]]
+    for seed in range(5):
+        folds = split_by_case(ids, k=3, seed=seed, strata=strata, groups=groups)
+        _check(folds, ids)
+        for f in folds:
+            for g in groups:
+                parts = [name for name, part in (("train", f.train), ("val", f.val), ("test", f.test))
+                         if set(g) & set(part)]
+                assert len(parts) == 1, (seed, f.index, g, parts)
+        sizes = [len(f.test) for f in folds]
+        assert max(sizes) - min(sizes) <= 2, sizes
+    # without groups the split is the one it always was
+    assert split_by_case(ids, k=3, seed=0, strata=strata, groups=[]) == split_by_case(ids, k=3, seed=0, strata=strata)
+
+
+def test_groups_naming_unknown_or_repeated_cases_are_refused():
+    ids = ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="unknown case"):
+        split_by_case(ids, k=2, groups=[["a", "zz"]])
+    with pytest.raises(ValueError, match="two near-duplicate groups"):
+        split_by_case(ids, k=2, groups=[["a", "b"], ["b", "c"]])
+    with pytest.raises(ValueError, match="separable groups"):
+        split_by_case(ids, k=3, groups=[["a", "b", "c"]])

@@ -164,5 +164,38 @@ def test_hippocampus_segmentation_is_scored_on_whole_volumes_in_mm(hippocampus, 
     for case in test:
         ref = hippocampus.original_mask(case)
         assert preds[case].shape == ref.shape  # the whole volume at its original size
-    diag = max(np.sqrt(sum(n ** 2 for n in hippocampus.original_mask(c).shape)) for c in test)  # 1 mm voxels
-    assert 0 <= s["metrics"]["hd95"]["mean"] <= diag
+    import csv
+
+    import nibabel as nib
+
+    from diffboost.evaluation.metrics import case_metrics
+    from diffboost.segmentation.predict import case_spacing
+
+    first = {}
+    for r in hippocampus.manifest:
+        first.setdefault(r["case_id"], r)
+    stored = {r["case_id"]: r for r in csv.DictReader(open(tmp_path / "seg" / "metrics.csv"))}
+    empty_hd95 = []
+    for case in test[:6]:
+        ref = hippocampus.original_mask(case)
+        src = nib.load(first[case]["source_mask"])
+        np.testing.assert_array_equal(np.asarray(src.dataobj), ref)  # the label volume as the file holds it
+        spacing = tuple(float(v) for v in src.header.get_zooms()[:3])
+        assert case_spacing(first[case]) == pytest.approx(spacing)  # mm, from the NIfTI header
+        # the stored score is the whole stored volume's, against the file's labels, in the file's mm
+        assert float(stored[case]["hd95"]) == pytest.approx(case_metrics(preds[case], ref, spacing, [1, 2])["hd95"])
+        # HD95 in mm: the reference moved by k voxels along an axis scores about k voxel sizes (the 95th
+        # percentile of the border distances: at most k, and most border points are k away)
+        for axis in range(3):
+            for k in (1, 2, 4):
+                moved = np.zeros_like(ref)
+                src_sl, dst_sl = [slice(None)] * 3, [slice(None)] * 3
+                src_sl[axis], dst_sl[axis] = slice(0, ref.shape[axis] - k), slice(k, None)
+                moved[tuple(dst_sl)] = ref[tuple(src_sl)]
+                hd95 = case_metrics(moved, ref, spacing, [1, 2])["hd95"]
+                assert 0.75 * k * spacing[axis] <= hd95 <= k * spacing[axis] + 1e-6, (case, axis, k, hd95)
+        empty_hd95.append(case_metrics(np.zeros_like(ref), ref, spacing, [1, 2])["hd95"])
+    # one epoch already beats predicting nothing (whose HD95 is the volume's diagonal)
+    model_hd95 = [float(stored[c]["hd95"]) for c in test[:6]]
+    assert np.mean(model_hd95) < 0.5 * np.mean(empty_hd95), (model_hd95, empty_hd95)
+    assert s["metrics"]["dice"]["mean"] > 0.3

@@ -38,11 +38,11 @@ def first_run(tmp_path_factory, phantom_root):
 def test_run_writes_every_stage_and_a_readable_report(first_run):
     out, report = first_run
     for p in ("prepared/dataset.json", "models/fold0/model", "models/fold1/model", "synthetic/fold0/images.npy",
-              "seg/none/fold0/summary.json", "seg/diffboost/fold1/summary.json", "compare/table.md", "run.yaml"):
+              "seg/none/seed0/fold0/summary.json", "seg/diffboost/seed0/fold1/summary.json", "compare/table.md", "run.yaml"):
         assert (out / p).exists(), p
     assert not (out / "models" / "fold2").exists()  # only the folds asked for
     md = (out / "report.md").read_text()
-    for title in ("Table II", "Synthetic variants (Fig. 3)", "Algorithm 1 mixing (Fig. 4)", "Segmentations (Fig. 5)",
+    for title in ("Table II", "Per fold", "Synthetic variants (Fig. 3)", "Algorithm 1 mixing (Fig. 4)", "Segmentations (Fig. 5)",
                   "Training curves", "Provenance"):
         assert f"## {title}" in md
     prov = json.loads((out / "provenance.json").read_text())
@@ -51,8 +51,9 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
     assert all(v > 0 for k, v in prov["wall_seconds"].items() if k != "prepare")
     assert "| fine-tune fold0 | " in md and "| total | " in md  # wall time per stage, readable
     page = report.read_text()
-    assert page.count("data:image/png;base64,") == 5 and "<table>" in page  # self-contained
-    for fig in ("boxplots", "variants", "alpha_strip", "overlays", "curves"):
+    assert page.count("data:image/png;base64,") == 6 and "<table>" in page  # self-contained
+    assert "lesion Dice" in md and "FP rate on empty" in md and "ΔDice vs none [95% CI]" in md
+    for fig in ("boxplots", "boxplots_per_fold", "variants", "alpha_strip", "overlays", "curves"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     saved = load_run_config(out / "run.yaml", "cpu")
     assert saved == _cfg()  # the saved config reproduces the run
@@ -89,13 +90,88 @@ def test_presets_and_config_files(tmp_path):
     data["seg"]["epochs"] = 3
     f.write_text(yaml.safe_dump(data))
     cfg = load_run_config(f, "demo")
-    assert cfg.seg.epochs == 3 and cfg.prepare.size == 96  # the file's values win over the preset's
+    assert cfg.seg.epochs == 3 and cfg.prepare.size == 128  # the file's values win over the preset's
+    assert cfg.compare.seeds == (0, 1) and "classic" in cfg.compare.augs and "diffboost+classic" in cfg.compare.augs
     f.write_text("seg:\n  epochz: 3\n")
     with pytest.raises(ValueError, match="run.yaml.*epochz"):
         load_run_config(f)
     f.write_text("segmentation:\n  epochs: 3\n")
     with pytest.raises(ValueError, match="unknown section 'segmentation'"):
         load_run_config(f)
+
+
+def test_config_prints_every_section_a_verb_reads(tmp_path, monkeypatch):
+    from diffboost.cli import app
+    from diffboost.config import PrepareConfig, load_section
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import TrainConfig
+    from diffboost.evaluation.pix2pix import Pix2PixConfig
+    from diffboost.generation.generate import GenerateConfig
+    from diffboost.segmentation import SegConfig
+
+    r = CliRunner().invoke(app, ["config", "--preset", "cpu"])
+    assert r.exit_code == 0, r.output
+    f = tmp_path / "all.yaml"
+    f.write_text(r.output)
+    cfg = preset("cpu")
+    # the section each verb's --config reads: prepare; pretrain/finetune; generate; train-seg/compare; pix2pix train
+    verbs = {"prepare": PrepareConfig, "model": ModelConfig, "train": TrainConfig, "generate": GenerateConfig,
+             "seg": SegConfig, "pix2pix": Pix2PixConfig}
+    assert set(verbs) <= set(yaml.safe_load(r.output))
+    for section, cls in verbs.items():
+        assert load_section(f, section, cls) == getattr(cfg, section), section
+    assert load_run_config(f, "demo") == cfg  # and `run --config` takes the same file
+    # `pix2pix train --config` really reads its section
+    import diffboost.evaluation.pix2pix as p2p
+
+    data = yaml.safe_load(r.output)
+    data["pix2pix"].update(steps=7, l1_weight=50.0)
+    f.write_text(yaml.safe_dump(data))
+    seen = []
+    monkeypatch.setattr(p2p, "train_pix2pix", lambda ps, fold, out, c, progress=True: seen.append(c) or out)
+    monkeypatch.setattr("diffboost.data.store.PreparedSet.__init__", lambda self, root: None)
+    r = CliRunner().invoke(app, ["pix2pix", "train", str(tmp_path), "--config", str(f), "-q"])
+    assert r.exit_code == 0, r.output
+    assert (seen[0].steps, seen[0].l1_weight) == (7, 50.0)
+
+
+def test_a_strategy_run_cannot_make_is_refused_when_the_config_loads(phantom_root, tmp_path):
+    from diffboost.cli import app
+
+    f = tmp_path / "p2p.yaml"
+    f.write_text("compare:\n  augs: [none, diffboost, pix2pix+mirror]\n")
+    with pytest.raises(ValueError, match=r"p2p.yaml: compare.augs: 'pix2pix\+mirror' needs pix2pix synthetic sets, "
+                                         r"which `diffboost run` does not make"):
+        load_run_config(f)
+    with pytest.raises(ValueError, match="compare.augs: 'pix2pix'"):
+        _cfg(compare={"augs": ["none", "pix2pix"]})
+    r = CliRunner().invoke(app, ["run", "--data", str(phantom_root), "--out", str(tmp_path / "r"), "--config", str(f)])
+    assert r.exit_code == 2 and "diffboost pix2pix generate" in r.output
+    assert not (tmp_path / "r").exists()  # refused before anything ran
+
+
+def test_sd15_gets_its_own_learning_rate_unless_one_is_set(tmp_path, monkeypatch):
+    import diffboost.run as run_module
+    from diffboost.cli import app
+    from diffboost.diffusion.train import TrainConfig
+
+    assert TrainConfig().lr_for("small") == 3e-4 and TrainConfig().lr_for("sd15") == 1e-5
+    assert TrainConfig(learning_rate=2e-5).lr_for("sd15") == 2e-5
+    assert TrainConfig(learning_rate="1e-5").learning_rate == 1e-5  # YAML reads 1e-5 as text
+    with pytest.raises(ValueError, match="learning_rate must be positive"):
+        TrainConfig(learning_rate=0)
+    sd = tmp_path / "sd15"
+    (sd / "unet").mkdir(parents=True)
+    (sd / "model_index.json").write_text("{}")
+    seen = []
+    monkeypatch.setattr(run_module, "run", lambda data, out, cfg, progress=True: seen.append(cfg) or out / "report.html")
+    for extra, lr in (([], 1e-5), (["--config", str(tmp_path / "lr.yaml")], 2e-5)):
+        (tmp_path / "lr.yaml").write_text("train:\n  learning_rate: 2.0e-5\n")
+        r = CliRunner().invoke(app, ["run", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "gpu",
+                                     "--pretrained", str(sd), *extra])
+        assert r.exit_code == 0, r.output
+        cfg = seen[-1]
+        assert cfg.model.kind == "sd15" and cfg.train.lr_for(cfg.model.kind) == lr
 
 
 def test_runs_killed_in_fine_tuning_and_in_generation_finish_equal_to_an_uninterrupted_one(
@@ -141,7 +217,7 @@ def test_runs_killed_in_fine_tuning_and_in_generation_finish_equal_to_an_uninter
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert np.array_equal(np.load(a / "synthetic/fold0/images.npy"), np.load(b / "synthetic/fold0/images.npy"))
     for s in ("none", "diffboost"):
-        assert (a / f"seg/{s}/fold0/metrics.csv").read_text() == (b / f"seg/{s}/fold0/metrics.csv").read_text()
+        assert (a / f"seg/{s}/seed0/fold0/metrics.csv").read_text() == (b / f"seg/{s}/seed0/fold0/metrics.csv").read_text()
 
 
 def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_root):
@@ -160,8 +236,8 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     assert set(res["dice"]["diffboost"]) == {"0.0", "0.6"} and res["baseline"] is not None
     # alpha = 0.6 is the comparison's own setting: its runs are reused, not trained again
     assert not (out / "ablations" / "alpha" / "0.6").exists() and (out / "ablations" / "alpha" / "0.0").exists()
-    assert res["dice"]["diffboost"]["0.6"]["per_fold"] == [
-        json.loads((out / "seg" / "diffboost" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
+    assert res["dice"]["diffboost"]["0.6"]["per_run"] == [
+        json.loads((out / "seg" / "diffboost" / "seed0" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
         for k in (0, 1)]
     before = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
     res_n = ablate(out, "n", [1, 3], progress=False)
@@ -175,7 +251,7 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
 
     seg = dataclasses.replace(load_run_config(out / "run.yaml").seg, aug="diffboost")
     with pytest.raises(ValueError, match="synthetic_variants"):
-        train_seg(PreparedSet(out / "prepared"), 0, seg, out / "seg" / "diffboost" / "fold0", progress=False)
+        train_seg(PreparedSet(out / "prepared"), 0, seg, out / "seg" / "diffboost" / "seed0" / "fold0", progress=False)
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()

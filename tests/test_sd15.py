@@ -88,3 +88,29 @@ def test_sd15_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a diffusers Stable Diffusion folder"):
         load_sd15(ModelConfig(kind="sd15", pretrained=str(tmp_path / "empty")))
+
+
+def test_sd15_fine_tunes_at_its_own_learning_rate_by_default(tiny_sd, tmp_path, monkeypatch):
+    import yaml
+
+    from diffboost.config import PrepareConfig
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.data.preparation import prepare
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import TrainConfig, train_diffusion
+
+    lrs = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, lr, **kw):
+            lrs.append(lr)
+            super().__init__(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    ps = prepare(generate_phantoms(tmp_path / "src", n=4, seed=1), tmp_path / "p", PrepareConfig(size=32, folds=2),
+                 progress=False)
+    cfg = ModelConfig(kind="sd15", pretrained=str(tiny_sd), image_size=32)
+    train_diffusion(ps, tmp_path / "run", list(range(len(ps))), cfg, TrainConfig(steps=1, batch_size=2, warmup_steps=0),
+                    progress=False)
+    assert lrs == [1e-5]  # the ControlNet's rate, not the small model's 3e-4
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["learning_rate"] == 1e-5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,11 +137,218 @@ def test_interrupted_training_resumes_to_the_same_weights(task, monkeypatch):
     assert len(list(csv.DictReader(open(root / "runs" / "cut" / "log.csv")))) == 3
 
 
-def test_output_mixing_and_options_run(task):
+# ---- Algorithm 1 in the training loop ------------------------------------------------------------
+
+class _Recorder(torch.nn.Module):
+    """A network that keeps a copy of every input it is given."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.net(x)
+
+
+def _toy_fold(synthetic: str | None = "random", n: int = 8, size: int = 32, variants: int = 2):
+    """Real images with distinct random values (every pixel > 0, so a zero marks a synthetic pixel),
+    lesion masks, and ``variants`` synthetic variants per image: random, zeros, or copies of the real one."""
+    from diffboost.segmentation.data import FoldData, SyntheticPool
+
+    g = torch.Generator().manual_seed(1)
+    masks = torch.zeros(n, 1, size, size, dtype=torch.long)
+    for j in range(n):
+        masks[j, :, 4 + j : 14 + j, 6:20] = 1
+    images = 0.1 + 0.5 * torch.rand(n, 1, size, size, generator=g) + 0.3 * masks
+    data = FoldData(images, masks, list(range(n)))
+    if synthetic is not None:
+        real = images.repeat_interleave(variants, 0)
+        syn = {"random": torch.rand(real.shape, generator=g) * 2 - 1, "zeros": torch.zeros_like(real), "real": real}
+        rows = torch.arange(n * variants).reshape(n, variants)
+        data.synthetic = SyntheticPool(syn[synthetic], rows, torch.full((n,), variants), Path("toy"))
+    return data
+
+
+def _one_epoch(data, **options):
+    """One epoch of a tiny UNet on ``data``: (the network with its recorded inputs, the labels the loss saw)."""
+    from monai.losses import DiceCELoss
+
+    from diffboost.segmentation.networks import build_network
+    from diffboost.segmentation.trainer import _train_epoch
+
+    cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
+    torch.manual_seed(0)
+    net = _Recorder(build_network("unet", 2, cfg.channels))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
+
+    def loss_fn(logits, y):
+        labels.append(y.clone())
+        return dice_ce(logits, y)
+
+    _train_epoch(net, opt, loss_fn, data, cfg, BatchAugmenter("none", 0.5, cfg.seed), cfg.patch or 8, epoch=0)
+    return net, labels
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_alpha_one_and_real_copies_train_exactly_like_no_synthetic_images():
+    baseline, _ = _one_epoch(_toy_fold(None))
+    all_real, _ = _one_epoch(_toy_fold("random"), aug="diffboost", alpha=1.0)
+    assert _same_weights(all_real, baseline)  # alpha = 1: every patch is real
+    copies, _ = _one_epoch(_toy_fold("real"), aug="diffboost", alpha=0.0)
+    assert _same_weights(copies, baseline)  # alpha = 0 with variants equal to the real images
+    mixed, _ = _one_epoch(_toy_fold("random"), aug="diffboost", alpha=0.5)
+    assert not _same_weights(mixed, baseline)  # the control: real mixing changes training
+
+
+@pytest.mark.parametrize("alpha, patch", [(0.5, 8), (0.2, 4), (0.8, 16)])
+def test_zero_variants_blank_the_input_exactly_where_the_algorithm_1_mask_says(alpha, patch):
+    data = _toy_fold("zeros")
+    net, labels = _one_epoch(data, aug="diffboost", alpha=alpha, patch=patch)
+    assert len(net.inputs) == len(labels) == 2 and all(x.shape == (4, 1, 32, 32) for x in net.inputs)
+    real_cells, seen = [], []
+    for x, y in zip(net.inputs, labels):
+        for xi, yi in zip(x, y):
+            keep = xi != 0  # zero = taken from the (zero) synthetic variant
+            j = next(j for j in range(len(data)) if torch.equal(xi[keep], data.images[j][keep]))
+            seen.append(j)
+            assert torch.equal(xi, data.images[j] * keep)  # real pixels unchanged, the rest synthetic
+            assert torch.equal(yi, data.masks[j])  # the label is the real mask
+            cells = keep[0].reshape(32 // patch, patch, 32 // patch, patch)
+            assert (cells.all((1, 3)) | ~cells.any((1, 3))).all()  # one source per patch x patch cell
+            real_cells += cells[:, 0, :, 0].flatten().tolist()
+    assert sorted(seen) == list(range(len(data)))  # every real image once per epoch
+    assert abs(np.mean(real_cells) - alpha) < 0.15  # a cell is real with probability alpha
+    if patch == 4:  # the cells are 4 px, not some fixed size
+        blocks = torch.stack(net.inputs).ne(0).reshape(-1, 4, 8, 4, 8)
+        assert (blocks.any((2, 4)) & ~blocks.all((2, 4))).any()
+
+
+def test_output_mixing_runs_real_and_synthetic_through_the_network_and_trains_differently():
+    data = _toy_fold("random")
+    out_net, labels = _one_epoch(data, aug="diffboost", alpha=0.5, mix="output")
+    in_net, _ = _one_epoch(data, aug="diffboost", alpha=0.5, mix="input")
+    for x, y in zip(out_net.inputs, labels):
+        assert x.shape == (8, 1, 32, 32)  # the 4 real images, then one variant of each
+        for real, syn in zip(x[:4], x[4:]):
+            j = next(j for j in range(len(data)) if torch.equal(real, data.images[j]))
+            rows = data.synthetic.rows[j]
+            assert any(torch.equal(syn, data.synthetic.images[r]) for r in rows)
+    assert all(x.shape == (4, 1, 32, 32) for x in in_net.inputs)
+    assert not _same_weights(out_net, in_net)
+
+
+def test_mix_alpha_patch_and_n_reach_the_training_loop(task, monkeypatch):
+    import diffboost.segmentation.trainer as trainer
+    from diffboost.generation.generate import SyntheticSet
+    from diffboost.segmentation.patchmix import default_patch
+
     root, ps = task
-    s = train_seg(ps, 0, SegConfig(**FAST, aug="diffboost", mix="output", alpha=0.3, patch=8, n=1),
-                  root / "runs" / "output_mix", progress=False)
-    assert s["identity"]["config"]["mix"] == "output" and s["identity"]["config"]["n"] == 1
+
+    class Seen(Exception):
+        pass
+
+    def record(net, opt, loss_fn, data, cfg, augment, patch, epoch, **kw):
+        raise Seen(cfg, patch, data)
+
+    monkeypatch.setattr(trainer, "_train_epoch", record)
+    with pytest.raises(Seen) as e:
+        train_seg(ps, 0, SegConfig(**FAST, aug="diffboost", mix="output", alpha=0.3, patch=8, n=1),
+                  root / "runs" / "options_n1", progress=False)
+    cfg, patch, data = e.value.args
+    assert (cfg.mix, cfg.alpha, patch) == ("output", 0.3, 8)
+    syn = SyntheticSet(root / "synthetic" / "fold0")
+    pool = data.synthetic
+    assert pool.counts.tolist() == [1] * len(data)  # n = 1 of the 2 generated variants
+    for j, real in enumerate(data.indices):  # ... and it is variant 0 of each image
+        first = next(r for r in syn.by_real[real] if syn.manifest[r]["variant"] == 0)
+        assert torch.equal(pool.images[pool.rows[j, 0], 0], torch.from_numpy(np.asarray(syn.images[first], np.float32)))
+    with pytest.raises(Seen) as e:
+        train_seg(ps, 0, SegConfig(**FAST, aug="diffboost"), root / "runs" / "options_all", progress=False)
+    assert e.value.args[2].synthetic.counts.tolist() == [2] * len(data)  # n = None: every variant
+    assert e.value.args[1] == default_patch(32) == 5  # the paper's 64 px at 384 px, scaled
+
+
+# ---- networks: every one with every preset's widths, or a reason before training ----------------
+
+@pytest.mark.parametrize("widths", [(8, 16, 32, 64, 64, 128), "cpu preset"])
+def test_every_network_runs_with_the_cpu_widths_at_96_px(widths):
+    from diffboost.run import preset
+    from diffboost.segmentation.networks import NETWORKS, build_network, check_network
+
+    size = 96
+    if widths == "cpu preset":
+        widths, size = preset("cpu").seg.channels, preset("cpu").prepare.size
+    for name in NETWORKS:
+        check_network(name, widths, size)
+        torch.manual_seed(0)
+        net = build_network(name, 2, widths)
+        with torch.no_grad():
+            assert net(torch.randn(2, 1, size, size)).shape == (2, 2, size, size), name
+
+
+def test_networks_outside_the_unet_family_use_the_widths():
+    from diffboost.segmentation.networks import build_network, swin_feature_size
+
+    widths = (8, 16, 32, 64, 64, 128)
+    resnet = build_network("resnet50_unet", 2, widths)  # ResNet-50's decoder: the first five, coarsest level first
+    last_conv = [[m.out_channels for m in b.modules() if isinstance(m, torch.nn.Conv2d)][-1] for b in resnet.decoder.blocks]
+    assert last_conv == [64, 64, 32, 16, 8]
+    assert build_network("swin_unetr", 2, widths).swinViT.embed_dim == 12  # 8 -> the nearest multiple of 12
+    assert (swin_feature_size((16,)), swin_feature_size((24,)), swin_feature_size((40,))) == (12, 24, 36)
+    basic = build_network("basic_unet", 2, (8, 16, 32, 64, 128))  # five levels; the last decoder level gets 8
+    assert basic.final_conv.in_channels == 8 and basic.down_4.convs.conv_1.conv.out_channels == 128
+
+
+def test_every_preset_either_builds_each_network_or_says_why_not():
+    from diffboost.run import PRESETS, preset
+    from diffboost.segmentation.networks import NETWORKS, build_network, check_network
+
+    for p in PRESETS:
+        cfg = preset(p)
+        for name in NETWORKS:
+            try:
+                check_network(name, cfg.seg.channels, cfg.seg.size or cfg.prepare.size)
+            except ValueError as e:
+                assert name in str(e) and ("channel widths" in str(e) or "multiple of" in str(e)), str(e)
+                continue
+            build_network(name, 2, cfg.seg.channels)
+    with pytest.raises(ValueError, match=r"basic_unet takes 5 or 6 channel widths .* got 3"):
+        SegConfig(network="basic_unet", channels=(8, 16, 32))  # at config time, not after data loading
+    with pytest.raises(ValueError, match=r"resnet50_unet takes 5 or 6 channel widths .* got 4"):
+        SegConfig(network="resnet50_unet", channels=(8, 16, 32, 64))
+
+
+def test_a_sweep_value_that_cannot_train_is_refused_before_any_training(task, tmp_path, monkeypatch):
+    import diffboost.segmentation.trainer as trainer
+    from diffboost.ablate import ablate
+    from diffboost.cli import app
+    from diffboost.config import save_yaml
+    from diffboost.run import RunConfig
+
+    root, ps = task
+    monkeypatch.setattr(trainer, "train_seg", lambda *a, **k: pytest.fail("trained before refusing"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "prepared").symlink_to(ps.root)
+    save_yaml(RunConfig.from_dict({"prepare": {"size": 32}, "seg": {"channels": [8, 16, 32]}}), run_dir / "run.yaml")
+    with pytest.raises(ValueError, match="network=basic_unet: basic_unet takes 5 or 6 channel widths"):
+        ablate(run_dir, "network", ["unet", "basic_unet"], progress=False)
+    r = CliRunner().invoke(app, ["ablate", str(run_dir), "--sweep", "alpha=0,1", "--sweep",
+                                 "network=swin_unetr,resnet50_unet", "-q"])
+    assert r.exit_code == 2, r.output
+    assert "--sweep network=resnet50_unet: resnet50_unet takes 5 or 6 channel widths" in r.output
+    assert "run.yaml" in r.output
+    with pytest.raises(ValueError, match="ablate.sweeps: network=basic_unet"):  # `run` refuses it at load
+        RunConfig.from_dict({"prepare": {"size": 64}, "seg": {"channels": [8, 16, 32, 64]},
+                             "ablate": {"sweeps": ["network=unet,basic_unet"]}})
+    with pytest.raises(ValueError, match="seg: size 48 is not a multiple of 32"):
+        RunConfig.from_dict({"prepare": {"size": 48}, "seg": {"network": "swin_unetr"}})
 
 
 def test_synthetic_sets_of_other_folds_are_refused(task):
@@ -193,7 +401,7 @@ def test_compare_writes_table_ii_on_the_same_folds(task):
     assert list(table) == ["none", "mirror", "diffboost"]
     n_cases = len(ps.fold(0).test) + len(ps.fold(1).test)
     assert all(e["cases"] == n_cases for e in table.values())
-    assert "dice_gain_vs_none" in table["diffboost"] and "wilcoxon_p_vs_none" in table["mirror"]
+    assert "vs_none" in table["diffboost"] and "p_holm" in table["mirror"]["vs_none"] and "vs_none" not in table["none"]
     rows = list(csv.DictReader(open(root / "cmp" / "compare" / "cases.csv")))
     assert len(rows) == 3 * n_cases
     by = {}
@@ -201,11 +409,12 @@ def test_compare_writes_table_ii_on_the_same_folds(task):
         by.setdefault(r["strategy"], []).append((r["fold"], r["case_id"]))
     assert by["none"] == by["mirror"] == by["diffboost"]  # same folds, same cases
     md = (root / "cmp" / "compare" / "table.md").read_text()
-    assert md.count("**") >= 10 and "Dice ↑" in md and "HD95 ↓ (px)" in md
+    assert md.count("**") >= 10 and "Dice ↑" in md and "HD95 ↓ (px)" in md and "lesion Dice" in md
     saved = json.loads((root / "cmp" / "compare" / "table.json").read_text())
     assert saved["table"]["none"]["dice"]["mean"] == pytest.approx(table["none"]["dice"]["mean"])
     # every strategy started from the same weights: seed is part of each run's identity
-    ids = {json.loads((root / "cmp" / "seg" / s / "fold0" / "run.json").read_text())["config"]["seed"] for s in table}
+    ids = {json.loads((root / "cmp" / "seg" / s / "seed0" / "fold0" / "run.json").read_text())["config"]["seed"]
+           for s in table}
     assert ids == {0}
 
 

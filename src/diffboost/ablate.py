@@ -4,8 +4,9 @@ Sweeps the augmentation ratio ``n``, ``alpha``, the ``patch`` size or the ``netw
 ``diffboost`` strategy with every other option as in ``DIR/run.yaml``, on the same folds and seeds,
 reusing the generated variants (a larger ``n`` than was generated only adds the missing ones). For
 ``network`` the ``none`` baseline is trained with each backbone too (the paper's Fig. 7). Runs go to
-``DIR/ablations/<param>/<value>/<strategy>/foldK``; ``DIR/ablations/<param>.json`` and ``.png`` hold
-the table and the plot (mean Dice with a band of ± one std over folds, against the baseline).
+``DIR/ablations/<param>/<value>/<strategy>/seed<s>/foldK`` (every seed of ``compare.seeds``);
+``DIR/ablations/<param>.json`` and ``.png`` hold the table and the plot (mean Dice with a band of
+± one std over runs, fold x seed, against the baseline).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .utils.atomic import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from .segmentation.config import SegConfig
 
 SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str}
 
@@ -33,17 +38,48 @@ def parse_sweep(text: str) -> tuple[str, list]:
         raise ValueError(f"--sweep {name}: cannot read the values {values!r}") from None
 
 
-def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True) -> dict:
-    from .data.store import PreparedSet
-    from .generation.generate import generate
-    from .run import load_run_config
-    from .segmentation.trainer import train_seg
+def check_values(seg: SegConfig, param: str, values: list, size: int) -> None:
+    """Refuse, before any training, a swept value that cannot train with the other settings of
+    ``seg`` at ``size`` pixels, e.g. a network that cannot take the widths."""
+    from .segmentation.networks import check_network
 
-    run_dir = Path(run_dir)
+    for v in values:
+        try:
+            s = dataclasses.replace(seg, **{param: v})
+            check_network(s.network, s.channels, s.size or size)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{param}={v}: {e}") from None
+
+
+def _load_run(run_dir: Path):
+    from .data.store import PreparedSet
+    from .run import load_run_config
+
     if not (run_dir / "run.yaml").exists():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no run.yaml); make one with `diffboost run`")
-    cfg = load_run_config(run_dir / "run.yaml")
-    ps = PreparedSet(run_dir / "prepared")
+    return load_run_config(run_dir / "run.yaml"), PreparedSet(run_dir / "prepared")
+
+
+def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]]) -> None:
+    """Check every ``(param, values)`` sweep against a run folder's settings before any of them trains."""
+    run_dir = Path(run_dir)
+    cfg, ps = _load_run(run_dir)
+    for param, values in sweeps:
+        try:
+            check_values(cfg.seg, param, values, ps.size)
+        except ValueError as e:
+            raise ValueError(f"{run_dir / 'run.yaml'}: --sweep {e}") from None
+
+
+def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None) -> dict:
+    """Train the sweep (``n_jobs`` runs at once; default ``compare.jobs`` of the run) and write its
+    table and plot; Dice is the mean over runs (fold x seed) with the std over runs."""
+    from .generation.generate import generate
+    from .segmentation.jobs import SegJob, run_folder, run_jobs
+
+    run_dir = Path(run_dir)
+    cfg, ps = _load_run(run_dir)
+    check_values(cfg.seg, param, values, ps.size)
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
     if param == "n":  # reuse what exists: generation only adds the missing variants
         for k in folds:
@@ -53,23 +89,31 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True)
             generate(model, ps, run_dir / "synthetic" / f"fold{k}", k,
                      dataclasses.replace(cfg.generate, n=max(max(values), cfg.generate.n)), progress=progress)
     strategies = ["none", "diffboost"] if param == "network" else ["diffboost"]
-    results: dict = {"param": param, "values": values, "folds": folds, "dice": {}, "baseline": None}
+    seeds = cfg.compare.seed_list(cfg.seg)
+    jobs, where = [], []
     for v in values:
         for s in strategies:
             seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
-            means = []
             same_as_compare = seg == dataclasses.replace(cfg.seg, aug=s)
-            for k in folds:
-                out = run_dir / "ablations" / param / str(v) / s / f"fold{k}"
-                if same_as_compare and (run_dir / "seg" / s / f"fold{k}" / "summary.json").exists():
-                    out = run_dir / "seg" / s / f"fold{k}"  # the comparison trained exactly this one already
-                means.append(train_seg(ps, k, seg, out, progress=progress, replace_stale=True)["metrics"]["dice"]["mean"])
-            results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(means)), "std": float(np.std(means)),
-                                                          "per_fold": means}
+            for seed in seeds:
+                for k in folds:
+                    out = run_folder(run_dir / "ablations" / param / str(v), s, k, seed)
+                    mine = run_folder(run_dir / "seg", s, k, seed)
+                    if same_as_compare and (mine / "summary.json").exists():
+                        out = mine  # the comparison trained exactly this one already
+                    jobs.append(SegJob(dataclasses.replace(seg, seed=seed), k, out))
+                    where.append((s, str(v)))
+    summaries = run_jobs(ps, jobs, n_jobs or cfg.compare.jobs, progress=progress, replace_stale=True)
+    results: dict = {"param": param, "values": values, "folds": folds, "seeds": seeds, "dice": {}, "baseline": None}
+    for s in strategies:
+        for v in values:
+            runs = [x["metrics"]["dice"]["mean"] for x, w in zip(summaries, where) if w == (s, str(v))]
+            results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
+                                                          "per_run": runs}
     if param != "network":
-        base = [json.loads((run_dir / "seg" / "none" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
-                for k in folds if (run_dir / "seg" / "none" / f"fold{k}" / "summary.json").exists()]
-        results["baseline"] = float(np.mean(base)) if len(base) == len(folds) else None
+        base = [run_folder(run_dir / "seg", "none", k, seed) / "summary.json" for seed in seeds for k in folds]
+        if all(p.exists() for p in base):
+            results["baseline"] = float(np.mean([json.loads(p.read_text())["metrics"]["dice"]["mean"] for p in base]))
     (run_dir / "ablations").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "ablations" / f"{param}.json", json.dumps(results, indent=1))
     atomic_write_bytes(run_dir / "ablations" / f"{param}.png", plot(results))
@@ -93,7 +137,7 @@ def plot(results: dict) -> bytes:
         ax.axhline(results["baseline"] * 100, color="grey", ls="--", label="none (baseline)")
     if results["param"] == "network":
         ax.set_xticks(x, values, rotation=20)
-    ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over folds)")
+    ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over runs)")
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)

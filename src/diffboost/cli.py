@@ -14,11 +14,15 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="DiffBoost: text + edge guided diffusion augmentation for medical image segmentation.")
-console = Console(stderr=True)
+# soft_wrap: a message is never broken into lines of the console's width (80 columns when stderr is a
+# file or a pipe), so a path in it stays whole in logs; a terminal wraps long lines by itself
+console = Console(stderr=True, soft_wrap=True)
 
 
 def friendly_errors(fn):
-    """Turn expected failures (bad input, bad options) into one red line and exit code 2."""
+    """Turn expected failures (bad input, bad options) into one red line and exit code 2.
+
+    KeyError, IndexError and the like are programming errors: they keep their traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -26,7 +30,7 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileExistsError, FileNotFoundError, ValueError, KeyError) as e:
+        except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
             console.print(f"[bold red]error:[/] {_escape(str(e))}")
             raise typer.Exit(2) from None
 
@@ -72,6 +76,8 @@ def prepare(
     folds: Optional[int] = typer.Option(None, help="Number of case-wise folds (default 3)."),
     val_fraction: Optional[float] = typer.Option(None, help="Part of each training fold kept for validation (default 0.2)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the fold split."),
+    duplicates: Optional[float] = typer.Option(None, help="Near-duplicate threshold (2D thumbnail correlation, default 0.92): each group stays in one fold. 1 = exact copies only."),
+    no_duplicates: bool = typer.Option(False, "--no-duplicates", help="Do not look for near-duplicates."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or inconsistent files with a warning (listed in dataset.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -86,7 +92,7 @@ def prepare(
         "format": format, "size": size, "slices": slices, "axis": axis, "channel": channel,
         "label_map": parse_label_map(labels), "window": _parse_pair(window, "window"),
         "percentiles": _parse_pair(percentiles, "percentiles"), "edges": edges, "hed_weights": hed_weights,
-        "folds": folds, "val_fraction": val_fraction, "seed": seed,
+        "folds": folds, "val_fraction": val_fraction, "seed": seed, "duplicates": duplicates,
     }
     values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
     values.update({k: v for k, v in updates.items() if v is not None})
@@ -94,6 +100,8 @@ def prepare(
         values["edges"] = "hed"
     if skip_bad:
         values["skip_bad"] = True
+    if no_duplicates:
+        values["duplicates"] = None
     p = cfg.prompt
     values["prompt"] = PromptConfig(
         template=prompt or p.template, modality=modality or p.modality,
@@ -158,6 +166,10 @@ def _print_summary(ps) -> None:
     t.add_row("prompts", "; ".join(m["prompts"][:6]) + (" ..." if len(m["prompts"]) > 6 else ""))
     if ps.folds:
         t.add_row("folds (train/val/test cases)", ", ".join(f"{len(f.train)}/{len(f.val)}/{len(f.test)}" for f in ps.folds))
+    dups = m.get("near_duplicates") or {}
+    if dups.get("groups"):
+        t.add_row("near-duplicate groups (kept in one fold)",
+                  f"{len(dups['groups'])} groups, {dups.get('cases_in_groups')} cases (threshold {dups.get('threshold')})")
     t.add_row("skipped files", str(len(m["skipped"])))
     t.add_row("time / peak memory", f"{m['seconds']} s / {m['peak_memory_mb']} MB")
     Console().print(t)
@@ -207,20 +219,30 @@ def pretrain(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16 (GPU)."),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    task: Optional[Path] = typer.Option(None, help="The prepared set the model will be fine-tuned and evaluated on: a corpus holding its cases (same file, bytes or image) is refused."),
+    allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Pretrain even on a corpus that holds cases of --task (or on a task's prepared set): leaks its test folds."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Stage 1: pretrain the text + edge conditioned diffusion model on a radiology corpus (soft edges)."""
     from .config import PrepareConfig
+    from .data.overlap import check_task_overlap
     from .data.preparation import prepare as run_prepare
     from .data.store import PreparedSet
     from .diffusion.train import train_diffusion
 
     if (corpus / "dataset.json").exists() and (corpus / "manifest.csv").exists():
         ps = PreparedSet(corpus)
+        if task is None and ps.meta.get("has_masks", True) and not allow_task_overlap:
+            raise ValueError(f"{corpus}: is a task's prepared set (masks and case-wise test folds); pretraining on it "
+                             "leaks its test folds into the model. Pretrain on a separate corpus (name the task with "
+                             "--task to check it), or pass --allow-task-overlap")
     elif (out / "prepared" / "dataset.json").exists():
         ps = PreparedSet(out / "prepared")
     else:
         ps = run_prepare(corpus, out / "prepared", PrepareConfig(size=size), progress=not quiet)
+    if task is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        check_task_overlap(ps, PreparedSet(task), allow_task_overlap, record=out / "task_overlap.json")
     mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
     tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
                       mixed_precision=mixed_precision, condition="edges")
@@ -305,6 +327,15 @@ def _seg_cfg(config: Optional[Path], channels: Optional[str], **overrides):
     return _stage_cfg(config, "seg", SegConfig, **overrides)
 
 
+def _int_list(text: Optional[str], name: str) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{name} expects comma-separated integers, got {text!r}") from None
+
+
 def _seg_table(summary: dict, title: str) -> None:
     t = Table(title=title)
     t.add_column("metric")
@@ -319,7 +350,7 @@ def _seg_table(summary: dict, title: str) -> None:
 def train_seg(
     prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
     fold: int = typer.Option(0, "--fold", "-k", help="Test fold; its training part trains, its validation part selects the checkpoint."),
-    aug: Optional[str] = typer.Option(None, "--aug", help="none | contrast | gamma | brightness | noise | resolution | mirror | rotate | scale | deepstack | diffboost | diffboost+CLASSICAL."),
+    aug: Optional[str] = typer.Option(None, "--aug", help="none | contrast | gamma | brightness | noise | resolution | mirror | rotate | scale | classic (nnU-Net) | deepstack | diffboost | diffboost+CLASSICAL."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default PREPARED/../seg/AUG/foldK)."),
     config: Optional[Path] = typer.Option(None, help="YAML config with a 'seg:' section."),
     network: Optional[str] = typer.Option(None, help="attention_unet | unet | res_unet | resnet50_unet | swin_unetr | basic_unet."),
@@ -354,7 +385,7 @@ def train_seg(
 @friendly_errors
 def compare(
     prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
-    augs: Optional[str] = typer.Option(None, "--augs", help="Comma-separated strategies (default: none, the 8 classical ones, deepstack, diffboost)."),
+    augs: Optional[str] = typer.Option(None, "--augs", help="Comma-separated strategies (default: none, the 8 classical ones, classic, deepstack, diffboost, diffboost+classic)."),
     folds: Optional[str] = typer.Option(None, help="Comma-separated folds (default: all)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for seg/ and compare/ (default: beside PREPARED)."),
     config: Optional[Path] = typer.Option(None, help="YAML config with a 'seg:' section."),
@@ -374,6 +405,8 @@ def compare(
     precision: Optional[str] = typer.Option(None, help="fp32 | bf16."),
     device: Optional[str] = typer.Option(None),
     threads: Optional[int] = typer.Option(None),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds: every strategy trains once per seed and fold (default: --seed)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Segmentation runs at once, in local processes (one torch thread each on a CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Stage 4: every strategy on the same folds and seeds; writes the paper's Table II."""
@@ -385,10 +418,11 @@ def compare(
                    precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
-    result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet)
-    from .segmentation.compare import markdown_table
+    seed_list = _int_list(seeds, "--seeds")
+    result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet, seeds=seed_list, jobs=jobs)
+    from .segmentation.compare import markdown_tables
 
-    typer.echo(markdown_table(result["table"], result["unit"]))
+    typer.echo(markdown_tables(result))
     console.print(f"tables: {(out or prepared.parent) / 'compare'}")
 
 
@@ -507,6 +541,9 @@ def run_cmd(
     config: Optional[Path] = typer.Option(None, help="YAML with sections prepare/pretrain/model/train/generate/seg/compare, laid over the preset."),
     pretrained: Optional[str] = typer.Option(None, help="A local Stable Diffusion 1.5 folder: use the sd15 model."),
     corpus: Optional[str] = typer.Option(None, help="A radiology corpus to pretrain on first."),
+    allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Pretrain even when the corpus holds cases of --data (leaks its test folds; the report says so)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated segmentation seeds (compare.seeds)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (compare.jobs); one torch thread each on a CPU."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """prepare -> (pretrain) -> fine-tune and generate per fold -> compare -> report, resumable."""
@@ -518,6 +555,11 @@ def run_cmd(
         cfg.model = dataclasses.replace(cfg.model, kind="sd15", pretrained=pretrained)  # validated again
     if corpus:
         cfg.pretrain.corpus = corpus
+    if allow_task_overlap:
+        cfg.pretrain.allow_task_overlap = True
+    if seeds or jobs:
+        cfg.compare = dataclasses.replace(cfg.compare, seeds=_int_list(seeds, "--seeds") or cfg.compare.seeds,
+                                          jobs=jobs or cfg.compare.jobs)
     report = run_all(data, out, cfg, progress=not quiet)
     console.print(f"report: {report} (and {report.with_suffix('.md')}); config: {out / 'run.yaml'}")
 
@@ -545,16 +587,18 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
 def ablate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
     sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network; repeatable."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (default: the run's compare.jobs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """The paper's ablations (n, alpha, patch size, backbone) on a finished run; appended to its report."""
     from .ablate import ablate as run_ablate
-    from .ablate import parse_sweep
+    from .ablate import check_sweeps, parse_sweep
     from .report import write_report
 
-    for text in sweep:
-        name, values = parse_sweep(text)
-        res = run_ablate(run_dir, name, values, progress=not quiet)
+    sweeps = [parse_sweep(text) for text in sweep]
+    check_sweeps(run_dir, sweeps)  # a value that cannot train is refused before any sweep trains
+    for name, values in sweeps:
+        res = run_ablate(run_dir, name, values, progress=not quiet, n_jobs=jobs)
         for s, per in res["dice"].items():
             console.print(f"{name} ({s}): " + ", ".join(f"{v}: {d['mean']:.4f}" for v, d in per.items()))
     console.print(f"report: {write_report(run_dir)}")

@@ -45,6 +45,7 @@ class PrepareConfig:
     hed_weights: str | None = None
     prompt: PromptConfig = field(default_factory=PromptConfig)
     folds: int = 3
+    duplicates: float | None = 0.92  # near-duplicate threshold (2D thumbnail correlation); None = off
     val_fraction: float = 0.2
     seed: int = 0
     skip_bad: bool = False
@@ -71,6 +72,8 @@ class PrepareConfig:
             raise ValueError(f"edges must be 'soft' or 'hed', got {self.edges!r}")
         if self.edges == "hed" and not self.hed_weights:
             raise ValueError("edges='hed' needs hed_weights: a local BSDS500 HED weight file")
+        if self.duplicates is not None and not 0 < self.duplicates <= 1:
+            raise ValueError(f"duplicates must be a correlation in (0, 1] or null (off), got {self.duplicates}")
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if not 0 <= self.val_fraction < 1:

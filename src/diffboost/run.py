@@ -24,6 +24,7 @@ import yaml
 from .config import PrepareConfig, from_dict, read_yaml_mapping, save_yaml, to_dict
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
+from .evaluation.pix2pix import Pix2PixConfig
 from .generation.generate import GenerateConfig
 from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
 
@@ -32,16 +33,29 @@ from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
 class CompareConfig:
     augs: tuple[str, ...] = DEFAULT_COMPARE
     folds: tuple[int, ...] | None = None  # None = every fold of the prepared set
+    seeds: tuple[int, ...] | None = None  # every strategy trains once per seed and fold; None = (seg.seed,)
+    jobs: int = 1  # segmentation runs at once (local processes; one torch thread each on a CPU)
 
     def __post_init__(self):
         self.augs = tuple(self.augs)
         self.folds = tuple(int(k) for k in self.folds) if self.folds is not None else None
+        self.seeds = tuple(dict.fromkeys(int(k) for k in self.seeds)) if self.seeds is not None else None
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("compare.seeds must name at least one seed (or be null for seg.seed)")
+        if self.jobs < 1:
+            raise ValueError(f"compare.jobs must be at least 1, got {self.jobs}")
+
+    def seed_list(self, seg: SegConfig) -> list[int]:
+        return list(self.seeds) if self.seeds else [seg.seed]
 
 
 @dataclass
 class PretrainConfig:
     corpus: str | None = None  # a RadImageNet-style corpus; None = fine-tune from scratch
     steps: int = 20000
+    # a corpus holding cases of the task (same file, same bytes or same prepared image) is refused: it
+    # leaks the test folds into the model; true lets it through and the report says so
+    allow_task_overlap: bool = False
 
 
 @dataclass
@@ -67,18 +81,50 @@ class RunConfig:
     seg: SegConfig = field(default_factory=SegConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     ablate: AblateConfig = field(default_factory=AblateConfig)
+    # read by `diffboost pix2pix train --config`; `run` itself does not train Pix2Pix
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
-        return cls(**{name: from_dict(section, data.get(name) or {}) for name, section in _SECTIONS.items()})
+        cfg = cls(**{name: from_dict(section, data.get(name) or {}) for name, section in _SECTIONS.items()})
+        check_run_config(cfg)
+        return cfg
 
 
 _SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
              "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig,
-             "ablate": AblateConfig}
+             "ablate": AblateConfig, "pix2pix": Pix2PixConfig}
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Refuse, when the config is loaded, what `run` could only fail on hours later: a strategy whose
+    synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
+    cannot take the widths or the working size, an ablation value that cannot train."""
+    from .ablate import check_values, parse_sweep
+    from .segmentation.networks import check_network
+
+    for a in cfg.compare.augs:
+        source, _ = parse_strategy(a)
+        if source not in (None, "diffboost"):
+            raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
+                             f"make (it generates the diffusion model's only); remove it here, make them with "
+                             f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "
+                             f"`diffboost compare --augs ...,{a}`")
+    size = cfg.seg.size or cfg.prepare.size
+    try:
+        check_network(cfg.seg.network, cfg.seg.channels, size)
+    except ValueError as e:
+        raise ValueError(f"seg: {e}") from None
+    for text in cfg.ablate.sweeps:
+        name, values = parse_sweep(text)
+        try:
+            check_values(cfg.seg, name, values, size)
+        except ValueError as e:
+            raise ValueError(f"ablate.sweeps: {e}") from None
+
 
 # Presets: what differs from the defaults. ``cpu`` is the setting measured on real BUSI on 2 cores
 # (bench/bench_seg_compare.py); ``demo`` finishes on the built-in phantoms in minutes; ``gpu`` follows
@@ -90,16 +136,19 @@ PRESETS: dict[str, dict] = {
              "generate": {"n": 2, "steps": 10},
              "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
              "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet"]}},
-    "cpu": {"prepare": {"size": 96},
+    "cpu": {"prepare": {"size": 128},
             "train": {"steps": 2500, "batch_size": 8},
             "generate": {"n": 3, "steps": 15},
-            "seg": {"channels": [8, 16, 32, 64, 64, 128], "epochs": 16, "batch_size": 16, "precision": "bf16",
-                    "channels_last": True}},
+            "seg": {"network": "unet", "channels": [16, 32, 64, 128, 256], "epochs": 40, "batch_size": 16,
+                    "precision": "bf16", "channels_last": True},
+            "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "diffboost+classic"],
+                        "seeds": [0, 1], "jobs": 2}},
     "gpu": {"prepare": {"size": 384},
             "model": {"channels": [64, 128, 256, 512], "attention": [False, True, True, True], "layers_per_block": 2},
             "train": {"steps": 20000, "batch_size": 32, "mixed_precision": "bf16"},
             "generate": {"n": 10, "steps": 20, "batch_size": 64},
-            "seg": {"epochs": 100, "batch_size": 8, "precision": "bf16"}},
+            "seg": {"epochs": 100, "batch_size": 8, "precision": "bf16"},
+            "compare": {"seeds": [0, 1, 2]}},
 }
 
 
@@ -162,6 +211,8 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "run.yaml")
+    # the learning rate the model kind trains with (sd15: 1e-5), so a stage's identity names it
+    train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -178,18 +229,28 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
 
     init = None
     if cfg.pretrain.corpus:
+        from .data.overlap import check_task_overlap, overlap_error
+        from .utils.atomic import recover_artifact
+
         t0 = time.perf_counter()
         pre_id = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
-                  "train": to_dict(cfg.train), "size": ps.size}
+                  "train": to_dict(train), "size": ps.size}
         pre = out / "pretrain"
         if not _fresh(pre, pre_id):
             _stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
+        recover_artifact(pre / "model")  # a kill while the model was swapped in leaves it aside
+        overlap_record = pre / "task_overlap.json"  # the report shows it
         if not (pre / "model").exists():
             corpus = prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
                              overwrite=True, progress=progress)
-            tcfg = dataclasses.replace(cfg.train, steps=cfg.pretrain.steps, condition="edges")
+            check_task_overlap(corpus, ps, cfg.pretrain.allow_task_overlap, record=overlap_record)
+            tcfg = dataclasses.replace(train, steps=cfg.pretrain.steps, condition="edges")
             train_diffusion(corpus, pre, [r["index"] for r in corpus.manifest], dataclasses.replace(cfg.model, image_size=ps.size),
                             tcfg, resume="latest" if (pre / "checkpoints").exists() else None, progress=progress)
+        elif overlap_record.exists():  # pretrained already: what its check found must still be allowed
+            found = json.loads(overlap_record.read_text())
+            if found["files"] and not cfg.pretrain.allow_task_overlap:
+                raise overlap_error(found["corpus"], found["task"], found["files"])
         init = pre / "model"
         upstream = _hash([upstream, pre_id])
         times["pretrain"] = time.perf_counter() - t0
@@ -200,13 +261,13 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         f = ps.fold(k)
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
-        ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
+        ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(train)}
         if not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
             shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
             _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
         if not (model_dir / "model").exists():
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
-                            dataclasses.replace(cfg.model, image_size=ps.size), cfg.train, init=init,
+                            dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,
                             val_indices=ps.indices(f.val, training=True), progress=progress)
         times[f"fine-tune fold{k}"] = time.perf_counter() - t0
@@ -217,7 +278,8 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         times[f"generate fold{k}"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True)
+    compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True,
+            seeds=cfg.compare.seed_list(cfg.seg), jobs=cfg.compare.jobs)
     times["compare"] = time.perf_counter() - t0
     if cfg.ablate.sweeps and not needs_synthetic:
         print("ablate: skipped, the sweeps vary the diffboost strategy and it is not among compare.augs")

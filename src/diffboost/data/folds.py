@@ -1,7 +1,8 @@
 """Case-wise cross-validation: k test folds, and a validation part inside each training fold.
 
 Splits are always by case (a 3D volume's slices never straddle two parts), stratified by the
-case's category where there is one, and deterministic for a seed.
+case's category where there is one, and deterministic for a seed. Cases given as a group (the
+near-duplicates of :mod:`diffboost.data.duplicates`) always land in the same part.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ class Fold:
         return cls(int(d["index"]), tuple(d["train"]), tuple(d["val"]), tuple(d["test"]))
 
 
-def _stratified_order(case_ids: list[str], strata: list[str], rng: np.random.Generator) -> list[str]:
-    """Cases shuffled within each stratum, then interleaved so any prefix is balanced."""
+def _stratified_order(units: list[str], strata: list[str], rng: np.random.Generator) -> list[str]:
+    """Units shuffled within each stratum, then interleaved so any prefix is balanced."""
     groups: dict[str, list[str]] = {}
-    for c, s in zip(case_ids, strata):
+    for c, s in zip(units, strata):
         groups.setdefault(s, []).append(c)
     keyed = []
     for s in sorted(groups):
@@ -44,47 +45,94 @@ def _stratified_order(case_ids: list[str], strata: list[str], rng: np.random.Gen
     return [c for _, _, c in sorted(keyed)]
 
 
+def _units(unique: list[str], groups: list[list[str]] | None) -> dict[str, list[str]]:
+    """Unit name -> its cases: each group is one unit (named by its first case), every other case its own."""
+    units: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    known = set(unique)
+    for g in groups or []:
+        members = sorted(set(g))
+        missing = [c for c in members if c not in known]
+        if missing:
+            raise ValueError(f"near-duplicate group names unknown case(s): {', '.join(missing)}")
+        taken = [c for c in members if c in owner]
+        if taken:
+            raise ValueError(f"case(s) {', '.join(taken)} appear in two near-duplicate groups")
+        if len(members) > 1:
+            units[members[0]] = members
+            owner.update({c: members[0] for c in members})
+    for c in unique:
+        if c not in owner:
+            units[c] = [c]
+    return units
+
+
 def split_by_case(
     case_ids: list[str],
     k: int = 3,
     val_fraction: float = 0.2,
     seed: int = 0,
     strata: list[str] | None = None,
+    groups: list[list[str]] | None = None,
 ) -> list[Fold]:
     """Split unique case ids into ``k`` folds; each fold's training part gives up ``val_fraction``
-    of its cases (at least one when it has two or more) to a validation part.
+    of its cases (at least one when it has two or more) to a validation part. The cases of each of
+    ``groups`` stay together (test, validation and training parts alike); a group is stratified by
+    the category most of its cases have.
     """
     unique = sorted(set(case_ids))
     if len(unique) != len(case_ids):
         raise ValueError("split_by_case expects unique case ids (one per case, not per slice)")
     if k < 2:
         raise ValueError(f"k must be at least 2, got {k}")
-    if len(unique) < k:
-        raise ValueError(f"cannot make {k} folds from {len(unique)} cases")
     if strata is None:
         strata = ["" for _ in case_ids]
     stratum = dict(zip(case_ids, strata))
+    units = _units(unique, groups)
+    if len(units) < k:
+        raise ValueError(f"cannot make {k} folds from {len(unique)} cases in {len(units)} separable groups")
+
+    def unit_stratum(u: str) -> str:
+        cats = [stratum[c] for c in units[u]]
+        return max(sorted(set(cats)), key=cats.count)
+
+    ustratum = {u: unit_stratum(u) for u in units}
     rng = np.random.default_rng(seed)
-    # deal each stratum's shuffled cases round-robin, continuing where the last stratum stopped,
-    # so every fold gets its share of every class (to within one case) and sizes stay balanced
+    # deal each stratum's shuffled units round-robin, continuing where the last stratum stopped,
+    # so every fold gets its share of every class and sizes stay balanced; a unit of several cases
+    # goes to the fold with the fewest cases so far (ties: the next in the round)
     test_parts: list[list[str]] = [[] for _ in range(k)]
     dealt = 0
-    for s in sorted(set(strata)):
-        members = sorted(c for c in unique if stratum[c] == s)
+    for s in sorted(set(ustratum.values())):
+        members = sorted(u for u in units if ustratum[u] == s)
+        # large groups first, so the single cases dealt after them even the sizes out
         rng.shuffle(members)
-        for c in members:
-            test_parts[dealt % k].append(c)
+        members.sort(key=lambda u: -len(units[u]))
+        for u in members:
+            if len(units[u]) > 1:
+                order = [(dealt + j) % k for j in range(k)]
+                target = min(order, key=lambda j: len(test_parts[j]))
+            else:
+                target = dealt % k
+            test_parts[target] += units[u]
             dealt += 1
     test_parts = [sorted(p) for p in test_parts]
     folds = []
     for i in range(k):
-        pool = [c for j in range(k) if j != i for c in test_parts[j]]
+        test = set(test_parts[i])
+        pool_units = sorted(u for u in units if units[u][0] not in test)
+        pool = sorted(c for u in pool_units for c in units[u])
         n_val = int(round(val_fraction * len(pool)))
         if val_fraction > 0 and len(pool) >= 2:
             n_val = min(max(n_val, 1), len(pool) - 1)
         frng = np.random.default_rng([seed, i])
-        pool_order = _stratified_order(sorted(pool), [stratum[c] for c in sorted(pool)], frng)
-        val = sorted(pool_order[:n_val])
+        val: list[str] = []
+        for u in _stratified_order(pool_units, [ustratum[u] for u in pool_units], frng):
+            if len(val) >= n_val:
+                break
+            if len(pool) - len(val) - len(units[u]) >= 1:  # the training part keeps at least one case
+                val += units[u]
+        val = sorted(val)
         train = sorted(set(pool) - set(val))
         folds.append(Fold(i, tuple(train), tuple(val), tuple(test_parts[i])))
     return folds

@@ -139,6 +139,22 @@ def prepare(
     return PreparedSet(out)
 
 
+def _near_duplicates(cfg: PrepareConfig, col: _Collector) -> dict:
+    """Near-duplicate groups of a 2D set (each kept inside one fold); 3D volumes are not compared."""
+    from .duplicates import near_duplicate_groups
+
+    info = {"threshold": cfg.duplicates, "method": "32x32 thumbnail correlation (diffboost.data.duplicates)",
+            "groups": []}
+    is_2d = all(r["slice_axis"] < 0 for r in col.rows)
+    if cfg.duplicates is None or not is_2d:
+        info["note"] = "off" if cfg.duplicates is None else "not applied to 3D volumes"
+        return info
+    ids = [r["case_id"] for r in col.rows]
+    info["groups"] = near_duplicate_groups(ids, np.stack(col.arrays["images"]), cfg.duplicates)
+    info["cases_in_groups"] = sum(len(g) for g in info["groups"])
+    return info
+
+
 def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector, elapsed: float) -> None:
     for name, items in col.arrays.items():
         np.save(tmp / f"{name}.npy", np.stack(items))
@@ -149,10 +165,12 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
     if col.originals:
         np.savez_compressed(tmp / "originals.npz", **col.originals)
     case_ids = list(col.cases)
-    folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids]) \
-        if len(case_ids) >= cfg.folds else []
+    dups = _near_duplicates(cfg, col)
+    folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids],
+                          dups["groups"]) if len(case_ids) >= cfg.folds else []
     (tmp / "folds.json").write_text(json.dumps(
-        {"k": cfg.folds, "val_fraction": cfg.val_fraction, "seed": cfg.seed, "by": "case, stratified by category",
+        {"k": cfg.folds, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+         "by": "case, stratified by category, near-duplicate groups kept together",
          "folds": [f.to_dict() for f in folds]}, indent=1))
     save_yaml(cfg, tmp / "config.yaml", section="prepare")
     images = np.load(tmp / "images.npy", mmap_mode="r")
@@ -176,6 +194,7 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "cases_per_category": categories,
         "is_3d": any(r["slice_axis"] >= 0 for r in col.rows),
         "prompts": sorted({r["prompt"] for r in col.rows}),
+        "near_duplicates": dups,
         "skipped": reader.skipped,
         "config": to_dict(cfg),
         "seconds": round(elapsed, 2),

@@ -129,8 +129,11 @@ class PreparedSet:
         return [Fold.from_dict(d) for d in data["folds"]]
 
     def fold(self, k: int) -> Fold:
-        if not 0 <= k < len(self.folds):
-            raise IndexError(f"{self.root}: fold {k} does not exist (there are {len(self.folds)})")
+        """Fold ``k``; a ValueError naming the set and its folds when there is no such fold."""
+        n = len(self.folds)
+        if not 0 <= k < n:
+            have = f"{n} folds (0-{n - 1})" if n > 1 else ("1 fold (0)" if n == 1 else "no folds")
+            raise ValueError(f"fold {k} does not exist: {self.root} has {have}")
         return self.folds[k]
 
     def original_mask(self, case_id: str) -> np.ndarray:

@@ -22,8 +22,14 @@ import torch.nn.functional as F
 
 from ..conditioning.augment_text import PHRASES, apply_phrase
 from ..config import save_yaml
+from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
 from .models import ModelConfig
 from .pipeline import DiffBoostPipeline
+
+
+# learning rate per model kind: the small model trains from scratch; sd15 fine-tunes a ControlNet on a
+# locked Stable Diffusion, at the diffusers ControlNet example's 1e-5
+DEFAULT_LEARNING_RATES = {"small": 3e-4, "sd15": 1e-5}
 
 
 @dataclass
@@ -32,7 +38,7 @@ class TrainConfig:
 
     steps: int = 3000
     batch_size: int = 8
-    learning_rate: float = 3e-4
+    learning_rate: float | None = None  # None = the model kind's default (DEFAULT_LEARNING_RATES)
     lr_schedule: str = "cosine"  # cosine | constant
     warmup_steps: int = 100
     grad_accum: int = 1
@@ -61,6 +67,22 @@ class TrainConfig:
             raise ValueError(f"condition must be 'condition' or 'edges', got {self.condition!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.learning_rate is not None:
+            try:  # YAML reads 1e-5 (no dot) as a string
+                self.learning_rate = float(self.learning_rate)
+            except (TypeError, ValueError):
+                raise ValueError(f"learning_rate must be a number or null, got {self.learning_rate!r}") from None
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive (or null for the model kind's default), "
+                             f"got {self.learning_rate}")
+
+    def lr_for(self, kind: str) -> float:
+        """The learning rate for a model of ``kind``: the one set, else the kind's default."""
+        if self.learning_rate is not None:
+            return float(self.learning_rate)
+        if kind not in DEFAULT_LEARNING_RATES:
+            raise ValueError(f"no default learning rate for model kind {kind!r}; set train.learning_rate")
+        return DEFAULT_LEARNING_RATES[kind]
 
 
 class _Step:
@@ -127,6 +149,7 @@ def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, 
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
+    """The newest ``checkpoints/step_*`` (call after ``recover_artifacts`` on the main process)."""
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     return ckpts[-1] if ckpts else None
 
@@ -172,6 +195,7 @@ def train_diffusion(
         for m in (pipe.denoiser.unet, pipe.denoiser.controlnet):
             if m is not None and hasattr(m, "enable_gradient_checkpointing"):
                 m.enable_gradient_checkpointing()
+    tcfg = dataclasses.replace(tcfg, learning_rate=tcfg.lr_for(mcfg.kind))  # config.yaml records the one used
     opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, weight_decay=1e-2)
     sched = get_scheduler("cosine" if tcfg.lr_schedule == "cosine" else "constant_with_warmup", opt,
                           num_warmup_steps=tcfg.warmup_steps * acc.num_processes,
@@ -184,8 +208,11 @@ def train_diffusion(
     ema.to(acc.device)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        recover_artifact(out / "model")  # a kill while swapping a new version in leaves the previous one aside
+        recover_artifacts(out / "checkpoints")
         save_yaml({"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
                    "init": str(init) if init else None, "samples": len(indices)}, out / "config.yaml")
+    acc.wait_for_everyone()
     if resume:
         ckpt = _latest_checkpoint(out) if resume == "latest" else Path(resume)
         if ckpt is None:
@@ -247,17 +274,12 @@ def train_diffusion(
     acc.wait_for_everyone()
     model_dir = out / "model"
     if acc.is_main_process:
-        with _ema_weights(ema, params):
-            tmp = out / ".model.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _ema_weights(ema, params), artifact_dir(model_dir) as tmp:  # the previous model stays until then
             pipe.save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(
                 {"steps": tcfg.steps, "steps_done": state.step, "samples": len(indices),
                  "init": str(init) if init else None,
                  "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))  # this call's wall time
-            if model_dir.exists():
-                shutil.rmtree(model_dir)
-            tmp.rename(model_dir)
     acc.wait_for_everyone()
     acc.end_training()
     return model_dir
@@ -279,17 +301,15 @@ class _ema_weights:
 
 def _save_checkpoint(acc, out: Path, step: int, limit: int) -> None:
     ckdir = out / "checkpoints"
+    tmp = ckdir / f".step_{step:07d}.tmp"  # one name every process writes its part to
     if acc.is_main_process:
         ckdir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that a kill interrupted
     acc.wait_for_everyone()
-    tmp = ckdir / f".step_{step:07d}.tmp"
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        final = ckdir / f"step_{step:07d}"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        commit_artifact(tmp, ckdir / f"step_{step:07d}")  # a checkpoint of this step stays until then
         for old in sorted(ckdir.glob("step_*"))[:-limit] if limit > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()

@@ -44,11 +44,11 @@ def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
         times.append((f"fine-tune {p.parent.name}", float(seconds)))
     for p in sorted((run / "synthetic").glob("fold*/generation.json")):
         times.append((f"generate {p.parent.name}", float(json.loads(p.read_text()).get("seconds", 0.0))))
-    seg = _seg_seconds((run / "seg").glob("*/fold*/summary.json"))
+    seg = _seg_seconds((run / "seg").glob("*/seed*/fold*/summary.json"))
     if seg:
         times.append(("segmentation (all strategies and folds)", seg))
     for d in sorted(p for p in (run / "ablations").glob("*") if p.is_dir()):
-        times.append((f"ablation {d.name}", _seg_seconds(d.glob("*/*/fold*/summary.json"))))
+        times.append((f"ablation {d.name}", _seg_seconds(d.glob("*/*/seed*/fold*/summary.json"))))
     return times
 
 
@@ -61,17 +61,32 @@ def _seg_seconds(summaries) -> float:
     return total
 
 
+def _cells_html(heads: list[str], rows: list[list[tuple[str, bool]]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td><b>{html.escape(t)}</b></td>" if best else f"<td>{html.escape(t)}</td>"
+                                       for t, best in r) + "</tr>" for r in rows) + "</table>")
+
+
 def _table(result: dict) -> tuple[str, str]:
-    """Table II as Markdown and as HTML (best per column in bold)."""
-    from ..segmentation.compare import markdown_table, table_cells
+    """Table II, the lesion / empty-case table and the contrasts, as Markdown and as HTML (best per
+    column in bold)."""
+    from ..segmentation.compare import contrast_lines, lesion_cells, markdown_tables, table_cells
 
     table, unit = result["table"], result.get("unit", "px")
-    heads, rows = table_cells(table, unit)
-    htm = ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in heads) + "</tr>"
-           + "".join("<tr>" + "".join(f"<td><b>{html.escape(t)}</b></td>" if best else f"<td>{html.escape(t)}</td>"
-                                      for t, best in r) + "</tr>" for r in rows) + "</table>"
-           + f"<p>Dice, Precision, Recall in %; HD95, ASSD in {'mm' if unit == 'mm' else 'pixels of the original image'}.</p>")
-    return markdown_table(table, unit), htm
+    where = "mm" if unit == "mm" else "pixels of the original image"
+    n_folds, n_seeds = len(result.get("folds", [])), len(result.get("seeds", [0]))
+    htm = (_cells_html(*table_cells(table, unit))
+           + f"<p>All test cases of {n_folds} folds x {n_seeds} seeds, mean ± std over cases; Dice, Precision, Recall "
+           f"in %; HD95, ASSD in {where}. Dice over folds: mean ± std of the fold means. ΔDice: difference to none in "
+           "Dice points, mean over runs (fold x seed) with its 95% t-interval. p: paired Wilcoxon over cases, "
+           "Holm-corrected over the strategies.</p>"
+           + "<h3>Lesion cases and empty references</h3>" + _cells_html(*lesion_cells(table, unit))
+           + "<p>Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
+           "(normal images; for volumes, slices without foreground) predicted with any foreground.</p>")
+    lines = contrast_lines(result)
+    if lines:
+        htm += "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"
+    return markdown_tables(result), htm
 
 
 def _md_rows(head: list[str], body: list[list[str]]) -> str:
@@ -82,6 +97,20 @@ def _md_rows(head: list[str], body: list[list[str]]) -> str:
 def _html_rows(head: list[str], body: list[list[str]], cls: str = "") -> str:
     return (f"<table{f' class={cls!r}' if cls else ''}><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+
+
+def _pretrain_fact(pre: dict, record: dict | None) -> str:
+    """The pretraining corpus and whether it holds cases of the task (``pretrain/task_overlap.json``)."""
+    head = f"{pre.get('corpus')}, {pre.get('steps', '?')} steps; "
+    allowed = bool(pre.get("allow_task_overlap"))
+    if record is None:
+        return head + "not checked for cases of the task" + (" (allow_task_overlap: true)" if allowed else "")
+    files = record.get("files") or []
+    if not files:
+        return head + "holds no case of the task (checked by path, file bytes and prepared image)" + (
+            " (allow_task_overlap: true, nothing to allow)" if allowed else "")
+    return (head + f"HOLDS {len(files)} file(s) of the task, let through by pretrain.allow_task_overlap: true: the "
+            f"pretrained model has seen its test folds (e.g. {files[0]['corpus']}, {files[0]['by']})")
 
 
 def _provenance(prov: dict) -> tuple[str, str]:
@@ -97,7 +126,16 @@ def _provenance(prov: dict) -> tuple[str, str]:
              ["cases per category", ", ".join(f"{k}: {v}" for k, v in (d.get("cases_per_category") or {}).items())],
              ["folds (train / val / test cases)", ", ".join(f"{f['train']} / {f['val']} / {f['test']}" for f in prov["folds"])],
              ["seeds", f"folds {cfg.get('prepare', {}).get('seed', '?')}, diffusion {cfg.get('train', {}).get('seed', '?')}, "
-                       f"generation {cfg.get('generate', {}).get('seed', '?')}, segmentation {seg.get('seed', '?')}"]]
+                       f"generation {cfg.get('generate', {}).get('seed', '?')}, segmentation "
+                       f"{', '.join(map(str, prov.get('segmentation_seeds') or [seg.get('seed', '?')]))}"]]
+    dups = d.get("near_duplicates") or {}
+    if dups:
+        groups = dups.get("groups") or []
+        facts.append(["near-duplicate groups (each kept in one fold)",
+                      f"{len(groups)} groups, {sum(map(len, groups))} cases, threshold {dups.get('threshold')}"
+                      + (f" ({dups['note']})" if dups.get("note") else "")])
+    if (cfg.get("pretrain") or {}).get("corpus"):
+        facts.append(["pretraining corpus", _pretrain_fact(cfg["pretrain"], prov.get("pretrain_task_overlap"))])
     wall = prov["wall_seconds"]
     times = [[k, f"{v:,.1f}", f"{v / 60:.1f}"] for k, v in wall.items()]
     times.append(["total", f"{sum(wall.values()):,.1f}", f"{sum(wall.values()) / 60:.1f}"])
@@ -129,16 +167,11 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
 
     if result:
         md, htm = _table(result)
-        base, syn = result["table"].get("none"), result["table"].get("diffboost")
-        gain = ""
-        if base and syn:
-            gain = (f"DiffBoost Dice {syn['dice']['mean'] * 100:.2f} vs no augmentation "
-                    f"{base['dice']['mean'] * 100:.2f} ({syn.get('dice_gain_vs_none', 0) * 100:+.1f}% relative, "
-                    f"paired Wilcoxon p = {syn.get('wilcoxon_p_vs_none', 1):.3g}).")
         rows = list(csv.DictReader(open(run / "compare" / "cases.csv")))
-        add("Table II: segmentation with each augmentation strategy",
-            md + "\n" + gain, htm + f"<p>{html.escape(gain)}</p>",
+        add("Table II: segmentation with each augmentation strategy", md, htm,
             figures.boxplots(rows, strategies, result.get("unit", "px")), "boxplots")
+        add("Per fold", "Per-case Dice of each strategy on each test fold (all seeds pooled).",
+            fig=figures.fold_boxplots(rows, strategies), fig_name="boxplots_per_fold")
     else:
         add("Table II", "No comparison yet (run `diffboost compare`).")
     syn_root = next(iter(sorted((run / "synthetic").glob("fold*/generation.json"))), None)
@@ -165,17 +198,18 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         if classical:
             best_classical = max(classical, key=lambda s: result["table"][s]["dice"]["mean"])
             shown = list(dict.fromkeys(["none", best_classical, *shown]))
-    ov = figures.overlays(ps, run / "seg", shown)
+    seed0 = (result or {}).get("seeds", [0])[0]
+    ov = figures.overlays(ps, run / "seg", shown, seed=seed0)
     if ov is not None:
-        add("Segmentations (Fig. 5)", "The same test cases of fold 0: reference outline in green, prediction in red, "
-            f"under {', '.join(shown)}.", fig=ov, fig_name="overlays")
-    cv = figures.curves(run, shown)
+        add("Segmentations (Fig. 5)", f"The same test cases of fold 0 (seed {seed0}): reference outline in green, "
+            f"prediction in red, under {', '.join(shown)}.", fig=ov, fig_name="overlays")
+    cv = figures.curves(run, shown, seed=seed0)
     if cv is not None:
         add("Training curves", "Diffusion fine-tuning loss per fold; validation Dice per epoch (fold 0), which "
             "chooses each segmenter's checkpoint.", fig=cv, fig_name="curves")
     for f in sorted((run / "ablations").glob("*.json")):
         ab = json.loads(f.read_text())
-        head = [ab["param"], *(f"{s} Dice (mean ± std over folds)" for s in ab["dice"])]
+        head = [ab["param"], *(f"{s} Dice (mean ± std over runs)" for s in ab["dice"])]
         body = [[str(v), *(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}" for d in ab["dice"].values())]
                 for v in ab["values"]]
         note = f"Baseline (none): {ab['baseline'] * 100:.2f}." if ab.get("baseline") is not None else ""
@@ -184,16 +218,27 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             f.with_suffix(".png").read_bytes() if f.with_suffix(".png").exists() else None, f"ablation_{ab['param']}")
     prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
-                                                 "num_training_samples", "cases_per_category")},
+                                                 "num_training_samples", "cases_per_category", "near_duplicates")},
             "folds": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in ps.folds],
             "wall_seconds": {k: round(v, 1) for k, v in _stage_times(run, ps)}}
     if result:
         prov["segmentation_config"] = result.get("config")
+        prov["segmentation_seeds"] = result.get("seeds")
     if (run / "times.json").exists():
         prov["wall_seconds_of_the_last_run_call"] = json.loads((run / "times.json").read_text())
     if (run / "run.yaml").exists():
         prov["run_config"] = yaml.safe_load((run / "run.yaml").read_text())
+    if (run / "pretrain" / "task_overlap.json").exists():
+        prov["pretrain_task_overlap"] = json.loads((run / "pretrain" / "task_overlap.json").read_text())
     atomic_write_text(run / "provenance.json", json.dumps(prov, indent=1, default=str))
+    groups = (ps.meta.get("near_duplicates") or {}).get("groups") or []
+    if groups:
+        intro = (f"{len(groups)} groups of near-duplicate images ({sum(map(len, groups))} cases; thumbnail correlation "
+                 f"≥ {ps.meta['near_duplicates'].get('threshold')}, see `diffboost.data.duplicates`). Each group is kept "
+                 "inside one fold, so no image is tested against its own copy.")
+        listing = "; ".join(", ".join(g) for g in groups)
+        add("Near-duplicate groups", f"{intro}\n\n{listing}",
+            f"<p>{html.escape(intro)}</p><details><summary>the groups</summary><p>{html.escape(listing)}</p></details>")
     add("Provenance", *_provenance(prov))
     title = title or f"DiffBoost report: {Path(str(ps.meta.get('source', run))).name}"
     md = [f"# {title}\n"]

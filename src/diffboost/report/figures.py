@@ -3,10 +3,11 @@
 | figure | like the paper's | reads |
 |---|---|---|
 | ``boxplots`` | Table II, per case | ``compare/cases.csv`` |
+| ``fold_boxplots`` | Table II, per case and fold | ``compare/cases.csv`` |
 | ``variants`` | Fig. 3 | ``prepared/``, ``synthetic/foldK/`` |
 | ``alpha_strip`` | Fig. 4 | one real image and one of its variants |
-| ``overlays`` | Fig. 5 | ``seg/<strategy>/foldK/predictions.npz`` |
-| ``curves`` | — | ``models/foldK/loss.csv``, ``seg/<strategy>/foldK/log.csv`` |
+| ``overlays`` | Fig. 5 | ``seg/<strategy>/seed<s>/foldK/predictions.npz`` |
+| ``curves`` | — | ``models/foldK/loss.csv``, ``seg/<strategy>/seed<s>/foldK/log.csv`` |
 """
 
 from __future__ import annotations
@@ -56,6 +57,24 @@ def boxplots(rows: list[dict], strategies: list[str], unit: str = "px") -> bytes
     return _png(fig)
 
 
+def fold_boxplots(rows: list[dict], strategies: list[str]) -> bytes:
+    """Per-case Dice of each strategy, one panel per test fold (every seed's run pooled): whether a
+    gain holds on each split or comes from one."""
+    plt = _plt()
+    folds = sorted({int(r["fold"]) for r in rows})
+    fig, axes = plt.subplots(1, len(folds), figsize=(max(4.0, 0.45 * len(strategies)) * len(folds), 4.2),
+                             sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], folds):
+        data = [[float(r["dice"]) * 100 for r in rows if r["strategy"] == s and int(r["fold"]) == k] for s in strategies]
+        ax.boxplot(data, showmeans=True, widths=0.6)
+        ax.set_xticks(range(1, len(strategies) + 1), strategies, rotation=70, fontsize=8)
+        ax.set_title(f"fold {k}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("Dice (%)")
+    fig.suptitle("per-case Dice on each test fold (triangle = mean)")
+    return _png(fig)
+
+
 def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> bytes:
     """Real image, its condition, the mask outline, and several variants with their texts."""
     by_real = syn.by_real
@@ -97,13 +116,15 @@ def _outline(image: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> np.ndarray
     return rgb
 
 
-def overlays(ps: PreparedSet, seg_root: Path, strategies: list[str], fold: int = 0, n: int = 5) -> bytes | None:
+def overlays(ps: PreparedSet, seg_root: Path, strategies: list[str], fold: int = 0, n: int = 5,
+             seed: int = 0) -> bytes | None:
     """The same test cases under each strategy: reference (green) and prediction (red) outlines."""
     from ..data.preprocess import resize_mask
+    from ..segmentation.jobs import run_folder
 
     preds = {}
     for s in strategies:
-        p = seg_root / s / f"fold{fold}" / "predictions.npz"
+        p = run_folder(seg_root, s, fold, seed) / "predictions.npz"
         if p.exists():
             preds[s] = np.load(p)
     if not preds:
@@ -130,11 +151,13 @@ def overlays(ps: PreparedSet, seg_root: Path, strategies: list[str], fold: int =
     return grid_png(rows, labels, ["reference"] + list(preds), tile=max(128, ps.size))
 
 
-def curves(run: Path, strategies: list[str]) -> bytes | None:
+def curves(run: Path, strategies: list[str], seed: int = 0) -> bytes | None:
     """Diffusion training loss per fold; segmentation validation Dice per epoch per strategy (fold 0)."""
+    from ..segmentation.jobs import run_folder
+
     plt = _plt()
     losses = sorted((run / "models").glob("fold*/loss.csv"))
-    logs = [(s, run / "seg" / s / "fold0" / "log.csv") for s in strategies]
+    logs = [(s, run_folder(run / "seg", s, 0, seed) / "log.csv") for s in strategies]
     logs = [(s, p) for s, p in logs if p.exists()]
     if not losses and not logs:
         return None

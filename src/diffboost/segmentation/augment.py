@@ -1,8 +1,19 @@
 """Classical augmentation strategies (MONAI transforms), one name each.
 
 Each single strategy applies its transform with probability ``prob`` (default 0.5) and the ranges of
-nnU-Net's 2D defaults. ``deepstack`` chains all of them with nnU-Net's own probabilities (it really
-runs, unlike the public code's unreachable branch). Images are ``[C, H, W]`` in [-1, 1]; C may be 2
+nnU-Net's 2D defaults. Two pipelines chain several:
+
+- ``classic``: nnU-Net's default 2D training augmentation, the competitor users actually run:
+  rotation ±180° (p 0.2), scaling 0.7-1.4 (p 0.2), Gaussian noise (p 0.1), Gaussian blur sigma
+  0.5-1 (p 0.2 x 0.5 per channel), multiplicative brightness 0.75-1.25 (p 0.15), contrast 0.75-1.25
+  (p 0.15), low-resolution simulation zoom 0.5-1 (p 0.25 x 0.5 per channel), inverted gamma (p 0.1),
+  gamma 0.7-1.5 (p 0.3), mirroring along each axis (p 0.5), in nnU-Net's order;
+- ``deepstack``: the paper's DeepStack baseline (Zhang et al., 2020): its nine kinds of change,
+  image quality (sharpen, blur, noise), appearance (brightness, contrast, intensity shift) and
+  spatial (rotation, scaling, elastic deformation), each with probability 0.5, our ranges (it
+  really runs, unlike the public code's unreachable branch).
+
+Images are ``[C, H, W]`` in [-1, 1]; C may be 2
 (a real image and its synthetic variant, which must move together); labels are ``[1, H, W]`` and
 follow spatial transforms with nearest-neighbour interpolation.
 
@@ -27,10 +38,15 @@ import torch
 
 CLASSICAL = ("contrast", "gamma", "brightness", "noise", "resolution", "mirror", "rotate", "scale")
 DEEPSTACK = "deepstack"
+CLASSIC = "classic"
+PIPELINES = (CLASSIC, DEEPSTACK)
 
-# nnU-Net's probabilities for the deep stack
-_DEEPSTACK_P = {"rotate": 0.2, "scale": 0.2, "noise": 0.1, "blur": 0.2, "brightness": 0.15,
-                "contrast": 0.15, "resolution": 0.25, "gamma_inverted": 0.1, "gamma": 0.3, "mirror": 0.5}
+# nnU-Net v2's default 2D pipeline: (transform, probability) in its order. Blur and low resolution
+# are drawn per sample and then per channel (0.5); with one image channel that is their product.
+_NNUNET = (("rotate", 0.2), ("scale", 0.2), ("noise", 0.1), ("blur", 0.2 * 0.5), ("brightness", 0.15),
+           ("contrast", 0.15), ("resolution", 0.25 * 0.5), ("gamma_inverted", 0.1), ("gamma", 0.3),
+           ("mirror", 0.5))
+_DEEPSTACK = ("sharpen", "blur", "noise", "brightness", "contrast", "shift", "rotate_small", "scale", "elastic")
 
 
 def _transform(name: str, p: float):
@@ -49,6 +65,15 @@ def _transform(name: str, p: float):
         return T.RandGaussianNoised(img, std=0.15, prob=p, sample_std=True)
     if name == "blur":
         return T.RandGaussianSmoothd(img, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), prob=p)
+    if name == "sharpen":
+        return T.RandGaussianSharpend(img, prob=p)
+    if name == "shift":
+        return T.RandShiftIntensityd(img, offsets=0.1, prob=p)
+    if name == "rotate_small":
+        return T.RandRotated(both, range_x=math.radians(20), prob=p, mode=("bilinear", "nearest"), padding_mode="border")
+    if name == "elastic":
+        return T.Rand2DElasticd(both, spacing=(16, 16), magnitude_range=(1, 2), prob=p, mode=("bilinear", "nearest"),
+                                padding_mode="border")
     if name == "resolution":
         return T.RandSimulateLowResolutiond(img, zoom_range=(0.5, 1.0), upsample_mode="bilinear", prob=p)
     if name == "mirror":
@@ -67,12 +92,13 @@ def build_augmentation(name: str, prob: float = 0.5):
 
     if name == "none":
         return None
+    if name == CLASSIC:
+        return T.Compose([_transform(k, p) for k, p in _NNUNET])
     if name == DEEPSTACK:
-        order = ["rotate", "scale", "noise", "blur", "brightness", "contrast", "resolution",
-                 "gamma_inverted", "gamma", "mirror"]
-        return T.Compose([_transform(k, _DEEPSTACK_P[k]) for k in order])
+        return T.Compose([_transform(k, 0.5) for k in _DEEPSTACK])
     if name not in CLASSICAL:
-        raise ValueError(f"unknown augmentation {name!r}; classical ones: none, {', '.join(CLASSICAL)}, {DEEPSTACK}")
+        raise ValueError(f"unknown augmentation {name!r}; classical ones: none, {', '.join(CLASSICAL)}, "
+                         f"{', '.join(PIPELINES)}")
     return T.Compose([_transform(name, prob)])
 
 

@@ -1,13 +1,23 @@
-"""Every strategy on the same folds and seeds, and the paper's Table II.
+"""Every strategy on the same folds and seeds, and the paper's Table II with the statistics a
+reader needs to trust it.
 
-``compare`` trains ``seg/<strategy>/fold<k>/`` for each strategy and fold (finished runs are
-reused), then writes into ``compare/``:
+``compare`` trains ``seg/<strategy>/seed<s>/fold<k>/`` for each strategy, seed and fold (finished
+runs are reused; ``jobs`` runs them in parallel, see :mod:`.jobs`), then writes into ``compare/``:
 
-    cases.csv    every test case of every fold under every strategy (the per-case rows)
-    table.csv    strategy x metric: mean and std over all test cases of all folds
-    table.md     the same as Markdown, best value per column in bold, Dice / Precision / Recall in %
-    table.json   the same, with per-fold means, the relative Dice gain over ``none`` and a paired
-                 Wilcoxon test of each strategy's per-case Dice against ``none``
+    cases.csv    every test case of every fold and seed under every strategy (the per-case rows)
+    table.csv    strategy x metric: mean and std over all test cases of all folds and seeds
+    table.md     Table II (all cases, best per column in bold) and the lesion / empty-case table
+    table.json   everything, with per-fold and per-run means and the paired statistics below
+
+Statistics, each strategy against ``none`` (and the contrasts in :data:`CONTRASTS`):
+
+- the Dice difference in points, averaged over runs (fold x seed, paired: same folds, same seeds)
+  with its 95% t-interval over the runs;
+- a paired Wilcoxon test over test cases (each case's Dice averaged over seeds), Holm-corrected over
+  all strategies compared with ``none``;
+- lesion metrics: Dice / HD95 / ASSD over the cases whose reference is not empty, and the
+  false-positive rate on empty references (normal images; for volumes, the slices without
+  foreground): the share predicted with any foreground.
 """
 
 from __future__ import annotations
@@ -16,23 +26,29 @@ import csv
 import dataclasses
 import io
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ..data.store import PreparedSet
 from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from ..evaluation.stats import holm, mean_ci, wilcoxon_p
 from ..utils.atomic import atomic_write_text
 from .config import DEFAULT_COMPARE, SegConfig, parse_strategy
-from .trainer import train_seg
+from .jobs import SegJob, run_folder, run_jobs
 
 HEADERS = {"dice": "Dice", "precision": "Precision", "recall": "Recall", "hd95": "HD95", "assd": "ASSD"}
+LESION_METRICS = ("dice", "hd95", "assd")
+# (strategy, reference) pairs reported besides "x vs none" when both were compared
+CONTRASTS = (("diffboost", "mix-classic"), ("diffboost+classic", "classic"), ("diffboost", "classic"))
 
 
 def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg: SegConfig | None = None,
             out: str | Path | None = None, folds: list[int] | None = None, progress: bool = True,
-            replace_stale: bool = False) -> dict:
-    """Run (or reuse) every strategy on every fold; write and return the comparison table."""
+            replace_stale: bool = False, seeds: list[int] | None = None, jobs: int = 1) -> dict:
+    """Run (or reuse) every strategy on every fold and seed; write and return the comparison tables.
+    ``seeds`` default to ``[cfg.seed]``."""
     cfg = cfg or SegConfig()
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     out = Path(out) if out else ps.root.parent
@@ -40,89 +56,222 @@ def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg:
     for s in strategies:
         parse_strategy(s)
     folds = list(range(len(ps.folds))) if folds is None else list(folds)
+    seeds = list(dict.fromkeys(seeds)) if seeds else [cfg.seed]
     for k in folds:
         ps.fold(k)
-    summaries = []
-    for s in strategies:
-        for k in folds:
-            summaries.append(train_seg(ps, k, dataclasses.replace(cfg, aug=s),
-                                       out / "seg" / s / f"fold{k}", progress=progress,
-                                       replace_stale=replace_stale))
-    rows = []
-    for s in strategies:
-        for k in folds:
-            with open(out / "seg" / s / f"fold{k}" / "metrics.csv", newline="") as fh:
-                rows += list(csv.DictReader(fh))
+    todo = [SegJob(dataclasses.replace(cfg, aug=s, seed=seed), k, run_folder(out / "seg", s, k, seed))
+            for s in strategies for seed in seeds for k in folds]
+    summaries = run_jobs(ps, todo, jobs, progress=progress, replace_stale=replace_stale)
+    rows = read_rows(todo)
     return write_tables(rows, strategies, out / "compare", unit="mm" if ps.meta.get("is_3d") else "px",
-                        extra={"folds": folds, "config": cfg.identity(), "prepared": str(ps.root.resolve()),
-                               "train_seconds": {f"{s['strategy']}/fold{s['fold']}": s["train_seconds"]
-                                                 for s in summaries}})
+                        extra={"folds": folds, "seeds": seeds, "config": cfg.identity(),
+                               "prepared": str(ps.root.resolve()),
+                               "train_seconds": {f"{j.cfg.aug}/seed{j.cfg.seed}/fold{j.fold}": s["train_seconds"]
+                                                 for j, s in zip(todo, summaries)}})
+
+
+def read_rows(jobs: list[SegJob]) -> list[dict]:
+    """The per-case rows of finished runs, each with its seed."""
+    rows = []
+    for j in jobs:
+        with open(j.out / "metrics.csv", newline="") as fh:
+            rows += [{**r, "seed": j.cfg.seed} for r in csv.DictReader(fh)]
+    return rows
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+def _run_key(r: dict) -> tuple[int, int]:
+    return int(r["fold"]), int(r.get("seed", 0))
+
+
+def _mean_std(values) -> dict:
+    v = np.asarray(list(values), np.float64)
+    return {"mean": float(v.mean()) if len(v) else float("nan"), "std": float(v.std()) if len(v) else float("nan")}
+
+
+def _empty_counts(r: dict) -> tuple[int, int]:
+    """(empty references, of which predicted with foreground): slices for volumes, the case for 2D."""
+    if r.get("empty_slices") not in (None, ""):
+        return int(r["empty_slices"]), int(r["fp_slices"])
+    empty = int(r["reference_empty"])
+    return empty, int(empty and not int(r["prediction_empty"]))
+
+
+def paired(rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """Strategy A against B on the runs and cases both have: the mean Dice difference in points
+    over runs (fold x seed) with its 95% interval, the relative gain, and the case-level Wilcoxon p."""
+    run_a, run_b = defaultdict(list), defaultdict(list)
+    for r in rows_a:
+        run_a[_run_key(r)].append(float(r["dice"]))
+    for r in rows_b:
+        run_b[_run_key(r)].append(float(r["dice"]))
+    keys = sorted(set(run_a) & set(run_b))
+    diffs = [100 * (np.mean(run_a[k]) - np.mean(run_b[k])) for k in keys]
+    d, lo, hi = mean_ci(diffs)
+    case_a, case_b = defaultdict(list), defaultdict(list)
+    for r in rows_a:
+        case_a[(r["fold"], r["case_id"])].append(float(r["dice"]))
+    for r in rows_b:
+        case_b[(r["fold"], r["case_id"])].append(float(r["dice"]))
+    cases = sorted(set(case_a) & set(case_b))
+    a = [np.mean(case_a[c]) for c in cases]
+    b = [np.mean(case_b[c]) for c in cases]
+    base = float(np.mean(b)) if b else float("nan")
+    return {"dice_diff": d, "ci95": [lo, hi], "runs": len(keys), "per_run": diffs,
+            "relative": (float(np.mean(a)) - base) / base if b and base > 0 else float("nan"),
+            "p": wilcoxon_p(a, b), "cases": len(cases)}
 
 
 def summarise(rows: list[dict], strategies: list[str]) -> dict:
-    """strategy -> metric -> {mean, std, per_fold}, plus the Dice gain and Wilcoxon p against ``none``."""
-    from scipy.stats import wilcoxon
-
+    """strategy -> all-case metrics (mean, std, per fold), lesion metrics, false-positive rate on
+    empty references, Dice per run and per fold, and the paired statistics against ``none``."""
     table: dict = {}
     by = {s: [r for r in rows if r["strategy"] == s] for s in strategies}
     for s, rs in by.items():
         if not rs:
             continue
+        folds = sorted({int(r["fold"]) for r in rs})
         entry: dict = {"cases": len(rs)}
         for m in METRICS:
             v = np.array([float(r[m]) for r in rs])
-            folds = sorted({int(r["fold"]) for r in rs})
             entry[m] = {"mean": float(v.mean()), "std": float(v.std()),
                         "per_fold": {str(k): float(np.mean([float(r[m]) for r in rs if int(r["fold"]) == k]))
                                      for k in folds}}
+        per_run = defaultdict(list)
+        for r in rs:
+            per_run[_run_key(r)].append(float(r["dice"]))
+        entry["dice_runs"] = {f"fold{k}/seed{sd}": float(np.mean(v)) for (k, sd), v in sorted(per_run.items())}
+        entry["dice_folds"] = _mean_std(entry["dice"]["per_fold"].values())
+        lesion = [r for r in rs if not int(r["reference_empty"])]
+        entry["lesion"] = {"cases": len(lesion), **{m: _mean_std(float(r[m]) for r in lesion) for m in LESION_METRICS}}
+        counts = np.array([_empty_counts(r) for r in rs]).reshape(-1, 2)
+        n_empty, n_fp = int(counts[:, 0].sum()), int(counts[:, 1].sum())
+        entry["empty"] = {"references": n_empty, "false_positives": n_fp,
+                          "fp_rate": n_fp / n_empty if n_empty else float("nan")}
         table[s] = entry
     base = by.get("none")
     if base:
-        ref = {(r["fold"], r["case_id"]): float(r["dice"]) for r in base}
         for s, rs in by.items():
-            if s == "none" or not rs:
-                continue
-            paired = [(float(r["dice"]), ref[(r["fold"], r["case_id"])]) for r in rs if (r["fold"], r["case_id"]) in ref]
-            a, b = np.array(paired).T if paired else (np.array([]), np.array([]))
-            gain = (a.mean() - b.mean()) / b.mean() if len(a) and b.mean() > 0 else float("nan")
-            p = float(wilcoxon(a, b).pvalue) if len(a) > 1 and np.any(a != b) else 1.0
-            table[s]["dice_gain_vs_none"] = float(gain)
-            table[s]["wilcoxon_p_vs_none"] = p
+            if s != "none" and rs:
+                table[s]["vs_none"] = paired(rs, base)
+        adjusted = holm({s: e["vs_none"]["p"] for s, e in table.items() if "vs_none" in e})
+        for s, p in adjusted.items():
+            table[s]["vs_none"]["p_holm"] = p
     return table
 
 
+def contrasts(rows: list[dict], strategies: list[str]) -> dict:
+    """The pairs of :data:`CONTRASTS` whose two strategies were both compared: ``"A vs B" -> paired``."""
+    by = {s: [r for r in rows if r["strategy"] == s] for s in strategies}
+    return {f"{a} vs {b}": paired(by[a], by[b]) for a, b in CONTRASTS if by.get(a) and by.get(b)}
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+def _ci(d: dict) -> str:
+    lo, hi = d["ci95"]
+    interval = "" if not np.isfinite(lo) else f" [{lo:+.2f}, {hi:+.2f}]"
+    return f"{d['dice_diff']:+.2f}{interval}"
+
+
+def _best(values: dict, higher: bool) -> float | None:
+    vals = [v for v in values.values() if np.isfinite(v)]
+    return (max if higher else min)(vals) if vals else None
+
+
 def table_cells(table: dict, unit: str = "px") -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Table II's header and rows as text cells with a "best in its column" flag: mean ± std per
-    metric (region metrics in %), the Dice gain over ``none`` and the Wilcoxon p. Rendered by
-    :func:`markdown_table` and by the HTML report."""
-    best = {}
-    for m in METRICS:
-        vals = {s: e[m]["mean"] for s, e in table.items()}
-        if vals:
-            best[m] = (max if HIGHER_IS_BETTER[m] else min)(vals.values())
+    """Table II's header and rows as text cells with a "best in its column" flag: mean ± std over all
+    test cases per metric (region metrics in %), Dice mean ± std over folds, the Dice difference to
+    ``none`` in points with its 95% interval over runs, and the Holm-corrected Wilcoxon p.
+    Rendered by :func:`markdown_table` and by the HTML report."""
+    best = {m: _best({s: e[m]["mean"] for s, e in table.items()}, HIGHER_IS_BETTER[m]) for m in METRICS}
     heads = ["strategy"] + [f"{HEADERS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}"
                             + (f" ({unit})" if m in ("hd95", "assd") else "") for m in METRICS]
-    heads += ["Dice gain vs none", "p (Wilcoxon, Dice)"]
+    heads += ["Dice over folds", "ΔDice vs none [95% CI]", "p (Wilcoxon, Holm)"]
     rows = []
     for s, e in table.items():
         cells = [(s, False)]
         for m in METRICS:
             scale = 100.0 if HIGHER_IS_BETTER[m] else 1.0
-            cells.append((f"{e[m]['mean'] * scale:.2f} ± {e[m]['std'] * scale:.2f}", bool(np.isclose(e[m]["mean"], best[m]))))
-        gain = e.get("dice_gain_vs_none")
-        p = e.get("wilcoxon_p_vs_none")
-        cells.append(("—" if gain is None else f"{gain * 100:+.1f}%", False))
-        cells.append(("—" if p is None else f"{p:.3g}", False))
+            cells.append((f"{e[m]['mean'] * scale:.2f} ± {e[m]['std'] * scale:.2f}",
+                          best[m] is not None and bool(np.isclose(e[m]["mean"], best[m]))))
+        folds = e.get("dice_folds")
+        cells.append(("—" if not folds else f"{folds['mean'] * 100:.2f} ± {folds['std'] * 100:.2f}", False))
+        vs = e.get("vs_none")
+        cells.append(("—" if vs is None else _ci(vs), False))
+        cells.append(("—" if vs is None else f"{vs.get('p_holm', vs['p']):.3g}", False))
         rows.append(cells)
     return heads, rows
 
 
-def markdown_table(table: dict, unit: str = "px") -> str:
-    """Table II in Markdown, best per column in bold."""
-    heads, rows = table_cells(table, unit)
+def lesion_cells(table: dict, unit: str = "px") -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Lesion cases (non-empty reference) and empty references: Dice / HD95 / ASSD over lesion cases
+    (mean ± std) and the false-positive rate on empty references, best per column flagged."""
+    heads = ["strategy", "lesion Dice ↑", f"lesion HD95 ↓ ({unit})", f"lesion ASSD ↓ ({unit})",
+             "FP rate on empty ↓", "lesion cases / empty references"]
+    best = {m: _best({s: e["lesion"][m]["mean"] for s, e in table.items() if "lesion" in e}, HIGHER_IS_BETTER[m])
+            for m in LESION_METRICS}
+    best_fp = _best({s: e["empty"]["fp_rate"] for s, e in table.items() if "empty" in e}, False)
+    rows = []
+    for s, e in table.items():
+        if "lesion" not in e:
+            continue
+        cells = [(s, False)]
+        for m in LESION_METRICS:
+            v = e["lesion"][m]
+            scale = 100.0 if HIGHER_IS_BETTER[m] else 1.0
+            cells.append(("—" if not np.isfinite(v["mean"]) else f"{v['mean'] * scale:.2f} ± {v['std'] * scale:.2f}",
+                          best[m] is not None and np.isfinite(v["mean"]) and bool(np.isclose(v["mean"], best[m]))))
+        fp = e["empty"]["fp_rate"]
+        cells.append(("—" if not np.isfinite(fp) else f"{fp * 100:.1f}%",
+                      best_fp is not None and np.isfinite(fp) and bool(np.isclose(fp, best_fp))))
+        cells.append((f"{e['lesion']['cases']} / {e['empty']['references']}", False))
+        rows.append(cells)
+    return heads, rows
+
+
+def contrast_lines(result: dict) -> list[str]:
+    """One sentence per contrast (and for ``diffboost`` vs ``none``): the difference with its interval."""
+    lines = []
+    vs = result["table"].get("diffboost", {}).get("vs_none")
+    items = ([("diffboost vs none", vs)] if vs else []) + list(result.get("contrasts", {}).items())
+    for name, d in items:
+        runs = d["runs"]
+        lines.append(f"{name}: {_ci(d)} Dice points (mean over {runs} runs, fold x seed, with the 95% interval), "
+                     f"Wilcoxon p {d['p']:.3g} over {d['cases']} cases.")
+    return lines
+
+
+def _md(heads: list[str], rows: list[list[tuple[str, bool]]]) -> str:
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(f"**{t}**" if best else t for t, best in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(table: dict, unit: str = "px") -> str:
+    """Table II in Markdown, best per column in bold."""
+    return _md(*table_cells(table, unit))
+
+
+def markdown_tables(result: dict) -> str:
+    """Table II, the lesion / empty-case table and the contrasts, as Markdown."""
+    unit = result.get("unit", "px")
+    folds, seeds = result.get("folds", []), result.get("seeds", [])
+    where = "mm" if unit == "mm" else "pixels of the original image"
+    text = [markdown_table(result["table"], unit),
+            f"All test cases of {len(folds)} folds x {len(seeds)} seeds; mean ± std over cases; Dice, Precision, "
+            f"Recall in %; HD95 and ASSD in {where}. Dice over folds: mean ± std of the fold means. ΔDice: "
+            "difference to `none` in Dice points, mean over runs (fold x seed) with its 95% t-interval. p: paired "
+            "Wilcoxon over cases (Dice averaged over seeds), Holm-corrected over the strategies. Empty references "
+            "are scored as defined in `diffboost.evaluation.metrics`, never dropped.\n",
+            _md(*lesion_cells(result["table"], unit)),
+            "Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
+            "(normal images; for volumes, slices without foreground) predicted with any foreground.\n"]
+    lines = contrast_lines(result)
+    if lines:
+        text.append("\n".join(f"- {x}" for x in lines) + "\n")
+    return "\n".join(text)
 
 
 def write_tables(rows: list[dict], strategies: list[str], out: Path, unit: str = "px",
@@ -131,21 +280,26 @@ def write_tables(rows: list[dict], strategies: list[str], out: Path, unit: str =
     table = summarise(rows, strategies)
     buf = io.StringIO()
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     atomic_write_text(out / "cases.csv", buf.getvalue())
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["strategy", "cases"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")])
+    w.writerow(["strategy", "cases"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
+               + [f"lesion_{m}_mean" for m in LESION_METRICS] + ["fp_rate_empty", "dice_diff_vs_none", "ci95_low",
+                                                                 "ci95_high", "p_holm_vs_none"])
     for s, e in table.items():
-        w.writerow([s, e["cases"]] + [f"{e[m][k]:.6g}" for m in METRICS for k in ("mean", "std")])
+        vs = e.get("vs_none") or {}
+        w.writerow([s, e["cases"]] + [f"{e[m][k]:.6g}" for m in METRICS for k in ("mean", "std")]
+                   + [f"{e['lesion'][m]['mean']:.6g}" for m in LESION_METRICS] + [f"{e['empty']['fp_rate']:.6g}"]
+                   + ([f"{vs['dice_diff']:.6g}", f"{vs['ci95'][0]:.6g}", f"{vs['ci95'][1]:.6g}", f"{vs['p_holm']:.6g}"]
+                      if vs else ["", "", "", ""]))
     atomic_write_text(out / "table.csv", buf.getvalue())
-    md = markdown_table(table, unit)
-    note = ("\nMean ± std over all test cases of all folds; Dice, Precision, Recall in %; HD95 and ASSD in "
-            f"{'mm' if unit == 'mm' else 'pixels of the original image'}. Empty masks are scored as defined "
-            "in `diffboost.evaluation.metrics`, never dropped.\n")
-    atomic_write_text(out / "table.md", md + note)
-    result = {"unit": unit, "table": table, **(extra or {})}
+    result = {"unit": unit, "table": table, "contrasts": contrasts(rows, strategies), **(extra or {})}
+    result.setdefault("folds", sorted({int(r["fold"]) for r in rows}))
+    result.setdefault("seeds", sorted({int(r.get("seed", 0)) for r in rows}))
+    atomic_write_text(out / "table.md", markdown_tables(result))
     atomic_write_text(out / "table.json", json.dumps(result, indent=1))
     return result

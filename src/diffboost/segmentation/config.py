@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .augment import CLASSICAL, DEEPSTACK
-from .networks import NETWORKS
+from .augment import CLASSICAL, PIPELINES
+from .networks import check_network
 
 SYNTHETIC_SOURCES = ("diffboost", "pix2pix")  # strategies that read a synthetic set
-DEFAULT_COMPARE = ("none", *CLASSICAL, DEEPSTACK, "diffboost")
+DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", "diffboost+classic")
 
 
 def parse_strategy(name: str) -> tuple[str | None, str]:
@@ -20,11 +20,11 @@ def parse_strategy(name: str) -> tuple[str | None, str]:
     parts = [p.strip() for p in name.split("+") if p.strip()]
     source = [p for p in parts if p in SYNTHETIC_SOURCES]
     classical = [p for p in parts if p not in SYNTHETIC_SOURCES]
-    valid = ("none", *CLASSICAL, DEEPSTACK)
+    valid = ("none", *CLASSICAL, *PIPELINES)
     bad = [p for p in classical if p not in valid]
     if not parts or bad or len(source) > 1 or len(classical) > 1:
         raise ValueError(f"unknown augmentation strategy {name!r}: use one of {', '.join(valid)}, "
-                         f"{', '.join(SYNTHETIC_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+deepstack)")
+                         f"{', '.join(SYNTHETIC_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+classic)")
     return (source[0] if source else None), (classical[0] if classical else "none")
 
 
@@ -40,7 +40,7 @@ class SegConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"  # cosine | constant
-    aug: str = "none"  # a strategy: none, contrast, ..., deepstack, diffboost, diffboost+deepstack
+    aug: str = "none"  # a strategy: none, contrast, ..., classic (nnU-Net's), deepstack, diffboost, diffboost+classic
     aug_prob: float = 0.5  # probability of a single classical transform
     alpha: float = 0.6  # Algorithm 1: probability that a patch comes from the real image
     patch: int | None = None  # Algorithm 1: cell size in pixels; None = 64 px at 384 px, scaled
@@ -59,8 +59,7 @@ class SegConfig:
     def __post_init__(self):
         if self.channels is not None:
             self.channels = tuple(int(c) for c in self.channels)
-        if self.network not in NETWORKS:
-            raise ValueError(f"unknown network {self.network!r}; choose one of {', '.join(NETWORKS)}")
+        check_network(self.network, self.channels)  # a width list the network cannot take fails here
         parse_strategy(self.aug)
         if self.mix not in ("input", "output"):
             raise ValueError(f"mix must be 'input' or 'output', got {self.mix!r}")

@@ -61,6 +61,17 @@ def case_spacing(row: dict) -> tuple[float, ...]:
     return tuple(row["case_spacing"])
 
 
+def empty_references(pred: np.ndarray, ref: np.ndarray, slice_axis: int) -> tuple[int, int]:
+    """Empty references of a case and how many of them the prediction marks with any foreground:
+    the image itself for 2D, each slice along ``slice_axis`` for a volume."""
+    if slice_axis < 0:
+        empty = not ref.any()
+        return int(empty), int(empty and pred.any())
+    other = tuple(a for a in range(ref.ndim) if a != slice_axis)
+    ref_empty = ~ref.any(axis=other)
+    return int(ref_empty.sum()), int((ref_empty & pred.any(axis=other)).sum())
+
+
 def evaluate_cases(net: torch.nn.Module, ps: PreparedSet, case_ids, size: int, labels, batch_size: int = 32,
                    channels_last: bool = False, keep: set[str] | None = None) -> tuple[SegmentationMetric, dict]:
     """Per-case metrics of ``case_ids`` (and the predictions of the cases in ``keep``)."""
@@ -71,8 +82,10 @@ def evaluate_cases(net: torch.nn.Module, ps: PreparedSet, case_ids, size: int, l
         if ref.shape != pred.shape:
             raise ValueError(f"{ps.root}: case {case}: reassembled prediction {pred.shape} does not match the "
                              f"original label map {ref.shape}")
+        empty, fp = empty_references(pred, ref, row["slice_axis"])
         metric(pred, ref, case_spacing(row), case_id=case, category=row["category"],
-               reference_empty=int(not ref.any()), prediction_empty=int(not pred.any()))
+               reference_empty=int(not ref.any()), prediction_empty=int(not pred.any()),
+               empty_slices=empty, fp_slices=fp)
         if keep and case in keep:
             kept[case] = pred
     return metric, kept

@@ -30,11 +30,12 @@ import torch
 
 from ..config import save_yaml
 from ..data.store import PreparedSet, group_rows
-from ..utils.atomic import atomic_write_text
+from ..utils.atomic import artifact_dir, atomic_write_text, recover_artifact
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
 from .config import SegConfig, parse_strategy
 from .data import FoldData, load_synthetic, load_training, to_size
+from .jobs import run_folder
 from .networks import build_network, size_multiple
 from .patchmix import choose_variants, default_patch, mix, patch_mask
 from .predict import evaluate_cases, quick_dice
@@ -48,14 +49,9 @@ def save_segmenter(net: torch.nn.Module, config: dict, path: str | Path) -> Path
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
+    with artifact_dir(path) as tmp:  # the previous checkpoint stays until this one is complete
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
     return path
 
 
@@ -64,6 +60,7 @@ def load_segmenter(path: str | Path) -> tuple[torch.nn.Module, dict]:
     from safetensors.torch import load_file
 
     path = Path(path)
+    recover_artifact(path)
     if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"{path}: not a segmenter folder (config.json + model.safetensors)")
     config = json.loads((path / "config.json").read_text())
@@ -82,15 +79,9 @@ def _save_state(out: Path, net, opt, counters: dict) -> None:
     for pid, st in sd["state"].items():
         for k, v in st.items():
             tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-    tmp = out / ".state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**counters, "param_groups": sd["param_groups"]}, indent=1))
-    final = out / "state"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with artifact_dir(out / "state") as tmp:  # the previous epoch's state stays until this one is complete
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**counters, "param_groups": sd["param_groups"]}, indent=1))
 
 
 def _load_state(out: Path, net, opt) -> dict:
@@ -141,7 +132,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     cfg = cfg or SegConfig()
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     f = ps.fold(fold)
-    out = Path(out) if out else ps.root.parent / "seg" / cfg.aug / f"fold{fold}"
+    out = Path(out) if out else run_folder(ps.root.parent / "seg", cfg.aug, fold, cfg.seed)
     source, classical = parse_strategy(cfg.aug)
     size = cfg.size or ps.size
     mult = size_multiple(cfg.network, cfg.channels)
@@ -182,6 +173,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
                     "out_channels": out_channels, "size": size, "labels": labels,
                     "label_names": {str(k): v for k, v in ps.label_names.items()}, "strategy": cfg.aug}
     counters = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "train_seconds": 0.0}
+    recover_artifact(out / "model")  # a kill while swapping a new version in leaves the previous one aside
+    recover_artifact(out / "state")
     if (out / "state" / "state.json").exists():
         counters = _load_state(out, net, opt)
         _trim_log(out / "log.csv", counters["epoch"])
@@ -277,6 +270,7 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     from ..utils.atomic import atomic_write_bytes
 
     net, _ = load_segmenter(out / "model")  # as a user loads it: the test predictions are reproducible
+    net = net.to(torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     t0 = time.perf_counter()
     metric, preds = evaluate_cases(net, ps, f.test, size, labels, keep=set(f.test))
     eval_seconds = time.perf_counter() - t0
