@@ -34,7 +34,7 @@ def main() -> None:
     from diffboost.diffusion.models import ModelConfig
     from diffboost.diffusion.train import TrainConfig, train_diffusion
     from diffboost.evaluation.fidelity import fidelity, table_markdown
-    from diffboost.evaluation.pix2pix import Pix2PixConfig, train_pix2pix
+    from diffboost.generation.pix2pix import Pix2PixConfig, train_pix2pix
 
     prep = args.work / "prepared"
     ps = PreparedSet(prep) if (prep / "dataset.json").exists() else prepare(

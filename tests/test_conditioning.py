@@ -91,3 +91,25 @@ def test_normalize_and_resize():
     assert through_plane_axis((0.6, 0.6, 3.6)) == 2
     assert through_plane_axis((1.0, 1.0, 1.0)) == 2
     assert through_plane_axis((3.0, 0.7, 0.7)) == 0
+
+
+def test_augmentation_phrases_move_images_their_way_reproducibly():
+    import torch
+
+    from diffboost.conditioning.augment_text import PHRASES, apply_phrase
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 1, 48, 48, generator=g) * 0.6 - 0.3) + torch.linspace(-0.5, 0.5, 48).view(1, 1, 1, 48)
+
+    def detail(t):  # high-frequency energy: the image minus its 3x3 mean
+        return float((t - torch.nn.functional.avg_pool2d(t, 3, 1, 1, count_include_pad=False)).abs().mean())
+
+    out = {p: apply_phrase(p, x, torch.Generator().manual_seed(1)) for p in PHRASES}
+    assert all(torch.equal(out[p], apply_phrase(p, x, torch.Generator().manual_seed(1))) for p in PHRASES)
+    assert all(o.shape == x.shape and o.min() >= -1 and o.max() <= 1 for o in out.values())
+    assert out["enhanced contrast"].std() > 1.3 * x.std() and out["low contrast"].std() < 0.75 * x.std()
+    assert out["bright"].mean() > x.mean() + 0.1 and out["dark"].mean() < x.mean() - 0.1
+    assert out["high gamma"].mean() < x.mean() - 0.05  # gamma > 1 darkens the mid-tones
+    assert detail(out["low resolution"]) < 0.7 * detail(x) and detail(out["high resolution"]) > 1.1 * detail(x)
+    noise = out["noisy"] - x
+    assert 0.05 < float(noise.std()) < 0.13 and abs(float(noise.mean())) < 0.02

@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from diffboost.config import PrepareConfig
 from diffboost.data.preparation import prepare
 from diffboost.evaluation.fidelity import fidelity, image_fidelity, ms_ssim_scales
-from diffboost.evaluation.pix2pix import Pix2PixConfig, Pix2PixGenerator, generate_pix2pix, train_pix2pix
+from diffboost.generation.pix2pix import Pix2PixConfig, Pix2PixGenerator, generate_pix2pix, train_pix2pix
 from diffboost.generation.generate import SyntheticSet, write_synthetic_set
 from diffboost.generation.quality import QualityConfig, quality_filter, score_variants
 from diffboost.segmentation import SegConfig, train_seg
@@ -53,7 +53,7 @@ def test_pix2pix_learns_generates_and_feeds_compare(ps, tmp_path):
     real = np.asarray(ps.images[idx], np.float32)
     torch.manual_seed(0)
     untrained = Pix2PixGenerator.__new__(Pix2PixGenerator)
-    from diffboost.evaluation.pix2pix import build_generator
+    from diffboost.generation.pix2pix import build_generator
 
     untrained.cfg, untrained.net = gen.cfg, build_generator(gen.cfg).eval()
     assert np.abs(gen(cond) - real).mean() < 0.8 * np.abs(untrained(cond) - real).mean()  # it learned the mapping

@@ -105,7 +105,7 @@ def test_config_prints_every_section_a_verb_reads(tmp_path, monkeypatch):
     from diffboost.config import PrepareConfig, load_section
     from diffboost.diffusion.models import ModelConfig
     from diffboost.diffusion.train import TrainConfig
-    from diffboost.evaluation.pix2pix import Pix2PixConfig
+    from diffboost.generation.pix2pix import Pix2PixConfig
     from diffboost.generation.generate import GenerateConfig
     from diffboost.segmentation import SegConfig
 
@@ -122,7 +122,7 @@ def test_config_prints_every_section_a_verb_reads(tmp_path, monkeypatch):
         assert load_section(f, section, cls) == getattr(cfg, section), section
     assert load_run_config(f, "demo") == cfg  # and `run --config` takes the same file
     # `pix2pix train --config` really reads its section
-    import diffboost.evaluation.pix2pix as p2p
+    import diffboost.generation.pix2pix as p2p
 
     data = yaml.safe_load(r.output)
     data["pix2pix"].update(steps=7, l1_weight=50.0)

@@ -475,7 +475,7 @@ def pix2pix_train(
 ):
     """Train Pix2Pix (U-Net generator, PatchGAN, L1 + adversarial) from conditions to images."""
     from .data.store import PreparedSet
-    from .evaluation.pix2pix import Pix2PixConfig, train_pix2pix
+    from .generation.pix2pix import Pix2PixConfig, train_pix2pix
 
     cfg = _stage_cfg(config, "pix2pix", Pix2PixConfig, steps=steps, batch_size=batch_size)
     ps = PreparedSet(prepared)
@@ -496,7 +496,7 @@ def pix2pix_generate(
 ):
     """Write a synthetic set from Pix2Pix, usable as the `pix2pix` strategy of train-seg / compare."""
     from .data.store import PreparedSet
-    from .evaluation.pix2pix import generate_pix2pix
+    from .generation.pix2pix import generate_pix2pix
 
     syn = generate_pix2pix(model, PreparedSet(prepared), out or prepared.parent / "synthetic_pix2pix" / f"fold{fold}",
                            fold, n=n, seed=seed, progress=not quiet)

@@ -24,7 +24,7 @@ import yaml
 from .config import PrepareConfig, from_dict, read_yaml_mapping, save_yaml, to_dict
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
-from .evaluation.pix2pix import Pix2PixConfig
+from .generation.pix2pix import Pix2PixConfig
 from .generation.generate import GenerateConfig
 from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
 
@@ -108,7 +108,7 @@ def check_run_config(cfg: RunConfig) -> None:
 
     for a in cfg.compare.augs:
         source, _ = parse_strategy(a)
-        if source not in (None, "diffboost"):
+        if source not in (None, "diffboost", "mix-classic"):  # mix-classic makes its variants in memory
             raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
                              f"make (it generates the diffusion model's only); remove it here, make them with "
                              f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "
@@ -141,7 +141,8 @@ PRESETS: dict[str, dict] = {
             "generate": {"n": 3, "steps": 15},
             "seg": {"network": "unet", "channels": [16, 32, 64, 128, 256], "epochs": 40, "batch_size": 16,
                     "precision": "bf16", "channels_last": True},
-            "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "diffboost+classic"],
+            "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "mix-classic",
+                                 "diffboost+classic"],
                         "seeds": [0, 1], "jobs": 2}},
     "gpu": {"prepare": {"size": 384},
             "model": {"channels": [64, 128, 256, 512], "attention": [False, True, True, True], "layers_per_block": 2},

@@ -3,70 +3,50 @@
 Stable Diffusion already knows what "enhanced contrast" looks like; a small model trained from
 scratch does not. So during diffusion training a known appearance change is applied to some target
 images and its phrase is appended to the prompt ("US, Breast, benign, enhanced contrast"): at
-generation time the phrase then asks for that change. Each phrase below is tied to one transform of
-an image batch in [-1, 1]; strengths are random within a range so the model learns a direction,
-not a single filter.
+generation time the phrase then asks for that change. Each phrase is tied to one MONAI intensity
+transform (the same transforms the classical strategies of :mod:`diffboost.segmentation.augment`
+use) with a strength drawn per image within the phrase's range, so the model learns a direction,
+not a single filter. Images are ``[B, 1, H, W]`` in [-1, 1].
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
 
-def _contrast(x, g, lo, hi):
-    f = torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=g)
-    m = x.mean((1, 2, 3), keepdim=True)
-    return (x - m) * f + m
+def _transform(kind: str, s: float, seed: int):
+    """The MONAI array transform of ``kind`` at strength ``s`` (its random parts seeded)."""
+    from monai import transforms as T
+
+    if kind == "contrast":  # scale around the mean
+        return T.ScaleIntensityFixedMean(factor=s - 1.0)
+    if kind == "shift":
+        return T.ShiftIntensity(offset=s)
+    if kind == "gamma":  # on the image's own range, as nnU-Net's gamma without keeping the statistics
+        return T.AdjustContrast(gamma=s)
+    if kind == "low_resolution":  # down by s (nearest), back up (linear): MONAI's low-resolution simulation
+        t = T.RandSimulateLowResolution(prob=1.0, zoom_range=(1.0 / s, 1.0 / s), upsample_mode="bilinear")
+        t.set_random_state(seed)
+        return t
+    if kind == "sharpen":  # unsharp masking: x + s (x - blur_1(x)); sigma1 0.1 is a one-tap (identity) blur
+        return T.GaussianSharpen(sigma1=0.1, sigma2=1.0, alpha=s)
+    if kind == "noise":
+        t = T.RandGaussianNoise(prob=1.0, std=s, sample_std=False)
+        t.set_random_state(seed)
+        return t
+    raise ValueError(f"unknown appearance change {kind!r}")
 
 
-def _shift(x, g, lo, hi):
-    return x + torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=g)
-
-
-def _gamma(x, g, lo, hi):
-    gam = torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=g)
-    return ((x.clamp(-1, 1) + 1) / 2) ** gam * 2 - 1
-
-
-def _low_resolution(x, g, lo, hi):
-    f = float(torch.empty(1).uniform_(lo, hi, generator=g))
-    h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(4, int(h / f)), max(4, int(w / f))), mode="area")
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def _blur(x, sigma):
-    k = int(2 * round(3 * sigma) + 1)
-    r = torch.arange(k, dtype=x.dtype) - k // 2
-    w = torch.exp(-(r ** 2) / (2 * sigma ** 2))
-    w = w / w.sum()
-    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="replicate"), w.view(1, 1, 1, k))
-    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="replicate"), w.view(1, 1, k, 1))
-
-
-def _sharpen(x, g, lo, hi):
-    a = torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=g)
-    return x + a * (x - _blur(x, 1.0))
-
-
-def _noise(x, g, lo, hi):
-    s = torch.empty(x.shape[0], 1, 1, 1).uniform_(lo, hi, generator=g)
-    return x + s * torch.randn(x.shape, generator=g)
-
-
-# phrase -> (transform, low, high)
-PHRASES: dict[str, tuple[Callable, float, float]] = {
-    "enhanced contrast": (_contrast, 1.4, 1.8),
-    "low contrast": (_contrast, 0.45, 0.7),
-    "bright": (_shift, 0.15, 0.3),
-    "dark": (_shift, -0.3, -0.15),
-    "high gamma": (_gamma, 1.5, 2.0),
-    "low resolution": (_low_resolution, 3.0, 5.0),
-    "high resolution": (_sharpen, 0.6, 1.0),
-    "noisy": (_noise, 0.06, 0.12),
+# phrase -> (MONAI change, low, high strength)
+PHRASES: dict[str, tuple[str, float, float]] = {
+    "enhanced contrast": ("contrast", 1.4, 1.8),
+    "low contrast": ("contrast", 0.45, 0.7),
+    "bright": ("shift", 0.15, 0.3),
+    "dark": ("shift", -0.3, -0.15),
+    "high gamma": ("gamma", 1.5, 2.0),
+    "low resolution": ("low_resolution", 3.0, 5.0),
+    "high resolution": ("sharpen", 0.6, 1.0),
+    "noisy": ("noise", 0.06, 0.12),
 }
 
 # The texts used at generation time by default: the plain prompt first, then each phrase.
@@ -74,9 +54,16 @@ DEFAULT_TEXTS: tuple[str, ...] = ("",) + tuple(PHRASES)
 
 
 def apply_phrase(phrase: str, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply the appearance change a phrase stands for to images [B,1,H,W] in [-1, 1]."""
+    """Apply the appearance change a phrase stands for to images [B,1,H,W] in [-1, 1]: a strength
+    (and a noise seed) per image from ``generator``, the change by MONAI, clipped to [-1, 1]."""
     if phrase not in PHRASES:
         raise ValueError(f"unknown augmentation phrase {phrase!r}; known: {', '.join(PHRASES)}")
-    fn, lo, hi = PHRASES[phrase]
+    kind, lo, hi = PHRASES[phrase]
     g = generator or torch.Generator().manual_seed(0)
-    return fn(images, g, lo, hi).clamp(-1, 1)
+    out = []
+    for x in images:
+        s = float(torch.empty(1).uniform_(lo, hi, generator=g))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+        y = _transform(kind, s, seed)(x.float())
+        out.append(torch.as_tensor(y.as_tensor() if hasattr(y, "as_tensor") else y, dtype=images.dtype))
+    return torch.stack(out).clamp(-1, 1)

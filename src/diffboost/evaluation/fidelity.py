@@ -91,7 +91,7 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
 
 
 def pix2pix_row(model: str | Path, ps: PreparedSet, idx: list[int]):
-    from .pix2pix import Pix2PixGenerator
+    from ..generation.pix2pix import Pix2PixGenerator
 
     gen = Pix2PixGenerator(model)
     arr = ps.conditions if gen.cfg.condition == "condition" else ps.edges

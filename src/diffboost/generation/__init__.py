@@ -1,5 +1,12 @@
-"""Stage 3: label-preserving synthetic variants of every training image."""
+"""Stage 3: label-preserving synthetic variants of every training image, and their store.
 
-from .generate import GenerateConfig, SyntheticSet, generate, variant_seed
+- :mod:`.generate` — variants from the fine-tuned diffusion model (``GenerateConfig``, ``generate``);
+- :mod:`.synthetic` — the synthetic set on disk (``SyntheticSet``, ``write_synthetic_set``);
+- :mod:`.pix2pix` — the Pix2Pix baseline, also a generator of synthetic sets;
+- :mod:`.quality` — the synthetic-quality filter.
+"""
 
-__all__ = ["GenerateConfig", "SyntheticSet", "generate", "variant_seed"]
+from .generate import GenerateConfig, generate
+from .synthetic import SyntheticSet, variant_seed, write_synthetic_set
+
+__all__ = ["GenerateConfig", "SyntheticSet", "generate", "variant_seed", "write_synthetic_set"]

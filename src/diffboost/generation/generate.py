@@ -9,42 +9,20 @@ A second call completes only what is missing.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from ..conditioning.augment_text import DEFAULT_TEXTS
-from ..config import save_yaml
-from ..data.store import PreparedSet, group_rows
-from ..utils.atomic import artifact_dir, recover_artifact
+from ..data.store import PreparedSet
+from ..utils.atomic import recover_artifact
 from ..utils.progress import progress_iter
-
-SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
-              "seed", "sampler", "steps", "guidance", "model_hash"]
-SET_FILES = ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
-_SET_CACHES = ("quality.csv", "quality.json")  # made from the set's images: replaced with them
-
-
-def check_set_folder(out: str | Path) -> None:
-    """Refuse an ``out`` that holds files other than a synthetic set's: the whole folder is replaced
-    when a set is written (hidden entries, such as ``.work``, are the tool's own)."""
-    out = Path(out)
-    if not out.is_dir():
-        return
-    other = sorted(p.name for p in out.iterdir()
-                   if not p.name.startswith(".") and p.name not in SET_FILES + _SET_CACHES)
-    if other:
-        raise ValueError(f"{out}: holds files that are not part of a synthetic set ({', '.join(other[:3])}"
-                         f"{', ...' if len(other) > 3 else ''}); choose an empty or new --out")
-
+from .synthetic import SyntheticSet, check_set_folder, variant_seed, write_synthetic_set
 
 @dataclass
 class GenerateConfig:
@@ -75,56 +53,6 @@ class GenerateConfig:
         d.pop("batch_size")
         d["texts"] = list(d["texts"])
         return d
-
-
-def variant_seed(seed: int, case_id: str, slice_index: int, variant: int) -> int:
-    """A stable 63-bit seed per (run seed, case, slice, variant)."""
-    key = f"{seed}|{case_id}|{slice_index}|{variant}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
-
-
-class SyntheticSet:
-    """Read access to a synthetic set (images memory-mapped, manifest as a list of dicts)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        recover_artifact(self.root)  # a kill while a new set was swapped in leaves the previous one aside
-        if not (self.root / "generation.json").exists():
-            raise FileNotFoundError(f"{self.root}: not a synthetic set (no generation.json); run `diffboost generate`")
-        self.meta = json.loads((self.root / "generation.json").read_text())
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    @cached_property
-    def manifest(self) -> list[dict]:
-        with open(self.root / "manifest.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            for k in ("index", "real_index", "slice_index", "variant", "seed", "steps"):
-                r[k] = int(r[k])
-            r["guidance"] = float(r["guidance"])
-        return rows
-
-    @cached_property
-    def images(self) -> np.ndarray:
-        return np.load(self.root / "images.npy", mmap_mode="r")
-
-    def check_fold(self, ps: PreparedSet, fold: int) -> None:
-        """Refuse a set made for another fold, or holding variants of images outside the fold's
-        training part (they would leak validation or test images into training)."""
-        made_for = self.meta.get("fold", self.meta.get("identity", {}).get("fold"))
-        if made_for is not None and int(made_for) != fold:
-            raise ValueError(f"{self.root}: synthetic set was generated for fold {made_for}, not fold {fold}")
-        foreign = sorted({r["real_index"] for r in self.manifest} - set(ps.indices(ps.fold(fold).train, training=True)))
-        if foreign:
-            raise ValueError(f"{self.root}: {len(foreign)} variant source image(s) are not training samples of fold "
-                             f"{fold} (e.g. sample {foreign[0]}); generate them from this fold's training part only")
-
-    @cached_property
-    def by_real(self) -> dict[int, list[int]]:
-        """Real sample index -> the rows of its variants."""
-        return group_rows(self.manifest, "real_index")
 
 
 def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dict]:
@@ -253,32 +181,3 @@ def _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, second
         "num_real": len({it["real_index"] for it in items}), "num_variants": len(items),
         "seconds": round(seconds, 2)})
     shutil.rmtree(work, ignore_errors=True)
-
-
-def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np.ndarray, cfg, meta: dict) -> None:
-    """Write a synthetic set (``images.npy``, ``manifest.csv``, ``config.yaml``, ``generation.json``,
-    ``preview.png``) through a temporary folder that replaces ``out`` whole, so a reader never sees half
-    of it and a kill keeps the previous set (see ``utils.atomic.artifact_dir``). ``rows`` follow
-    ``SYN_FIELDS``; ``cfg`` is the generator's config dataclass (saved under ``generate:``)."""
-    from ..data.preview import grid_png, to_uint8
-
-    out = Path(out)
-    check_set_folder(out)
-    # the whole folder is swapped: the previous set (and its .work, quality cache) stays until this one is complete
-    with artifact_dir(out) as tmp:
-        np.save(tmp / "images.npy", images)
-        with open(tmp / "manifest.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SYN_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
-        save_yaml(cfg, tmp / "config.yaml", section="generate")
-        (tmp / "generation.json").write_text(json.dumps(meta, indent=1))
-        # preview: real | condition | the first four variants, for four real images
-        by_real = group_rows(rows, "real_index")
-        reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
-        k = min(4, max(len(v) for v in by_real.values()))
-        grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
-                [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
-        first = by_real[reals[0]]
-        heads = ["real", "condition"] + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))]
-        (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))

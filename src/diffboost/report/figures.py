@@ -7,6 +7,7 @@
 | ``variants`` | Fig. 3 | ``prepared/``, ``synthetic/foldK/`` |
 | ``alpha_strip`` | Fig. 4 | one real image and one of its variants |
 | ``overlays`` | Fig. 5 | ``seg/<strategy>/seed<s>/foldK/predictions.npz`` |
+| ``ablation_plot`` | Fig. 6 / 7 | ``ablations/<param>.json`` |
 | ``curves`` | — | ``models/foldK/loss.csv``, ``seg/<strategy>/seed<s>/foldK/log.csv`` |
 """
 
@@ -176,4 +177,25 @@ def curves(run: Path, strategies: list[str], seed: int = 0) -> bytes | None:
         a2.legend(fontsize=7, ncol=2)
     for a in (a1, a2):
         a.grid(alpha=0.3)
+    return _png(fig)
+
+
+def ablation_plot(results: dict) -> bytes:
+    """Fig. 6 / 7 style: mean Dice per value with a ± std band over folds, and the baseline's level."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = [str(v) for v in results["values"]]
+    x = np.arange(len(values)) if results["param"] == "network" else np.asarray(results["values"], float)
+    for s, per in results["dice"].items():
+        m = np.array([per[v]["mean"] for v in values]) * 100
+        sd = np.array([per[v]["std"] for v in values]) * 100
+        ax.plot(x, m, marker="o", label=s)
+        ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    if results.get("baseline") is not None:
+        ax.axhline(results["baseline"] * 100, color="grey", ls="--", label="none (baseline)")
+    if results["param"] == "network":
+        ax.set_xticks(x, values, rotation=20)
+    ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over runs)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _png(fig)

@@ -6,7 +6,7 @@ from the fold's condition (edges + mask boundary) to the image. Discriminator: M
 (condition, image) pairs. Loss: least-squares GAN + 100 x L1, Adam (2e-4, betas 0.5 / 0.999), as the
 paper's defaults. It trains on the TRAINING part of a fold only, at the prepared size, and can write
 a synthetic set in the same format as the diffusion model's (variants differ by their dropout
-masks), so ``compare`` can use it as the ``pix2pix`` strategy.
+masks), so ``compare`` can use it as the ``pix2pix`` strategy (it is a generator, like the diffusion model).
 
 Saved as ``config.json`` + ``generator.safetensors`` (+ ``discriminator.safetensors``).
 """
@@ -175,7 +175,7 @@ class Pix2PixGenerator:
 def generate_pix2pix(model: str | Path, ps: PreparedSet, out: str | Path, fold: int, n: int = 1, seed: int = 0,
                      progress: bool = True):
     """n variants of every training sample of ``fold``, written as a synthetic set."""
-    from ..generation.generate import SyntheticSet, check_set_folder, variant_seed, write_synthetic_set
+    from .synthetic import SyntheticSet, check_set_folder, variant_seed, write_synthetic_set
     from ..utils.progress import progress_iter
 
     gen = Pix2PixGenerator(model)
