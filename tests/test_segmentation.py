@@ -36,7 +36,8 @@ def test_strategy_names():
     assert parse_strategy("none") == (None, "none")
     assert parse_strategy("diffboost") == ("diffboost", "none")
     assert parse_strategy("diffboost+deepstack") == ("diffboost", "deepstack")
-    for bad in ("blur", "diffboost+pix2pix", "mirror+rotate", ""):
+    assert parse_strategy("mix-classic+classic") == ("mix-classic", "classic")
+    for bad in ("blur", "diffboost+pix2pix", "mirror+rotate", "diffboost+mix-classic", ""):
         with pytest.raises(ValueError, match="strategy"):
             parse_strategy(bad)
 
@@ -464,7 +465,8 @@ def test_runs_recorded_before_an_option_existed_are_reused(task, monkeypatch):
     out = root / "runs" / "none"
     first = train_seg(ps, 0, SegConfig(**FAST), out, progress=False)
     ident = json.loads((out / "run.json").read_text())
-    del ident["config"]["quality_filter"]  # as written by an older version
+    for option in ("quality_filter", "mix_prob", "teacher_gate", "pixel_filter"):
+        del ident["config"][option]  # as written by an older version
     (out / "run.json").write_text(json.dumps(ident))
     import diffboost.segmentation.trainer as trainer
 

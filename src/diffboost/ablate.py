@@ -23,7 +23,14 @@ from .utils.atomic import atomic_write_bytes, atomic_write_text
 if TYPE_CHECKING:
     from .segmentation.config import SegConfig
 
-SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str}
+
+def _float_or_none(text: str) -> float | None:
+    """``"none"`` (any case) -> None, else a float: the value of an option that can be off."""
+    return None if text.strip().lower() in ("none", "null") else float(text)
+
+
+SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
+             "teacher_gate": _float_or_none, "pixel_filter": _float_or_none}
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -75,6 +82,7 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
     """Train the sweep (``n_jobs`` runs at once; default ``compare.jobs`` of the run) and write its
     table and plot; Dice is the mean over runs (fold x seed) with the std over runs."""
     from .generation.generate import generate
+    from .report.figures import ablation_plot
     from .segmentation.jobs import SegJob, run_folder, run_jobs
 
     run_dir = Path(run_dir)
@@ -116,28 +124,5 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
             results["baseline"] = float(np.mean([json.loads(p.read_text())["metrics"]["dice"]["mean"] for p in base]))
     (run_dir / "ablations").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "ablations" / f"{param}.json", json.dumps(results, indent=1))
-    atomic_write_bytes(run_dir / "ablations" / f"{param}.png", plot(results))
+    atomic_write_bytes(run_dir / "ablations" / f"{param}.png", ablation_plot(results))
     return results
-
-
-def plot(results: dict) -> bytes:
-    """Fig. 6 / 7 style: mean Dice per value with a ± std band over folds, and the baseline's level."""
-    from .report.figures import _plt, _png
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    values = [str(v) for v in results["values"]]
-    x = np.arange(len(values)) if results["param"] == "network" else np.asarray(results["values"], float)
-    for s, per in results["dice"].items():
-        m = np.array([per[v]["mean"] for v in values]) * 100
-        sd = np.array([per[v]["std"] for v in values]) * 100
-        ax.plot(x, m, marker="o", label=s)
-        ax.fill_between(x, m - sd, m + sd, alpha=0.2)
-    if results.get("baseline") is not None:
-        ax.axhline(results["baseline"] * 100, color="grey", ls="--", label="none (baseline)")
-    if results["param"] == "network":
-        ax.set_xticks(x, values, rotation=20)
-    ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over runs)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig)

@@ -9,22 +9,25 @@ from .augment import CLASSICAL, PIPELINES
 from .networks import check_network
 
 SYNTHETIC_SOURCES = ("diffboost", "pix2pix")  # strategies that read a synthetic set
-DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", "diffboost+classic")
+MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
+VARIANT_SOURCES = (*SYNTHETIC_SOURCES, MIX_CLASSIC)  # where Algorithm 1's variants come from
+DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", MIX_CLASSIC, "diffboost+classic")
 
 
 def parse_strategy(name: str) -> tuple[str | None, str]:
-    """``"diffboost+deepstack"`` -> (synthetic source, classical augmentation): ("diffboost", "deepstack").
+    """``"diffboost+deepstack"`` -> (variant source, classical augmentation): ("diffboost", "deepstack").
 
-    A strategy is a classical name (or ``none``), a synthetic source, or ``SOURCE+CLASSICAL``.
+    A strategy is a classical name (or ``none``), a variant source (a synthetic set's generator, or
+    ``mix-classic``), or ``SOURCE+CLASSICAL``.
     """
     parts = [p.strip() for p in name.split("+") if p.strip()]
-    source = [p for p in parts if p in SYNTHETIC_SOURCES]
-    classical = [p for p in parts if p not in SYNTHETIC_SOURCES]
+    source = [p for p in parts if p in VARIANT_SOURCES]
+    classical = [p for p in parts if p not in VARIANT_SOURCES]
     valid = ("none", *CLASSICAL, *PIPELINES)
     bad = [p for p in classical if p not in valid]
     if not parts or bad or len(source) > 1 or len(classical) > 1:
         raise ValueError(f"unknown augmentation strategy {name!r}: use one of {', '.join(valid)}, "
-                         f"{', '.join(SYNTHETIC_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+classic)")
+                         f"{', '.join(VARIANT_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+classic)")
     return (source[0] if source else None), (classical[0] if classical else "none")
 
 
@@ -40,13 +43,21 @@ class SegConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"  # cosine | constant
-    aug: str = "none"  # a strategy: none, contrast, ..., classic (nnU-Net's), deepstack, diffboost, diffboost+classic
+    # a strategy: none, contrast, ..., classic (nnU-Net's), deepstack, diffboost, mix-classic, diffboost+classic
+    aug: str = "none"
     aug_prob: float = 0.5  # probability of a single classical transform
     alpha: float = 0.6  # Algorithm 1: probability that a patch comes from the real image
     patch: int | None = None  # Algorithm 1: cell size in pixels; None = 64 px at 384 px, scaled
-    n: int | None = None  # variants per image to use; None = all that were generated
+    n: int | None = None  # variants per image to use; None = all that were generated (mix-classic: 3)
     mix: str = "input"  # input (the paper's Algorithm 1) | output (the public code)
+    mix_prob: float = 1.0  # Algorithm 1: probability that a sample is mixed at all; else its real image whole
     quality_filter: bool = False  # drop variants that fail diffboost.generation.quality's checks
+    # drop a variant whose teacher Dice is below this fraction of the teacher's Dice on its real image
+    # (consistency.csv of the synthetic set); None = keep all
+    teacher_gate: float | None = None
+    # FreeMask: leave out of the loss the synthetic pixels whose teacher loss exceeds this multiple of
+    # the teacher's mean loss on real images (teacher_loss.npy, consistency.json); None = keep all
+    pixel_filter: float | None = None
     synthetic: str | None = None  # synthetic set of the fold ('{fold}' is filled in); None = PREPARED/../synthetic/fold{fold}
     val_every: int = 1  # epochs between validation-Dice evaluations (checkpoint selection)
     seed: int = 0
@@ -69,6 +80,14 @@ class SegConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
+        if self.teacher_gate is not None and not self.teacher_gate >= 0.0:
+            raise ValueError(f"teacher_gate must be at least 0 (a fraction of the teacher's Dice on the real "
+                             f"image, e.g. 0.8) or null, got {self.teacher_gate}")
+        if self.pixel_filter is not None and not self.pixel_filter > 0.0:
+            raise ValueError(f"pixel_filter must be positive (a multiple of the teacher's mean loss on real "
+                             f"images, e.g. 1.25) or null, got {self.pixel_filter}")
         for name in ("epochs", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

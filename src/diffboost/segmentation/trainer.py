@@ -11,8 +11,15 @@ Output folder::
     predictions.npz  the test predictions at the original size
     summary.json   mean ± std per metric, best epoch, timings; its presence marks the fold as done
 
-Every random choice of an epoch (order, variants, masks, augmentations) is drawn from
-(seed, epoch), so a run resumed from ``state/`` ends with the same weights as an uninterrupted one.
+Every random choice of an epoch (order, variants, masks, which samples are mixed, augmentations) is
+drawn from (seed, epoch), so a run resumed from ``state/`` ends with the same weights as an
+uninterrupted one.
+
+With ``mix_prob < 1`` each sample of a strategy with variants is mixed by Algorithm 1 with that
+probability and otherwise trains on its real image whole (with ``mix="output"`` its variant then
+does not go through the network either): ``mix_prob = 0`` trains exactly as ``none``. With
+``pixel_filter`` the loss leaves out the pixels that Algorithm 1 takes from a variant where the
+teacher's loss on that variant was high (:func:`masked_dice_ce`).
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ from ..data.store import PreparedSet, group_rows
 from ..utils.atomic import artifact_dir, atomic_write_text, recover_artifact
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
-from .config import SegConfig, parse_strategy
-from .data import FoldData, load_synthetic, load_training, to_size
+from .config import MIX_CLASSIC, SegConfig, parse_strategy
+from .data import FoldData, load_synthetic, load_training, teacher_identity, to_size
 from .jobs import run_folder
 from .networks import build_network, size_multiple
 from .patchmix import choose_variants, default_patch, mix, patch_mask
@@ -138,10 +145,16 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     mult = size_multiple(cfg.network, cfg.channels)
     if size % mult:
         raise ValueError(f"size {size} is not a multiple of {mult}, which {cfg.network} needs")
-    syn_path = default_synthetic(ps, fold, cfg, source) if source else None
+    syn_path = default_synthetic(ps, fold, cfg, source) if source and source != MIX_CLASSIC else None
     identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
                 "synthetic": str(syn_path.resolve()) if syn_path else None,
                 "synthetic_variants": _variants_of(syn_path) if syn_path else None, "size": size}
+    if source == MIX_CLASSIC:
+        from .variants import classic_identity
+
+        identity["synthetic_variants"] = classic_identity(cfg.n)
+    elif syn_path and (cfg.teacher_gate is not None or cfg.pixel_filter is not None):  # else absent, as in older runs
+        identity["teacher"] = teacher_identity(syn_path, cfg.teacher_gate, cfg.pixel_filter)
     done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
@@ -151,8 +164,13 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     labels = labels_of(ps)
     train_idx = ps.indices(f.train, training=True)
     data = load_training(ps, train_idx, size)
-    if source:
-        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n, cfg.quality_filter)
+    if source == MIX_CLASSIC:
+        from .variants import classic_variants
+
+        data.synthetic = classic_variants(data.images, train_idx, cfg.n)
+    elif source:
+        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n, cfg.quality_filter,
+                                        cfg.teacher_gate, cfg.pixel_filter)
     val_idx = ps.indices(f.val)
     val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
     val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
@@ -229,14 +247,30 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
     pool = data.synthetic
 
     def make_batch(step: int):
+        """(real, labels, variants, Algorithm 1 mask, which samples are mixed (None: all), pixels kept in
+        the loss (None: all))."""
         b = batches[step]
         x, y = data.images[b], data.masks[b]
-        syn = pool.pick(b, choose_variants(pool.counts[b], g)) if pool is not None else None
-        if augment:
-            both, y = augment(x if syn is None else torch.cat([x, syn], 1), y, epoch, step)
-            x, syn = (both, None) if syn is None else (both[:, :1], both[:, 1:])
-        m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g) if syn is not None else None
-        return x, y, syn, m
+        if pool is None:
+            if augment:
+                x, y = augment(x, y, epoch, step)
+            return x, y, None, None, None, None
+        counts = pool.counts[b]
+        rows = pool.rows[b, choose_variants(counts.clamp_min(1), g)]  # a sample without variants: unmixed below
+        syn = pool.images[rows]
+        drop = pool.ignore[rows].long() if pool.ignore is not None else None
+        if augment:  # the pixels to ignore ride on the labels: spatial transforms move them alike
+            both, y = augment(torch.cat([x, syn], 1), y if drop is None else y + _PACK * drop, epoch, step)
+            x, syn = both[:, :1], both[:, 1:]
+            if drop is not None:
+                y, drop = y % _PACK, y // _PACK
+        m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g)
+        mixed = None
+        if cfg.mix_prob < 1.0 or bool((counts == 0).any()):  # drawn only then: mix_prob = 1 is Algorithm 1 as before
+            mixed = (torch.rand(len(b), generator=g) < cfg.mix_prob) & (counts > 0)
+            m[~mixed] = 1.0
+        keep = None if drop is None else ~((drop > 0) & (m == 0))
+        return x, y, syn, m, mixed, keep
 
     def forward(inputs):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
@@ -247,22 +281,44 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
     with ThreadPoolExecutor(max_workers=1) as worker:
         pending = worker.submit(make_batch, 0) if prefetch else None
         for step in range(len(batches)):
-            x, y, syn, m = pending.result() if prefetch else make_batch(step)
+            x, y, syn, m, mixed, keep = pending.result() if prefetch else make_batch(step)
             if prefetch and step + 1 < len(batches):
                 pending = worker.submit(make_batch, step + 1)
-            if syn is None:
-                logits = forward(x)
+            if syn is None or (mixed is not None and not bool(mixed.any())):
+                logits = forward(x)  # no sample mixed: the real images alone, as `none` trains
             elif cfg.mix == "input":
-                logits = forward(mix(x, syn, m))
-            else:
+                logits = forward(mix(x, syn, m))  # an unmixed sample has m = 1: its real image
+            elif mixed is None or bool(mixed.all()):
                 both = forward(torch.cat([x, syn]))
                 logits = mix(both[: len(x)], both[len(x):], m.to(device))
-            loss = loss_fn(logits, y.to(device))
+            else:  # only the mixed samples' variants go through the network
+                idx = mixed.nonzero()[:, 0]
+                both = forward(torch.cat([x, syn[idx]]))
+                real_out = both[: len(x)]
+                logits = mix(real_out, real_out.index_copy(0, idx.to(device), both[len(x):]), m.to(device))
+            if keep is None or bool(keep.all()):  # nothing filtered: the plain loss
+                loss = loss_fn(logits, y.to(device))
+            else:
+                loss = masked_dice_ce(logits, y.to(device), keep.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach())
     return total / len(batches)
+
+
+_PACK = 1 << 12  # labels + _PACK * ignored: label values stay below it (prepared masks are uint8)
+
+
+def masked_dice_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The trainer's Dice + cross-entropy loss (foreground Dice, softmax) on the pixels where ``keep``
+    ``[B, 1, H, W]`` is true only: Dice on probabilities and one-hot labels both zeroed elsewhere
+    (MONAI's ``MaskedDiceLoss``), cross-entropy averaged over the kept pixels."""
+    from monai.losses import MaskedDiceLoss
+
+    dice = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True)(logits, labels, keep.float())
+    ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
+    return dice + (ce * keep[:, 0]).sum() / keep.sum().clamp_min(1)
 
 
 def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, counters: dict, identity: dict,
@@ -317,7 +373,8 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     if old != identity:
         diff = sorted(k for k in set(old["config"]) | set(identity["config"])
                       if old["config"].get(k) != identity["config"].get(k))
-        diff += [k for k in ("prepared", "fold", "synthetic", "synthetic_variants", "size") if old.get(k) != identity.get(k)]
+        diff += [k for k in ("prepared", "fold", "synthetic", "synthetic_variants", "teacher", "size")
+                 if old.get(k) != identity.get(k)]
         raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); "
                          "choose another --out or remove it")
     summary = out / "summary.json"
