@@ -462,5 +462,5 @@ def test_the_new_options_are_checked_and_sweepable():
     cfg = RunConfig.from_dict({"seg": {"mix_prob": 0.5, "teacher_gate": 0.8, "pixel_filter": 1.25},
                                "ablate": {"sweeps": ["mix_prob=0,0.5,1", "pixel_filter=none,1.25"]}})
     assert (cfg.seg.mix_prob, cfg.seg.teacher_gate, cfg.seg.pixel_filter) == (0.5, 0.8, 1.25)
-    ident = SegConfig().identity()
+    ident = SegConfig(aug="diffboost").identity()
     assert (ident["mix_prob"], ident["teacher_gate"], ident["pixel_filter"]) == (1.0, None, None)

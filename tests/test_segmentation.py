@@ -466,9 +466,21 @@ def test_runs_recorded_before_an_option_existed_are_reused(task, monkeypatch):
     first = train_seg(ps, 0, SegConfig(**FAST), out, progress=False)
     ident = json.loads((out / "run.json").read_text())
     for option in ("quality_filter", "mix_prob", "teacher_gate", "pixel_filter"):
-        del ident["config"][option]  # as written by an older version
+        ident["config"].pop(option, None)  # as written by an older version ...
+    # ... which also recorded Algorithm 1's options for a run without variants
+    ident["config"].update(alpha=0.6, patch=None, n=None, mix="input", synthetic=None)
     (out / "run.json").write_text(json.dumps(ident))
     import diffboost.segmentation.trainer as trainer
 
     monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: pytest.fail("retrained a finished fold"))
     assert train_seg(ps, 0, SegConfig(**FAST), out, progress=False) == first
+
+
+def test_variant_options_are_not_part_of_a_run_without_variants():
+    # sweeping alpha or a teacher filter must not retrain none or a classical strategy (the teacher)
+    for aug in ("none", "classic"):
+        base = SegConfig(aug=aug).identity()
+        assert SegConfig(aug=aug, alpha=0.2, teacher_gate=0.5, pixel_filter=1.25, n=2, mix_prob=0.5).identity() == base
+        assert "alpha" not in base and "epochs" in base
+    assert SegConfig(aug="diffboost", alpha=0.2).identity() != SegConfig(aug="diffboost").identity()
+    assert SegConfig(aug="mix-classic", n=2).identity() != SegConfig(aug="mix-classic").identity()

@@ -514,6 +514,7 @@ def fidelity(
     pix2pix: Optional[Path] = typer.Option(None, help="A Pix2Pix model folder to compare with."),
     guidance: float = typer.Option(3.0),
     limit: Optional[int] = typer.Option(None, help="At most this many test images (spread over the fold)."),
+    teacher: Optional[Path] = typer.Option(None, help="A segmenter trained on the fold's training part (e.g. RUN/seg/none/seed0/foldK/model): adds the label consistency of the generated images."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Table I: MAE, MSE, RMSE, SSIM, MS-SSIM of images generated from held-out edges, vs Pix2Pix."""
@@ -525,9 +526,77 @@ def fidelity(
     except (IndexError, ValueError):
         raise ValueError(f"--samplers expects SAMPLER:STEPS[,...], got {samplers!r}") from None
     out = out or prepared.parent / "fidelity" / f"fold{fold}"
-    rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet)
+    rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet,
+                        teacher=teacher)
     typer.echo(table_markdown(rows))
     console.print(f"tables and grid: {out}")
+
+
+@app.command()
+@friendly_errors
+def consistency(
+    run_dir: Optional[Path] = typer.Argument(None, help="A run folder: every fold with synthetic/foldK and a teacher seg/none/seed<s>/foldK/model."),
+    teacher: Optional[Path] = typer.Option(None, help="A segmenter folder (…/model) to check with instead of the run's none run ('{fold}' is filled in)."),
+    synthetic: Optional[str] = typer.Option(None, help="A synthetic set folder instead of RUN_DIR/synthetic/foldK ('{fold}' is filled in); needs --teacher."),
+    prepared: Optional[Path] = typer.Option(None, help="The prepared set (default RUN_DIR/prepared, or beside the synthetic set's folder)."),
+    folds: Optional[str] = typer.Option(None, help="Comma-separated folds (default: every fold that has a set; with --synthetic, the fold it was made for)."),
+    seed: Optional[int] = typer.Option(None, help="Whose none run teaches (default: the run's first segmentation seed)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Label consistency: a teacher segmenter checks every synthetic variant against its real mask;
+    writes consistency.csv / .json and teacher_loss.npy into each synthetic set."""
+    from .data.store import PreparedSet
+    from .evaluation.consistency import consistency_for_run, label_consistency
+
+    fold_list = _int_list(folds, "--folds")
+    if synthetic is None and teacher is None:
+        if run_dir is None:
+            raise ValueError("name a run folder, or a synthetic set with --synthetic and a teacher with --teacher")
+        results = consistency_for_run(run_dir, fold_list, seed, batch_size=batch_size, progress=not quiet)
+        if not results:
+            raise FileNotFoundError(f"{run_dir}: no fold has both a synthetic set (synthetic/foldK) and a teacher "
+                                    "(seg/none/seed<s>/foldK/model); run `diffboost run` or `diffboost compare "
+                                    "--augs none` first")
+    else:
+        if teacher is None:
+            raise ValueError("--synthetic needs --teacher (a segmenter trained on the fold's training part)")
+        if synthetic is None and run_dir is None:
+            raise ValueError("--teacher needs a run folder or --synthetic (the synthetic set to check)")
+        pattern = synthetic or str(run_dir / "synthetic" / "fold{fold}")
+        ps = PreparedSet(prepared or (run_dir / "prepared" if run_dir else
+                                      Path(pattern.format(fold=0)).parent.parent / "prepared"))
+        if fold_list is None and "{fold}" not in pattern:  # one set: the fold it was made for
+            from .generation.synthetic import SyntheticSet
+
+            meta = SyntheticSet(pattern).meta
+            fold_list = [int(meta.get("fold", meta.get("identity", {}).get("fold", 0)))]
+        elif fold_list is None:
+            fold_list = [k for k in range(len(ps.folds)) if (Path(pattern.format(fold=k)) / "generation.json").exists()]
+        results = {k: label_consistency(str(teacher).format(fold=k), ps, pattern.format(fold=k), k, batch_size,
+                                        progress=not quiet) for k in fold_list}
+    _consistency_table(results)
+
+
+def _consistency_table(results: dict[int, dict]) -> None:
+    t = Table(title="label consistency: teacher Dice on the variants / on their real images (vs the real masks)")
+    for col in ("fold", "group", "variants", "Dice variants (%)", "Dice real (%)", "consistency"):
+        t.add_column(col, justify="left" if col == "group" else "right")
+
+    def cell(v, scale=1.0, digits=2):
+        return "—" if v is None else f"{v * scale:.{digits}f}"
+
+    for k, s in sorted(results.items()):
+        groups = [("overall", s["overall"])] + [(f"text: {g}", d) for g, d in s["per_text"].items()] + \
+                 [(f"strength: {g}", d) for g, d in s["per_strength"].items()]
+        for name, d in groups:
+            t.add_row(str(k), name, str(d["variants"]), cell(d["teacher_dice_variant"], 100),
+                      cell(d["teacher_dice_real"], 100), cell(d["consistency"], digits=3))
+        t.add_section()
+    Console().print(t)
+    for k, s in sorted(results.items()):
+        console.print(f"fold {k}: teacher {s['teacher']['path']}; teacher CE on real {s['teacher_loss_real_mean']:.4f}; "
+                      f"consistency.csv, consistency.json, teacher_loss.npy in {s['synthetic']}")
 
 
 # ---- the whole pipeline ---------------------------------------------------------------------------

@@ -4,6 +4,10 @@ prompts, compared with the real images, intensities in [0, 1].
 Per image: MAE, MSE, RMSE, SSIM (scikit-image, Gaussian window as Wang et al.) and MS-SSIM (MONAI).
 MS-SSIM uses as many of the standard five scales (weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333,
 renormalised) as the image size allows for an 11-px window: 3 at 96 px, 4 at 128 px, 5 from 176 px.
+
+With a teacher (a segmenter trained on the fold's training part, e.g. ``seg/none/seed0/foldK/model``)
+each method also gets the label consistency of its generated test images: the teacher's Dice on them
+over its Dice on the real test images, both against the real masks (:mod:`.consistency`).
 """
 
 from __future__ import annotations
@@ -104,18 +108,41 @@ def pix2pix_row(model: str | Path, ps: PreparedSet, idx: list[int]):
 
 def table_markdown(rows: list[dict]) -> str:
     heads = ["MAE ↓", "MSE ↓", "RMSE ↓", "SSIM ↑", "MS-SSIM ↑"]
+    teacher = any("label_consistency" in r for r in rows)
+    if teacher:
+        heads += ["teacher Dice (%)", "label consistency ↑"]
     lines = ["| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
     for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}"
-                                                         for m in FIDELITY_METRICS) + " |")
+        cells = [f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" for m in FIDELITY_METRICS]
+        if teacher:
+            c = r.get("label_consistency") or {}
+            ratio = c.get("consistency")
+            cells += ["—" if not c else f"{c['teacher_dice_generated'] * 100:.2f}",
+                      "—" if ratio is None else f"{ratio:.3f}"]
+        lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def add_label_consistency(rows: list[dict], outs: dict, teacher: str | Path, ps: PreparedSet, idx: list[int]) -> dict:
+    """Add to each row (in the order of ``outs``) the teacher's label consistency of its generated images
+    (``[N, S, S]`` in [0, 1]); return the teacher's description."""
+    from .consistency import Teacher, generated_consistency
+
+    t = Teacher(teacher)
+    real = np.asarray(ps.images[np.asarray(idx)], np.float32)
+    masks = np.asarray(ps.masks[np.asarray(idx)])
+    for row, gen in zip(rows, outs.values()):
+        row["label_consistency"] = generated_consistency(t, real, np.asarray(gen, np.float32) * 2 - 1, masks)
+    return t.info()
 
 
 def fidelity(model: str | Path, prepared: str | Path | PreparedSet, fold: int, out: str | Path,
              settings: list[tuple[str, int]] = (("dpm++", 20),), pix2pix: str | Path | None = None,
-             guidance: float = 3.0, limit: int | None = None, progress: bool = True) -> list[dict]:
+             guidance: float = 3.0, limit: int | None = None, progress: bool = True,
+             teacher: str | Path | None = None) -> list[dict]:
     """Table I for a fold's test images: the diffusion model at each sampler setting, and Pix2Pix
-    when a model is given. Writes ``table.md``, ``table.json`` and ``grid.png`` into ``out``."""
+    when a model is given (and, with a ``teacher`` segmenter, each one's label consistency). Writes
+    ``table.md``, ``table.json`` and ``grid.png`` into ``out``."""
     from ..data.preview import grid_png, to_uint8
 
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
@@ -127,13 +154,17 @@ def fidelity(model: str | Path, prepared: str | Path | PreparedSet, fold: int, o
         row, img = pix2pix_row(pix2pix, ps, idx)
         rows.append(row)
         outs["pix2pix"] = img
+    teacher_info = add_label_consistency(rows, outs, teacher, ps, idx) if teacher is not None else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    note = ("" if teacher is None else " Label consistency: the teacher's Dice on the generated images over its "
+            "Dice on the real test images, both against the real masks.")
     atomic_write_text(out / "table.md", table_markdown(rows) + f"\n{len(idx)} test images of fold {fold}, "
-                      "intensities in [0, 1], generated from each image's edges + mask boundary and prompt.\n")
+                      f"intensities in [0, 1], generated from each image's edges + mask boundary and prompt.{note}\n")
     atomic_write_text(out / "table.json", json.dumps({"fold": fold, "images": len(idx), "model": str(model),
                                                       "pix2pix": str(pix2pix) if pix2pix else None,
-                                                      "guidance": guidance, "rows": rows}, indent=1))
+                                                      "guidance": guidance, "teacher": teacher_info,
+                                                      "rows": rows}, indent=1))
     pick = list(range(0, len(idx), max(1, len(idx) // 6)))[:6]
     real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
     grid = [[to_uint8(real[k], 0, 1), np.asarray(ps.conditions[idx[k]])] + [to_uint8(o[k], 0, 1) for o in outs.values()]

@@ -7,9 +7,13 @@ Two checks per variant, both against what the real data itself does:
    between the variant's soft edges and the condition it was generated from is its *edge agreement*.
    The real image's own edges give the reference agreement. A variant is rejected when its agreement
    is below ``edge_ratio`` times the real image's (default: less than half as good).
-2. **Intensity statistics are not outliers.** The variant's mean and standard deviation are
-   z-scored against those of the fold's real training images; |z| > ``max_z`` (default 3) on either
-   is rejected.
+2. **Intensity statistics are not outliers for what the text asks.** An augmentation text asks
+   for an appearance change ("enhanced contrast", "dark", ...): the variant's mean and standard
+   deviation are z-scored against those of the fold's real training images *changed as its text
+   says* (:func:`diffboost.conditioning.augment_text.apply_phrase`, strengths drawn over the
+   phrase's range); the plain prompt against the real images themselves, a text the phrases do not
+   know against all of these pooled. |z| > ``max_z`` (default 3) on either is rejected: a "dark"
+   variant that is as dark as the darkened real images passes, a plain variant that dark does not.
 
 Every real image keeps at least its best variant (highest edge agreement), so Algorithm 1 always has
 a variant to mix. Scores are written to ``quality.csv`` in the synthetic set (one row per variant,
@@ -25,13 +29,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ..conditioning.edges import mask_boundary, soft_edges
 from ..data.store import PreparedSet
 from ..utils.atomic import atomic_write_text
 
-FIELDS = ["row", "real_index", "variant", "edge_agreement", "real_edge_agreement", "z_mean", "z_std", "keep", "reason"]
+FIELDS = ["row", "real_index", "variant", "text", "edge_agreement", "real_edge_agreement", "z_mean", "z_std",
+          "keep", "reason"]
+
+VERSION = 2  # bump when the scores change: a cache made by another version is recomputed
+_REFERENCE_IMAGES = 256  # real images (evenly spaced) whose changed versions give a text's reference
+_DRAWS = 3  # strengths drawn per real image and phrase
 
 
 @dataclass
@@ -53,14 +63,44 @@ def _region(mask: np.ndarray, band: int) -> np.ndarray:
     return ndimage.binary_dilation(mask_boundary(mask.astype(np.uint8)) > 0, iterations=band)
 
 
+def _moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image means and standard deviations of ``[N, H, W]`` images."""
+    return images.mean(axis=(1, 2)), images.std(axis=(1, 2))
+
+
+def _text_statistics(real: np.ndarray, texts) -> dict[str, tuple[float, float, float, float]]:
+    """Per text, ``(mean, sd)`` over images of the image means and of the image standard deviations
+    of the real images as that text asks them to look (see the module's check 2)."""
+    from ..conditioning.augment_text import PHRASES
+
+    sub = real[np.linspace(0, len(real) - 1, min(len(real), _REFERENCE_IMAGES)).astype(int)]
+    changed: dict[str, tuple[np.ndarray, np.ndarray]] = {"": _moments(real)}
+
+    def phrase(text: str) -> tuple[np.ndarray, np.ndarray]:
+        if text not in changed:
+            from ..conditioning.augment_text import apply_phrase
+
+            x = torch.from_numpy(np.repeat(sub, _DRAWS, axis=0))[:, None]
+            changed[text] = _moments(apply_phrase(text, x, torch.Generator().manual_seed(0))[:, 0].numpy())
+        return changed[text]
+
+    out = {}
+    for text in texts:
+        if text in PHRASES or text == "":
+            m, s = changed[""] if text == "" else phrase(text)
+        else:  # an appearance change the phrases do not name: anything they or the real images span
+            parts = [changed[""]] + [phrase(p) for p in PHRASES]
+            m, s = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        out[text] = (float(m.mean()), max(float(m.std()), 1e-6), float(s.mean()), max(float(s.std()), 1e-6))
+    return out
+
+
 def score_variants(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> list[dict]:
     """One row per variant of the synthetic set ``syn`` (rows in manifest order)."""
     cfg = cfg or QualityConfig()
     reals = sorted(syn.by_real)
     real_imgs = np.asarray(ps.images[np.asarray(reals)], np.float32)
-    means, stds = real_imgs.mean(axis=(1, 2)), real_imgs.std(axis=(1, 2))
-    mu_m, sd_m = means.mean(), max(means.std(), 1e-6)
-    mu_s, sd_s = stds.mean(), max(stds.std(), 1e-6)
+    stats = _text_statistics(real_imgs, {r["text"] for r in syn.manifest})
     ref: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
     for k, ri in enumerate(reals):
         cond = np.asarray(ps.conditions[ri], np.float32) / 255.0
@@ -71,13 +111,14 @@ def score_variants(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> li
         img = np.asarray(syn.images[r["index"]], np.float32)
         cond, region, real_agree = ref[r["real_index"]]
         agree = _corr(soft_edges(img)[region], cond[region])
+        mu_m, sd_m, mu_s, sd_s = stats[r["text"]]
         z_m, z_s = (img.mean() - mu_m) / sd_m, (img.std() - mu_s) / sd_s
         reasons = []
         if agree < cfg.edge_ratio * real_agree:
             reasons.append("edges")
         if abs(z_m) > cfg.max_z or abs(z_s) > cfg.max_z:
             reasons.append("intensity")
-        rows.append({"row": r["index"], "real_index": r["real_index"], "variant": r["variant"],
+        rows.append({"row": r["index"], "real_index": r["real_index"], "variant": r["variant"], "text": r["text"],
                      "edge_agreement": round(agree, 5), "real_edge_agreement": round(real_agree, 5),
                      "z_mean": round(float(z_m), 4), "z_std": round(float(z_s), 4), "keep": int(not reasons),
                      "reason": "+".join(reasons)})
@@ -96,7 +137,8 @@ def quality_filter(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> se
     cfg = cfg or QualityConfig()
     root = Path(syn.root)
     cache, summary = root / "quality.csv", root / "quality.json"
-    if cache.exists() and summary.exists() and json.loads(summary.read_text()).get("config") == asdict(cfg):
+    stored = json.loads(summary.read_text()) if summary.exists() else {}
+    if cache.exists() and stored.get("config") == asdict(cfg) and stored.get("version") == VERSION:
         with open(cache, newline="") as f:
             return {int(r["row"]) for r in csv.DictReader(f) if r["keep"] == "1"}
     rows = score_variants(syn, ps, cfg)
@@ -107,7 +149,8 @@ def quality_filter(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> se
     atomic_write_text(cache, buf.getvalue())
     removed = [r for r in rows if not r["keep"]]
     atomic_write_text(summary, json.dumps({
-        "config": asdict(cfg), "variants": len(rows), "kept": len(rows) - len(removed), "removed": len(removed),
+        "config": asdict(cfg), "version": VERSION, "variants": len(rows), "kept": len(rows) - len(removed),
+        "removed": len(removed),
         "removed_for_edges": sum("edges" in r["reason"] for r in removed),
         "removed_for_intensity": sum("intensity" in r["reason"] for r in removed),
         "mean_edge_agreement": float(np.mean([r["edge_agreement"] for r in rows])),

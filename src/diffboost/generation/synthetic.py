@@ -7,6 +7,10 @@
     generation.json  what the set was made from (identity, fold, model, timing)
     preview.png      real | condition | first variants
 
+Caches made from the set's images (replaced with them, so a regenerated set drops them):
+``quality.csv``/``quality.json`` (:mod:`.quality`) and the teacher's ``consistency.csv``,
+``consistency.json``, ``teacher_loss.npy`` (:mod:`diffboost.evaluation.consistency`).
+
 Written whole through a temporary folder (``write_synthetic_set``), read with :class:`SyntheticSet`.
 Generators: the diffusion model (:mod:`.generate`) and the Pix2Pix baseline (:mod:`.pix2pix`).
 """
@@ -28,7 +32,8 @@ from ..utils.atomic import artifact_dir, recover_artifact
 SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
               "seed", "sampler", "steps", "guidance", "model_hash"]
 SET_FILES = ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
-_SET_CACHES = ("quality.csv", "quality.json")  # made from the set's images: replaced with them
+# made from the set's images: replaced with them (a new set is written whole, without them)
+_SET_CACHES = ("quality.csv", "quality.json", "consistency.csv", "consistency.json", "teacher_loss.npy")
 
 
 def check_set_folder(out: str | Path) -> None:

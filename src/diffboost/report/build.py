@@ -99,6 +99,55 @@ def _html_rows(head: list[str], body: list[list[str]], cls: str = "") -> str:
             + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body) + "</table>")
 
 
+def _consistency(run: Path) -> tuple[str, str] | None:
+    """The teacher's label consistency of each fold's synthetic set (``synthetic/foldK/consistency.*``):
+    per fold, per augmentation text and per strength (all folds pooled, and each fold's), as Markdown
+    and HTML; None when no set was checked."""
+    from ..evaluation.consistency import LabelConsistency, load_consistency
+
+    checked = []
+    found = (run / "synthetic").glob("fold*/consistency.json")
+    for p in sorted(found, key=lambda p: (len(p.parent.name), p.parent.name)):  # fold2 before fold10
+        loaded = load_consistency(p.parent)
+        if loaded is not None:
+            checked.append((p.parent.name, *loaded))
+    if not checked:
+        return None
+
+    def num(v, scale: float = 1.0, digits: int = 2) -> str:
+        return "—" if v is None or not np.isfinite(v) else f"{v * scale:.{digits}f}"
+
+    def cells(d: dict) -> list[str]:
+        return [str(d["variants"]), num(d["teacher_dice_variant"], 100), num(d["teacher_dice_real"], 100),
+                num(d["consistency"], digits=3)]
+
+    heads = ["variants", "teacher Dice, variants (%)", "teacher Dice, real (%)", "label consistency"]
+    per_fold = [[name, *cells(s["overall"]), num(s.get("teacher_loss_real_mean"), digits=4),
+                 "/".join(Path(s["teacher"]["path"]).parts[-4:-1])]
+                for name, s, _ in checked]
+    pooled = LabelConsistency()
+    pooled.rows = [r for _, _, rows in checked for r in rows]
+    folds = [name for name, _, _ in checked]
+    tables = [("Per fold", ["fold", *heads, "teacher CE on real (mean)", "teacher (seg/...)"], per_fold)]
+    for by, key in (("text", "per_text"), ("strength", "per_strength")):
+        body = [[g, *cells(d), *(num((s[key].get(g) or {}).get("consistency"), digits=3) for _, s, _ in checked)]
+                for g, d in pooled.aggregate(by).items()]
+        tables.append((f"Per augmentation {by} (all folds; then each fold's consistency)",
+                       [by, *heads, *(f"{f} consistency" for f in folds)], body))
+    total = cells(pooled.aggregate())
+    intro = ("Each variant is segmented by its fold's `none` segmenter (the teacher, trained on the fold's training "
+             "part only) and scored against its real image's mask at the prepared size; label consistency = mean "
+             "teacher Dice on the variants / mean teacher Dice on their real images (1: the label fits the variants "
+             "as well as the real images; an erased or moved lesion lowers it). An image whose mask and prediction "
+             f"are both empty scores 1. Overall, all folds: {total[0]} variants, Dice {total[1]}% on the variants vs "
+             f"{total[2]}% on their real images, label consistency {total[3]}. Teacher CE on real: its mean per-pixel "
+             "cross-entropy on the real training images (the pixel filter's reference).")
+    md = intro + "".join(f"\n\n{title}:\n\n" + _md_rows(h, b) for title, h, b in tables)
+    htm = f"<p>{html.escape(intro)}</p>" + "".join(f"<h3>{html.escape(title)}</h3>" + _html_rows(h, b)
+                                                   for title, h, b in tables)
+    return md, htm
+
+
 def _pretrain_fact(pre: dict, record: dict | None) -> str:
     """The pretraining corpus and whether it holds cases of the task (``pretrain/task_overlap.json``)."""
     head = f"{pre.get('corpus')}, {pre.get('steps', '?')} steps; "
@@ -180,8 +229,10 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         from ..segmentation.patchmix import default_patch
 
         syn = SyntheticSet(syn_root.parent)
+        ratio = (" Over each variant: its teacher Dice ratio (Dice on the variant / on its real image, see Label "
+                 "consistency)." if (syn.root / "consistency.csv").exists() else "")
         add("Synthetic variants (Fig. 3)", f"Real image, its condition (edges + mask boundary), the mask outline and "
-            f"variants of {syn.root.name} with their augmentation texts; the real mask outlined on each variant.",
+            f"variants of {syn.root.name} with their augmentation texts; the real mask outlined on each variant.{ratio}",
             fig=figures.variants(ps, syn), fig_name="variants")
         ri = max(syn.by_real, key=lambda i: ps.manifest[i]["foreground_pixels"])
         add("Algorithm 1 mixing (Fig. 4)", f"The mixed input m·real + (1−m)·synthetic for alpha from 0 (all synthetic) "
@@ -191,6 +242,9 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             fig_name="alpha_strip")
     else:
         add("Synthetic variants", "No synthetic set yet (run `diffboost generate`).")
+    consistency = _consistency(run)
+    if consistency is not None:
+        add("Label consistency of the variants (teacher check)", *consistency)
     shown = [s for s in ("none", "diffboost") if s in strategies] or strategies[:2]
     best_classical = None
     if result:

@@ -4,7 +4,7 @@
 |---|---|---|
 | ``boxplots`` | Table II, per case | ``compare/cases.csv`` |
 | ``fold_boxplots`` | Table II, per case and fold | ``compare/cases.csv`` |
-| ``variants`` | Fig. 3 | ``prepared/``, ``synthetic/foldK/`` |
+| ``variants`` | Fig. 3 | ``prepared/``, ``synthetic/foldK/`` (with ``consistency.csv``: teacher Dice ratios) |
 | ``alpha_strip`` | Fig. 4 | one real image and one of its variants |
 | ``overlays`` | Fig. 5 | ``seg/<strategy>/seed<s>/foldK/predictions.npz`` |
 | ``ablation_plot`` | Fig. 6 / 7 | ``ablations/<param>.json`` |
@@ -76,8 +76,34 @@ def fold_boxplots(rows: list[dict], strategies: list[str]) -> bytes:
     return _png(fig)
 
 
+def _captioned(tile: np.ndarray, text: str, size: int) -> np.ndarray:
+    """``tile`` (RGB) enlarged to ``size`` px with ``text`` on a white band along its top."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(tile).resize((size, size), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle((0, 0, size - 1, 12), fill=(255, 255, 255))
+    draw.text((3, 1), text, fill=(0, 0, 0))
+    return np.asarray(im)
+
+
+def _dice_ratio(row: dict | None) -> str:
+    """A variant's teacher Dice over its real image's (``consistency.csv`` row)."""
+    if row is None:
+        return "not checked"
+    v, r = row["teacher_dice_variant"], row["teacher_dice_real"]
+    return f"Dice ratio {v / r:.2f}" if r > 0 else f"Dice {v:.2f} (real 0)"
+
+
 def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> bytes:
-    """Real image, its condition, the mask outline, and several variants with their texts."""
+    """Real image, its condition, the mask outline, and several variants with their texts. When the set
+    holds the teacher's ``consistency.csv``, each variant's title band gives its teacher Dice ratio
+    (Dice on the variant / Dice on its real image, both against the real mask)."""
+    from ..evaluation.consistency import load_consistency
+
+    loaded = load_consistency(syn.root)
+    checked = {r["variant_index"]: r for r in loaded[1]} if loaded else None
+    tile = max(128, ps.size)
     by_real = syn.by_real
     reals = sorted(by_real, key=lambda i: -ps.manifest[i]["foreground_pixels"])
     reals = [reals[k] for k in np.linspace(0, max(len(reals) // 2 - 1, 0), n_images).astype(int)] if reals else []
@@ -85,11 +111,14 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
     for ri in dict.fromkeys(reals):
         img = np.asarray(ps.images[ri], np.float32)
         vs = sorted(by_real[ri], key=lambda j: syn.manifest[j]["variant"])[:n_variants]
+        tiles = [overlay(np.asarray(syn.images[j], np.float32), np.asarray(ps.masks[ri]), fill=0.0) for j in vs]
+        if checked is not None:
+            tiles = [_captioned(t, _dice_ratio(checked.get(syn.manifest[j]["index"])), tile) for t, j in zip(tiles, vs)]
         rows.append([to_uint8(img), np.asarray(ps.conditions[ri]), overlay(img, np.asarray(ps.masks[ri]), fill=0.0)]
-                    + [overlay(np.asarray(syn.images[j], np.float32), np.asarray(ps.masks[ri]), fill=0.0) for j in vs])
+                    + tiles)
         heads = ["real", "condition", "mask outline"] + [
             f"v{syn.manifest[j]['variant']}: {syn.manifest[j]['text'] or 'plain'}"[:22] for j in vs]
-    return grid_png(rows, [""] * len(rows), heads, tile=max(128, ps.size))
+    return grid_png(rows, [""] * len(rows), heads, tile=tile)
 
 
 def alpha_strip(real: np.ndarray, synthetic: np.ndarray, patch: int, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),

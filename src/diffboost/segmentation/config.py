@@ -99,9 +99,23 @@ class SegConfig:
             raise ValueError(f"n must be at least 1, got {self.n}")
 
     def identity(self) -> dict:
-        """The settings that change the trained model (threads and memory layout do not)."""
+        """The settings that change the trained model (threads and memory layout do not; nor do
+        Algorithm 1's and the variant filters' options for a strategy without variants, so sweeping
+        them never retrains ``none`` or a classical strategy)."""
         d = dataclasses.asdict(self)
         for k in ("threads", "channels_last", "device", "prefetch"):
             d.pop(k)
         d["channels"] = list(d["channels"]) if d["channels"] else None
-        return d
+        return drop_unused(d)
+
+
+# options that only act on a strategy with variants (Algorithm 1, which variants, their filters)
+VARIANT_OPTIONS = ("alpha", "patch", "n", "mix", "quality_filter", "synthetic", "mix_prob", "teacher_gate",
+                   "pixel_filter")
+
+
+def drop_unused(identity: dict) -> dict:
+    """A run identity's config without the options its strategy does not use."""
+    if parse_strategy(identity.get("aug", "none"))[0] is None:
+        return {k: v for k, v in identity.items() if k not in VARIANT_OPTIONS}
+    return identity
