@@ -1,7 +1,9 @@
 """``diffboost run``: data to evidence in one command.
 
-prepare -> (pretrain, when a corpus is given) -> per fold: fine-tune, generate -> compare -> report,
-with one config (every stage's options, YAML sections) saved as ``DIR/run.yaml``.
+prepare -> (pretrain, when a corpus is given) -> per fold: fine-tune, generate -> compare -> label
+consistency (each fold's ``none`` segmenter checks its variants; before the other strategies train
+when ``seg.teacher_gate`` / ``seg.pixel_filter`` read it) -> report, with one config (every stage's
+options, YAML sections) saved as ``DIR/run.yaml``.
 
 Re-running continues where a run stopped (diffusion training resumes from its last checkpoint,
 generation completes missing variants, segmentation resumes at its last epoch, finished folds are
@@ -139,7 +141,7 @@ PRESETS: dict[str, dict] = {
     "cpu": {"prepare": {"size": 128},
             "train": {"steps": 2500, "batch_size": 8},
             "generate": {"n": 3, "steps": 15},
-            "seg": {"network": "unet", "channels": [16, 32, 64, 128, 256], "epochs": 40, "batch_size": 16,
+            "seg": {"network": "res_unet", "channels": [16, 32, 64, 128, 256], "epochs": 30, "batch_size": 16,
                     "precision": "bf16", "channels_last": True},
             "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "mix-classic",
                                  "diffboost+classic"],
@@ -204,6 +206,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .data.preparation import prepare
     from .data.store import PreparedSet
     from .diffusion.train import train_diffusion
+    from .evaluation.consistency import consistency_for_run
     from .generation.generate import generate
     from .report import write_report
     from .segmentation.compare import compare
@@ -278,10 +281,28 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
                  replace_stale=True)
         times[f"generate fold{k}"] = time.perf_counter() - t0
 
+    # label consistency: each fold's `none` segmenter (first seed) checks its synthetic set. The teacher
+    # filters read its files while the diffboost runs train: then `none` trains first (reused below)
+    seeds = cfg.compare.seed_list(cfg.seg)
+    filters = getattr(cfg.seg, "teacher_gate", None) is not None or getattr(cfg.seg, "pixel_filter", None) is not None
+    swept = any(parse_sweep(s)[0] in ("teacher_gate", "pixel_filter") for s in cfg.ablate.sweeps)
+    teacher_first = needs_synthetic and (filters or (swept and "none" not in cfg.compare.augs))
+    if teacher_first:
+        t0 = time.perf_counter()
+        compare(ps, ["none"], cfg.seg, out, folds, progress=progress, replace_stale=True,
+                seeds=seeds if "none" in cfg.compare.augs else seeds[:1], jobs=cfg.compare.jobs)
+        times["compare none (teacher)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)
+        times["label consistency"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True,
-            seeds=cfg.compare.seed_list(cfg.seg), jobs=cfg.compare.jobs)
+            seeds=seeds, jobs=cfg.compare.jobs)
     times["compare"] = time.perf_counter() - t0
+    if needs_synthetic and not teacher_first:  # folds without a `none` run are skipped
+        t0 = time.perf_counter()
+        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)
+        times["label consistency"] = time.perf_counter() - t0
     if cfg.ablate.sweeps and not needs_synthetic:
         print("ablate: skipped, the sweeps vary the diffboost strategy and it is not among compare.augs")
     for sweep in cfg.ablate.sweeps if needs_synthetic else ():  # reuses variants and finished runs
