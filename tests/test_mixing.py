@@ -405,6 +405,9 @@ def test_masked_loss_ignores_exactly_the_filtered_pixels():
     assert float(whole) == pytest.approx(float(DiceCELoss(include_background=False, to_onehot_y=True,
                                                           softmax=True)(logits, labels)), rel=1e-5)
     assert float(base) != pytest.approx(float(whole), rel=1e-3)
+    whole_batch = masked_dice_ce(logits, labels, torch.ones_like(keep), batch=True)  # the trainer's default
+    assert float(whole_batch) == pytest.approx(float(DiceCELoss(include_background=False, to_onehot_y=True,
+                                                                softmax=True, batch=True)(logits, labels)), rel=1e-5)
 
 
 @pytest.mark.parametrize("aug", ["diffboost", "diffboost+mirror"])
@@ -419,9 +422,9 @@ def test_training_leaves_out_the_filtered_pixels_where_the_variant_is_used(aug, 
     seen = []
     real = trainer.masked_dice_ce
 
-    def record(logits, labels, keep):
+    def record(logits, labels, keep, **kw):
         seen.append((keep.clone(), labels.clone()))
-        return real(logits, labels, keep)
+        return real(logits, labels, keep, **kw)
 
     monkeypatch.setattr(trainer, "masked_dice_ce", record)
     net, _ = _train(data, epochs=(0, 1), aug=aug, alpha=0.5, pixel_filter=1.25, aug_prob=0.5)

@@ -484,3 +484,19 @@ def test_variant_options_are_not_part_of_a_run_without_variants():
         assert "alpha" not in base and "epochs" in base
     assert SegConfig(aug="diffboost", alpha=0.2).identity() != SegConfig(aug="diffboost").identity()
     assert SegConfig(aug="mix-classic", n=2).identity() != SegConfig(aug="mix-classic").identity()
+
+
+def test_batch_dice_reaches_the_loss_and_old_runs_count_as_per_image(task, tmp_path):
+    root, ps = task
+    a = train_seg(ps, 0, SegConfig(**{**FAST, "epochs": 1}), tmp_path / "batch", progress=False)
+    b = train_seg(ps, 0, SegConfig(**{**FAST, "epochs": 1}, batch_dice=False), tmp_path / "image", progress=False)
+    log_a = (tmp_path / "batch" / "log.csv").read_text().splitlines()[1].split(",")
+    log_b = (tmp_path / "image" / "log.csv").read_text().splitlines()[1].split(",")
+    assert log_a[1] != log_b[1]  # another loss was minimised
+    assert a["identity"]["config"]["batch_dice"] is True and b["identity"]["config"]["batch_dice"] is False
+    # a run recorded before the option existed trained with per-image Dice: reused as batch_dice=False
+    ident = json.loads((tmp_path / "image" / "run.json").read_text())
+    del ident["config"]["batch_dice"]
+    (tmp_path / "image" / "run.json").write_text(json.dumps(ident))
+    assert train_seg(ps, 0, SegConfig(**{**FAST, "epochs": 1}, batch_dice=False), tmp_path / "image",
+                     progress=False) == b

@@ -43,6 +43,8 @@ class SegConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"  # cosine | constant
+    batch_dice: bool = True  # Dice over the whole batch (nnU-Net's 2D choice); False: per image, where an
+    # empty mask (a normal image) makes the soft Dice loss about 1 whatever the prediction
     # a strategy: none, contrast, ..., classic (nnU-Net's), deepstack, diffboost, mix-classic, diffboost+classic
     aug: str = "none"
     aug_prob: float = 0.5  # probability of a single classical transform

@@ -186,7 +186,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=cfg.batch_dice)
     out.mkdir(parents=True, exist_ok=True)
     model_config = {"network": cfg.network, "channels": list(cfg.channels) if cfg.channels else None,
                     "out_channels": out_channels, "size": size, "labels": labels,
@@ -300,7 +300,7 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
             if keep is None or bool(keep.all()):  # nothing filtered: the plain loss
                 loss = loss_fn(logits, y.to(device))
             else:
-                loss = masked_dice_ce(logits, y.to(device), keep.to(device))
+                loss = masked_dice_ce(logits, y.to(device), keep.to(device), batch=cfg.batch_dice)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -311,13 +311,13 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
 _PACK = 1 << 12  # labels + _PACK * ignored: label values stay below it (prepared masks are uint8)
 
 
-def masked_dice_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def masked_dice_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, batch: bool = False) -> torch.Tensor:
     """The trainer's Dice + cross-entropy loss (foreground Dice, softmax) on the pixels where ``keep``
     ``[B, 1, H, W]`` is true only: Dice on probabilities and one-hot labels both zeroed elsewhere
     (MONAI's ``MaskedDiceLoss``), cross-entropy averaged over the kept pixels."""
     from monai.losses import MaskedDiceLoss
 
-    dice = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True)(logits, labels, keep.float())
+    dice = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch)(logits, labels, keep.float())
     ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].long(), reduction="none")
     return dice + (ce * keep[:, 0]).sum() / keep.sum().clamp_min(1)
 
@@ -366,6 +366,7 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
         return None
     old = json.loads(run.read_text())
     # a run recorded before an option existed ran with that option's default
+    old.setdefault("config", {}).setdefault("batch_dice", False)  # before the option: Dice per image
     defaults = dataclasses.asdict(SegConfig())  # every option, whatever the default strategy uses
     old["config"] = drop_unused({**SegConfig().identity(), **{k: defaults[k] for k in VARIANT_OPTIONS},
                                  **old.get("config", {})})
