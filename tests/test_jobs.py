@@ -66,3 +66,35 @@ def test_jobs_and_accelerate_launch_give_the_serial_table(prepared, tmp_path):
     # each process trained its own share of the 8 runs, not all of them
     said = proc.stdout + proc.stderr
     assert "process 1/2 trains 4 of 8 runs" in said and "process 2/2 trains 4 of 8 runs" in said, said[-2000:]
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path):
+    """A killed `compare --jobs 2` leaves no worker training on into the run folder."""
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "import multiprocessing as mp\n"
+        "from diffboost.segmentation.jobs import _exit_with\n"
+        "import time\n"
+        "def work(_):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(2, mp_context=mp.get_context('spawn'), initializer=_exit_with,\n"
+        "                             initargs=(os.getpid(),)) as pool:\n"
+        "        list(pool.map(work, range(2)))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(proc.stdout.readline()) for _ in range(2)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.5)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in
+                 Path(f"/proc/{w}/status").read_text().lower()]
+    assert not alive, f"workers {alive} outlived their parent"

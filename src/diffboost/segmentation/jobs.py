@@ -106,12 +106,27 @@ def run_jobs(prepared, jobs: list[SegJob], n_jobs: int = 1, progress: bool = Tru
                  progress, replace_stale)
 
 
+def _exit_with(parent: int) -> None:
+    """Worker initializer: end this worker when the process that started it is gone (killed), so no
+    orphan keeps training into a run folder a new call may be writing."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _pool(root: str, jobs: list[SegJob], n_jobs: int, progress: bool, replace_stale: bool) -> list[dict]:
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     results: list[dict | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)) or 1, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)) or 1, mp_context=mp.get_context("spawn"),
+                             initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_one, root, j, replace_stale): i for i, j in enumerate(jobs)}
         bar = _Bar(len(jobs), f"segmentation ({n_jobs} processes)", progress)
         try:
