@@ -1,6 +1,10 @@
-"""The diffusion model: save/load, ControlNet start, samplers, training that resumes exactly."""
+"""The diffusion model: save/load, ControlNet start, samplers, training that resumes exactly,
+image-to-image, the mask condition, Min-SNR weighting and the timestep cap."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -157,9 +161,234 @@ def test_augmentation_phrases_move_images_the_way_they_say(tmp_path):
 
 
 def test_time_budget_stops_and_saves(tmp_path, tiny_set):
-    import json
-
     model = train_diffusion(tiny_set, tmp_path / "b", list(range(len(tiny_set))), ModelConfig(**TINY),
                             TrainConfig(steps=1000, batch_size=2, max_minutes=0.0), progress=False)
     info = json.loads((model / "training.json").read_text())
     assert info["steps_done"] < 1000 and (model / "unet" / "config.json").exists()
+
+
+# ---- image-to-image (SDEdit) ------------------------------------------------------------------
+
+def _todays_sampling(pipe, prompts, cond, seeds, sampler, steps, guidance):
+    """The from-noise sampling loop as it was before image-to-image existed, written out."""
+    from diffboost.diffusion.pipeline import make_scheduler, noise_for_seeds
+
+    sched = make_scheduler(sampler, pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    x = noise_for_seeds(seeds, pipe.model_shape(cond.shape[-1])) * sched.init_noise_sigma
+    c = pipe.encode_condition(torch.from_numpy(cond)[:, None])
+    states, mask = pipe.text_states(prompts)
+    ns, nm = pipe.text_encoder([""] * len(prompts))
+    states, mask, c = torch.cat([ns, states]), torch.cat([nm, mask]), torch.cat([c, c])
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            inp = sched.scale_model_input(torch.cat([x, x]), t)
+            eu, ec = pipe.denoiser(inp, t.expand(inp.shape[0]), states, mask, c, 1.0).chunk(2)
+            x = sched.step(eu + guidance * (ec - eu), t, x).prev_sample
+    return pipe.decode(x).clamp(-1, 1)[:, 0].float().numpy()
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "euler"])
+def test_strength_one_is_todays_generation_bit_for_bit(tiny_set, sampler):
+    torch.manual_seed(0)
+    pipe = new_pipeline(ModelConfig(**TINY))
+    prompts, cond = _inputs(tiny_set)
+    real = np.asarray(tiny_set.images[:3], np.float32)
+    ref = _todays_sampling(pipe, prompts, cond, [4, 5, 6], sampler, 4, 3.0)
+    out = pipe(prompts, cond, seeds=[4, 5, 6], sampler=sampler, steps=4, guidance=3.0, images=real, strength=1.0)
+    assert np.array_equal(out, ref)
+
+
+class _Spy:
+    """Records the denoiser's inputs (timestep, model input) around the real denoiser."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, []
+
+    def __call__(self, x, t, *a, **k):
+        self.calls.append((t.clone(), x.clone()))
+        return self.denoiser(x, t, *a, **k)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "unipc", "euler"])
+def test_img2img_noises_the_image_to_the_first_kept_timestep(tiny_set, sampler):
+    """Like diffusers' img2img: int(strength x steps) steps run, starting from the real image noised to
+    the first of the last timesteps: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise(seed), whatever the sampler."""
+    from diffboost.diffusion.models import to_model_space
+    from diffboost.diffusion.pipeline import make_scheduler, noise_for_seeds
+
+    torch.manual_seed(0)
+    pipe = new_pipeline(ModelConfig(**TINY))
+    prompts, cond = _inputs(tiny_set)
+    real = np.asarray(tiny_set.images[:3], np.float32)
+    spy = _Spy(pipe.denoiser)
+    pipe.denoiser = spy
+    steps, strength = 10, 0.45
+    out = pipe(prompts, cond, seeds=[7, 8, 9], sampler=sampler, steps=steps, guidance=1.0, images=real,
+               strength=strength)
+    sched = make_scheduler(sampler, pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    kept = sched.timesteps[steps - 4:]  # int(0.45 x 10) = 4 steps
+    assert len(spy.calls) == 4
+    assert [float(t[0]) for t, _ in spy.calls] == [float(t) for t in kept]
+    abar = pipe.scheduler.alphas_cumprod[int(kept[0])]
+    z0 = to_model_space(torch.from_numpy(real)[:, None], pipe.config.patch)
+    start = abar.sqrt() * z0 + (1 - abar).sqrt() * noise_for_seeds([7, 8, 9], pipe.model_shape(32))
+    torch.testing.assert_close(spy.calls[0][1], start, atol=1e-5, rtol=1e-4)
+    # a variant depends on its own seed only, not on its batch
+    pipe.denoiser = spy.denoiser
+    one = pipe(prompts[1:2], cond[1:2], seeds=[8], sampler=sampler, steps=steps, guidance=1.0, images=real[1:2],
+               strength=strength)
+    np.testing.assert_allclose(out[1], one[0], atol=1e-4)
+
+
+def test_img2img_keeps_more_of_the_image_at_lower_strength(tiny_set):
+    torch.manual_seed(0)
+    pipe = new_pipeline(ModelConfig(**TINY))
+    prompts, cond = _inputs(tiny_set)
+    real = np.asarray(tiny_set.images[:3], np.float32)
+    err = [np.abs(pipe(prompts, cond, seeds=[1, 2, 3], steps=10, images=real, strength=s) - real).mean()
+           for s in (0.2, 0.5, 1.0)]
+    assert err[0] < err[1] < err[2]
+
+
+def test_img2img_errors(tiny_set):
+    pipe = new_pipeline(ModelConfig(**TINY))
+    prompts, cond = _inputs(tiny_set, 1)
+    real = np.asarray(tiny_set.images[:1], np.float32)
+    with pytest.raises(ValueError, match="needs the real images"):
+        pipe(prompts, cond, seeds=[1], steps=4, strength=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            pipe(prompts, cond, seeds=[1], steps=4, images=real, strength=bad)
+    with pytest.raises(ValueError, match="runs no denoising step"):
+        pipe(prompts, cond, seeds=[1], steps=4, images=real, strength=0.2)
+
+
+# ---- the mask as a condition --------------------------------------------------------------------
+
+@pytest.mark.parametrize("control", ["concat", "controlnet"])
+def test_mask_channel_changes_the_output_and_survives_save_load(tmp_path, tiny_set, control):
+    torch.manual_seed(0)
+    pipe = new_pipeline(ModelConfig(control=control, condition="edges+mask", mask_channels=1, **TINY))
+    p2 = pipe.config.patch ** 2
+    if control == "concat":
+        assert pipe.denoiser.unet.config.in_channels == 3 * p2  # noisy image + edge map + one label
+    else:
+        assert pipe.denoiser.controlnet.config.conditioning_channels == 2 * p2
+        with torch.no_grad():  # a fresh ControlNet is a no-op: give its zero convolutions weights
+            cn = pipe.denoiser.controlnet
+            for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+                m.weight.normal_(0, 0.2)
+    prompts, cond = _inputs(tiny_set)
+    masks = np.asarray(tiny_set.masks[:3])
+    other = np.zeros_like(masks)
+    other[:, 8:24, 8:24] = 1
+    a = pipe(prompts, cond, seeds=[1, 2, 3], steps=3, masks=masks)
+    b = pipe(prompts, cond, seeds=[1, 2, 3], steps=3, masks=other)
+    assert np.abs(a - b).mean() > 1e-3  # same seeds, another mask -> other images
+    empty = pipe(prompts, cond, seeds=[1, 2, 3], steps=3)
+    np.testing.assert_array_equal(empty, pipe(prompts, cond, seeds=[1, 2, 3], steps=3, masks=0 * masks))
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = DiffBoostPipeline.from_pretrained(tmp_path / "m")
+    assert (loaded.config.condition, loaded.config.mask_channels) == ("edges+mask", 1)
+    np.testing.assert_allclose(loaded(prompts, cond, seeds=[1, 2, 3], steps=3, masks=masks), a, atol=1e-5)
+
+
+def test_a_model_saved_before_mask_conditions_loads_as_edges(tmp_path, tiny_set):
+    from diffboost.diffusion.pipeline import CONFIG_NAME
+
+    new_pipeline(ModelConfig(**TINY)).save_pretrained(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
+    for k in ("condition", "mask_channels"):
+        del meta["model"][k]
+    (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps(meta))
+    assert DiffBoostPipeline.from_pretrained(tmp_path / "m").config.condition == "edges"
+    with pytest.raises(ValueError, match="condition must be one of"):
+        ModelConfig(condition="mask")
+
+
+def test_fine_tuning_gives_the_mask_pretraining_an_empty_one(tmp_path, tiny_set, monkeypatch):
+    from diffboost.conditioning.edges import mask_boundary
+
+    seen = []
+    real_encode = DiffBoostPipeline.encode_condition
+
+    def recording(self, edges, masks=None):
+        seen.append((edges.clone(), None if masks is None else masks.clone()))
+        return real_encode(self, edges, masks)
+
+    monkeypatch.setattr(DiffBoostPipeline, "encode_condition", recording)
+    idx = list(range(len(tiny_set)))
+    cfg = ModelConfig(condition="edges+mask", **TINY)  # mask_channels from the set's labels
+    tcfg = TrainConfig(steps=2, batch_size=4, warmup_steps=0, checkpoint_every=100)
+    model = train_diffusion(tiny_set, tmp_path / "ft", idx, cfg, tcfg, progress=False)
+    assert DiffBoostPipeline.from_pretrained(model).config.mask_channels == 1
+    assert len(seen) == 2
+    for edges, masks in seen:
+        assert masks.shape == (4, 1, 32, 32) and masks.sum() > 0
+        for e, m in zip(edges[:, 0].numpy(), masks[:, 0].numpy()):  # flipped together with the condition
+            assert (e[mask_boundary(m) > 0] == 1).all()
+    seen.clear()
+    train_diffusion(tiny_set, tmp_path / "pre", idx, ModelConfig(condition="edges+mask", mask_channels=1, **TINY),
+                    TrainConfig(steps=1, batch_size=4, condition="edges", checkpoint_every=100), progress=False)
+    assert seen[0][1].shape == (4, 1, 32, 32) and seen[0][1].abs().sum() == 0
+    with pytest.raises(ValueError, match="foreground label"):
+        train_diffusion(tiny_set, tmp_path / "bad", idx, ModelConfig(condition="edges+mask", mask_channels=2, **TINY),
+                        tcfg, progress=False)
+    with pytest.raises(ValueError, match="needs model.mask_channels"):
+        train_diffusion(tiny_set, tmp_path / "bad2", idx, cfg, dataclasses.replace(tcfg, condition="edges"),
+                        progress=False)
+
+
+# ---- Min-SNR-gamma and the timestep cap ---------------------------------------------------------
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights(prediction):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    from diffboost.diffusion.train import snr_weights
+
+    s = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction)
+    t = torch.tensor([0, 50, 200, 500, 900, 999])
+    snr = compute_snr(s, t)
+    w = snr_weights(s, t, 5.0)
+    expected = torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr if prediction == "epsilon" else snr + 1)
+    torch.testing.assert_close(w, expected)
+    assert w[0] < 1e-2 and (w <= 1).all()  # the nearly noise-free steps no longer dominate
+
+
+def test_min_snr_loss_and_timestep_cap_in_training(tmp_path, tiny_set, monkeypatch):
+    import csv
+
+    from diffusers import DDPMScheduler
+
+    idx = list(range(len(tiny_set)))
+    base = dict(steps=3, batch_size=4, warmup_steps=0, checkpoint_every=100, log_every=1)
+
+    def log(run):
+        return list(csv.DictReader(open(tmp_path / run / "loss.csv")))
+
+    train_diffusion(tiny_set, tmp_path / "plain", idx, ModelConfig(**TINY), TrainConfig(**base), progress=False)
+    ts = []
+    real_add = DDPMScheduler.add_noise
+
+    def recording(self, x, noise, t):
+        ts.append(t.clone())
+        return real_add(self, x, noise, t)
+
+    monkeypatch.setattr(DDPMScheduler, "add_noise", recording)
+    train_diffusion(tiny_set, tmp_path / "snr", idx, ModelConfig(**TINY),
+                    TrainConfig(snr_gamma=5.0, max_timestep_fraction=0.1, **base), progress=False)
+    plain, snr = log("plain"), log("snr")
+    assert all(r["loss"] == r["objective"] for r in plain)  # unweighted: the objective is the MSE
+    assert all(r["loss"] != r["objective"] for r in snr)  # weighted objective, plain MSE logged beside it
+    t = torch.cat(ts)
+    assert len(t) == 12 and t.max() < 100  # timesteps only below 0.1 x T
+    info = json.loads((tmp_path / "snr" / "model" / "training.json").read_text())
+    assert info["max_timestep_fraction"] == 0.1
+    with pytest.raises(ValueError, match="snr_gamma"):
+        TrainConfig(snr_gamma=0)
+    with pytest.raises(ValueError, match="max_timestep_fraction"):
+        TrainConfig(max_timestep_fraction=1.5)

@@ -109,3 +109,68 @@ def test_a_complete_set_is_left_as_it_is(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(DiffBoostPipeline, "from_pretrained", lambda *a, **k: pytest.fail("loaded the model again"))
     generate(root / "model", ps, tmp_path / "s", 2, cfg, progress=False)
     assert (tmp_path / "s" / "generation.json").read_bytes() == meta  # its timing is not overwritten
+
+
+def test_img2img_variants_strength_in_identity_and_older_sets(setup, tmp_path):
+    import json
+
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+
+    root, ps = setup
+    cfg = GenerateConfig(n=1, steps=4, batch_size=8, strength=0.5)
+    syn = generate(root / "model", ps, tmp_path / "i2i", 0, cfg, progress=False)
+    assert json.loads((syn.root / "generation.json").read_text())["identity"]["strength"] == 0.5
+    r = syn.manifest[1]
+    # variant i: the real image noised with the noise of its variant seed, its own prompt and condition
+    pipe = DiffBoostPipeline.from_pretrained(root / "model")
+    ri = r["real_index"]
+    ref = pipe([r["prompt"]], np.asarray(ps.conditions[ri : ri + 1], np.float32) / 255.0, [r["seed"]],
+               augment=[r["text"]], steps=4, images=np.asarray(ps.images[ri : ri + 1], np.float32), strength=0.5)
+    np.testing.assert_allclose(np.asarray(syn.images[1], np.float32), ref[0], atol=2e-3)
+    with pytest.raises(ValueError, match="strength"):
+        generate(root / "model", ps, tmp_path / "i2i", 0, GenerateConfig(n=1, steps=4, batch_size=8), progress=False)
+    # a set written before strength existed counts as strength 1
+    old = generate(root / "model", ps, tmp_path / "old", 0, GenerateConfig(n=1, steps=2, batch_size=8), progress=False)
+    meta = json.loads((old.root / "generation.json").read_text())
+    del meta["identity"]["strength"]
+    (old.root / "generation.json").write_text(json.dumps(meta))
+    generate(root / "model", ps, tmp_path / "old", 0, GenerateConfig(n=1, steps=2, batch_size=8), progress=False)
+    with pytest.raises(ValueError, match="strength"):
+        generate(root / "model", ps, tmp_path / "old", 0, GenerateConfig(n=1, steps=2, batch_size=8, strength=0.5),
+                 progress=False)
+    with pytest.raises(ValueError, match="runs no denoising step"):
+        GenerateConfig(steps=4, strength=0.2)
+
+
+def test_a_capped_model_refuses_a_higher_strength(setup, tmp_path):
+    import json
+    import shutil
+
+    root, ps = setup
+    shutil.copytree(root / "model", tmp_path / "m")
+    (tmp_path / "m" / "training.json").write_text(json.dumps({"max_timestep_fraction": 0.6}))
+    with pytest.raises(ValueError, match="up to 0.6"):
+        generate(tmp_path / "m", ps, tmp_path / "s", 0, GenerateConfig(n=1, steps=4), progress=False)
+    syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, GenerateConfig(n=1, steps=4, strength=0.5), progress=False)
+    assert len(syn) > 0
+
+
+def test_an_edges_plus_mask_model_gets_the_real_mask(setup, tmp_path, monkeypatch):
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+
+    root, ps = setup
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(condition="edges+mask", mask_channels=1, **TINY)).save_pretrained(tmp_path / "m")
+    seen = []
+    real_call = DiffBoostPipeline.__call__
+
+    def recording(self, prompts, conditions, seeds, **k):
+        seen.append((np.asarray(conditions).copy(), k["masks"]))
+        return real_call(self, prompts, conditions, seeds, **k)
+
+    monkeypatch.setattr(DiffBoostPipeline, "__call__", recording)
+    syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, GenerateConfig(n=1, steps=2, batch_size=64), progress=False)
+    (cond, masks), = seen
+    real = [r["real_index"] for r in syn.manifest]
+    np.testing.assert_array_equal(masks[:, 0], np.asarray(ps.masks[real]) == 1)
+    assert masks.shape == (len(real), 1, 32, 32) and masks.sum() > 0

@@ -114,3 +114,49 @@ def test_sd15_fine_tunes_at_its_own_learning_rate_by_default(tiny_sd, tmp_path, 
                     progress=False)
     assert lrs == [1e-5]  # the ControlNet's rate, not the small model's 3e-4
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["learning_rate"] == 1e-5
+
+
+def test_sd15_mask_condition_and_img2img(tiny_sd, tmp_path, monkeypatch):
+    """edges+mask: the ControlNet takes edge map + label channels; img2img encodes the real image
+    with the VAE and runs int(strength x steps) steps from its noised latents."""
+    from diffboost.config import PrepareConfig
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.data.preparation import prepare
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+    from diffboost.diffusion.train import TrainConfig, train_diffusion
+
+    ps = prepare(generate_phantoms(tmp_path / "src", n=4, seed=1), tmp_path / "p", PrepareConfig(size=32, folds=2),
+                 progress=False)
+    cfg = ModelConfig(kind="sd15", pretrained=str(tiny_sd), image_size=32, condition="edges+mask")
+    model = train_diffusion(ps, tmp_path / "run", list(range(len(ps))), cfg,
+                            TrainConfig(steps=2, batch_size=2, warmup_steps=0, learning_rate=1e-3), progress=False)
+    pipe = DiffBoostPipeline.from_pretrained(model)
+    assert (pipe.config.condition, pipe.config.mask_channels) == ("edges+mask", 1)
+    assert pipe.denoiser.controlnet.config.conditioning_channels == 2
+    cond = np.asarray(ps.conditions[:2], np.float32) / 255.0
+    masks = np.asarray(ps.masks[:2])
+    real = np.asarray(ps.images[:2], np.float32)
+    calls = {"vae": 0, "denoiser": 0}
+    real_encode, real_forward = pipe.vae.encode, pipe.denoiser.forward
+
+    def encode(x):
+        calls["vae"] += 1
+        return real_encode(x)
+
+    def forward(*a, **k):
+        calls["denoiser"] += 1
+        return real_forward(*a, **k)
+
+    monkeypatch.setattr(pipe.vae, "encode", encode)
+    monkeypatch.setattr(pipe.denoiser, "forward", forward)
+    kw = dict(seeds=[1, 2], steps=4, sampler="ddim", images=real, strength=0.5)
+    a = pipe(["US, Breast, benign"] * 2, cond, masks=masks, **kw)
+    assert calls == {"vae": 1, "denoiser": 2} and a.shape == (2, 32, 32) and np.isfinite(a).all()
+    cn = pipe.denoiser.controlnet
+    with torch.no_grad():  # two steps barely move the zero convolutions: give them weights
+        for m in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+            m.weight.normal_(0, 0.2)
+    a = pipe(["US, Breast, benign"] * 2, cond, masks=masks, **kw)
+    b = pipe(["US, Breast, benign"] * 2, cond, masks=1 - masks, **kw)
+    assert np.abs(a - b).mean() > 1e-3  # the ControlNet reads the mask channel

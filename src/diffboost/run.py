@@ -134,13 +134,16 @@ def check_run_config(cfg: RunConfig) -> None:
 PRESETS: dict[str, dict] = {
     "demo": {"prepare": {"size": 64},
              "model": {"channels": [16, 32, 64], "attention": [False, True, True]},
-             "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300},
-             "generate": {"n": 2, "steps": 10},
+             "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300,
+                       "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
+             "generate": {"n": 2, "steps": 10, "strength": 0.5},
              "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
              "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet"]}},
     "cpu": {"prepare": {"size": 128},
-            "train": {"steps": 2500, "batch_size": 8},
-            "generate": {"n": 3, "steps": 15},
+            # image-to-image at strength 0.5 from a model trained with Min-SNR-5 on t < 0.6 T
+            # (bench/bench_diffusion_training.py: variants keep the lesion; from noise they lose it)
+            "train": {"steps": 2500, "batch_size": 8, "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
+            "generate": {"n": 3, "steps": 15, "strength": 0.5},
             "seg": {"network": "res_unet", "channels": [16, 32, 64, 128, 256], "epochs": 30, "batch_size": 16,
                     "precision": "bf16", "channels_last": True},
             "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "mix-classic",

@@ -1,6 +1,15 @@
 """The denoiser: a diffusers UNet conditioned on text (cross-attention) and on an edge map.
 
-Two ways to give the edge map to the network (``control``):
+What the network is conditioned on (``condition``):
+
+- ``"edges"`` — one channel: the edge map (soft edges, plus the mask boundary when fine-tuning on a
+  task with masks);
+- ``"edges+mask"`` — that channel plus the filled label map, one 0/1 channel per foreground label
+  (``mask_channels``; the order of the prepared set's labels). A variant keeps its real image's mask
+  as label, so generating from that very mask ties the image to it; pretraining on a corpus without
+  masks gives empty mask channels.
+
+Two ways to give the condition to the network (``control``):
 
 - ``"concat"`` — the edge map is concatenated to the noisy input (cheap; the default for the
   from-scratch ``small`` model, which has no locked pretrained weights to protect);
@@ -16,9 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+CONDITIONS = ("edges", "edges+mask")
 
 
 @dataclass
@@ -36,6 +49,8 @@ class ModelConfig:
     max_tokens: int = 24
     pretrained: str | None = None  # sd15: local diffusers folder or single .safetensors file
     controlnet: str | None = None  # sd15: optional local ControlNet to start from
+    condition: str = "edges"  # edges | edges+mask (the filled label map as extra channels)
+    mask_channels: int | None = None  # edges+mask: foreground labels; None = the training set's
 
     def __post_init__(self):
         self.channels = tuple(int(c) for c in self.channels)
@@ -44,17 +59,49 @@ class ModelConfig:
             raise ValueError(f"model kind must be 'small' or 'sd15', got {self.kind!r}")
         if self.control not in ("concat", "controlnet"):
             raise ValueError(f"control must be 'concat' or 'controlnet', got {self.control!r}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {', '.join(map(repr, CONDITIONS))}, got {self.condition!r}")
+        if self.mask_channels is not None:
+            self.mask_channels = int(self.mask_channels)
+            if self.mask_channels < 1:
+                raise ValueError(f"mask_channels must be at least 1 (or null: the training set's labels), "
+                                 f"got {self.mask_channels}")
         if len(self.channels) != len(self.attention):
             raise ValueError("channels and attention need one entry per level")
         if self.kind == "small" and self.image_size % (self.patch * 2 ** (len(self.channels) - 1)):
             raise ValueError(f"image_size {self.image_size} must be divisible by patch x 2^(levels-1)")
+
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the condition at image resolution: the edge map (+ the label channels)."""
+        if self.condition == "edges":
+            return 1
+        if self.mask_channels is None:
+            raise ValueError("condition 'edges+mask' needs mask_channels (the number of foreground labels)")
+        return 1 + self.mask_channels
+
+
+def foreground_labels(label_names: dict[int, str]) -> list[int]:
+    """The label values that get a mask channel, in channel order (background 0 has none)."""
+    return sorted(int(k) for k in label_names if int(k) != 0)
+
+
+def label_channels(masks: np.ndarray, labels: list[int]) -> np.ndarray:
+    """Label maps [B, H, W] -> float32 [B, len(labels), H, W], channel j = (mask == labels[j])."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected label maps [B, H, W], got shape {masks.shape}")
+    out = np.zeros((masks.shape[0], len(labels), *masks.shape[1:]), np.float32)
+    for j, v in enumerate(labels):
+        out[:, j] = masks == v
+    return out
 
 
 def build_small_unet(cfg: ModelConfig, cross_attention_dim: int):
     from diffusers import UNet2DConditionModel
 
     p2 = cfg.patch * cfg.patch
-    in_ch = p2 * (2 if cfg.control == "concat" else 1)
+    in_ch = p2 * (1 + cfg.condition_channels if cfg.control == "concat" else 1)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return UNet2DConditionModel(
@@ -76,7 +123,8 @@ def controlnet_from_unet(unet, cond_channels: int, pixel_space: bool):
 
 
 class EdgeTextDenoiser(nn.Module):
-    """Predicts the noise of ``x`` (model space) from text states and an edge map (model space)."""
+    """Predicts the noise (or velocity) of ``x`` (model space) from text states and the condition
+    (model space: the edge map, and the label channels of ``edges+mask`` models)."""
 
     def __init__(self, unet, controlnet=None, control: str = "concat"):
         super().__init__()

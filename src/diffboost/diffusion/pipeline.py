@@ -1,5 +1,12 @@
-"""The generation pipeline: noise + prompt + edge map -> a grey image, with classifier-free
-guidance and a choice of samplers. Saved diffusers-style (safetensors + config.json per part)."""
+"""The generation pipeline: noise (or a noised real image) + prompt + condition -> a grey image, with
+classifier-free guidance and a choice of samplers. Saved diffusers-style (safetensors + config.json
+per part).
+
+Image-to-image (SDEdit, ``strength < 1``) works as diffusers' img2img pipelines do: the sampler's
+timesteps are set for ``steps``, the last ``int(strength * steps)`` are kept, the real image (SD:
+its VAE latents) is noised to the first kept timestep with ``scheduler.add_noise`` and denoised from
+there; multistep solvers start at that index (``set_begin_index``). Strength 1 starts from noise.
+"""
 
 from __future__ import annotations
 
@@ -73,14 +80,60 @@ class DiffBoostPipeline:
         rgb = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return rgb.float().mean(1, keepdim=True)
 
-    def encode_condition(self, edges: torch.Tensor) -> torch.Tensor:
-        """Edge maps [B,1,H,W] in [0,1] -> the denoiser's condition input."""
+    def encode_condition(self, edges: torch.Tensor, masks: torch.Tensor | None = None) -> torch.Tensor:
+        """Edge maps [B,1,H,W] in [0,1] (+ for ``edges+mask`` models the label channels [B,K,H,W],
+        0/1; None = empty, as in pretraining) -> the denoiser's condition input. ``masks`` is
+        ignored by ``edges`` models."""
+        cond = edges
+        if self.config.condition == "edges+mask":
+            k = self.config.mask_channels
+            if masks is None:
+                masks = torch.zeros(edges.shape[0], k, *edges.shape[2:], dtype=edges.dtype, device=edges.device)
+            if masks.shape[1] != k:
+                raise ValueError(f"the model takes {k} mask channel(s), got {masks.shape[1]}")
+            cond = torch.cat([edges, masks.to(edges)], 1)
         if self.vae is None:
-            return to_model_space(edges, self.config.patch)
+            return to_model_space(cond, self.config.patch)
         # the SD ControlNet embeds full-resolution conditions itself; a ControlNet made for RGB
         # conditions (e.g. a public HED ControlNet) gets the edge map on all three channels
         n = self.denoiser.controlnet.config.conditioning_channels
+        if cond.shape[1] > 1:
+            if n != cond.shape[1]:
+                raise ValueError(f"condition 'edges+mask' needs a ControlNet with {cond.shape[1]} conditioning "
+                                 f"channels (edge map + labels); this one has {n}")
+            return cond
         return edges.repeat(1, n, 1, 1) if n != edges.shape[1] else edges
+
+    def _mask_input(self, masks, b: int, h: int, w: int) -> torch.Tensor | None:
+        """``masks`` as label channels [B,K,H,W]: given so, or as label maps [B,H,W] of labels 1..K."""
+        if masks is None or self.config.condition != "edges+mask":
+            return None
+        m = torch.as_tensor(np.array(masks))  # a copy: memory-mapped masks are read-only
+        if m.ndim == 3:
+            m = torch.stack([m == v for v in range(1, self.config.mask_channels + 1)], 1)
+        if m.ndim != 4 or tuple(m.shape[:1] + m.shape[2:]) != (b, h, w):
+            raise ValueError(f"masks must be [B, H, W] label maps or [B, K, H, W] channels matching the "
+                             f"conditions {(b, h, w)}, got shape {tuple(m.shape)}")
+        return m.float()
+
+    def img2img_start(self, sched, steps: int, strength: float, images, noise: torch.Tensor):
+        """The timesteps left to run and the noised starting point for image-to-image at ``strength``
+        (as diffusers' img2img): keep the last ``int(strength * steps)`` timesteps, noise the images'
+        model-space encoding to the first of them."""
+        run = min(int(strength * steps), steps)
+        if run < 1:
+            raise ValueError(f"strength {strength} x {steps} steps runs no denoising step; raise strength or steps")
+        start = (steps - run) * sched.order
+        timesteps = sched.timesteps[start:]
+        if hasattr(sched, "set_begin_index"):  # multistep solvers index their history from here
+            sched.set_begin_index(start)
+        img = torch.as_tensor(np.array(images, dtype=np.float32))
+        if img.ndim == 3:
+            img = img[:, None]
+        if img.shape[0] != noise.shape[0]:
+            raise ValueError(f"got {img.shape[0]} images for {noise.shape[0]} seeds")
+        z0 = self.encode_images(img.to(noise.device)).float()
+        return timesteps, sched.add_noise(z0, noise, timesteps[:1].repeat(noise.shape[0]))
 
     def model_shape(self, size: int) -> tuple[int, int, int]:
         if self.vae is None:
@@ -118,8 +171,19 @@ class DiffBoostPipeline:
         negative: str = "",
         blend: dict | None = None,
         control_scale: float = 1.0,
+        images: np.ndarray | torch.Tensor | None = None,
+        strength: float = 1.0,
+        masks: np.ndarray | torch.Tensor | None = None,
     ) -> np.ndarray:
-        """Generate one image per prompt / condition / seed; returns float32 [B, H, W] in [-1, 1]."""
+        """Generate one image per prompt / condition / seed; returns float32 [B, H, W] in [-1, 1].
+
+        ``strength < 1`` is image-to-image: ``images`` [B, H, W] in [-1, 1] are noised to
+        ``strength`` x T and denoised in ``int(strength * steps)`` steps; 1 starts from noise.
+        ``masks`` (``edges+mask`` models): label maps [B, H, W] (labels 1..K) or channels [B, K, H, W];
+        None gives empty mask channels.
+        """
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
         cond = torch.as_tensor(np.asarray(conditions, dtype=np.float32))
         if cond.ndim == 3:
             cond = cond[:, None]
@@ -129,15 +193,22 @@ class DiffBoostPipeline:
         dev = self.device
         sched = make_scheduler(sampler, self.scheduler.config)
         sched.set_timesteps(steps, device=dev)
-        x = noise_for_seeds(seeds, self.model_shape(h)).to(dev) * sched.init_noise_sigma
-        c = self.encode_condition(cond.to(dev))
+        noise = noise_for_seeds(seeds, self.model_shape(h)).to(dev)
+        if strength == 1:
+            timesteps, x = sched.timesteps, noise * sched.init_noise_sigma
+        elif images is None:
+            raise ValueError(f"strength {strength} < 1 (image-to-image) needs the real images")
+        else:
+            timesteps, x = self.img2img_start(sched, steps, strength, images, noise)
+        m = self._mask_input(masks, b, h, w)
+        c = self.encode_condition(cond.to(dev), None if m is None else m.to(dev))
         states, mask = self.text_states(prompts, augment, blend)
         use_cfg = guidance != 1.0
         if use_cfg:
             ns, nm = self.text_encoder([negative] * b)
             states, mask, c = torch.cat([ns, states]), torch.cat([nm, mask]), torch.cat([c, c])
         states, mask = states.to(dev), mask.to(dev)
-        for t in sched.timesteps:
+        for t in timesteps:
             inp = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
             eps = self.denoiser(inp, t.expand(inp.shape[0]), states, mask, c, control_scale)
             if use_cfg:

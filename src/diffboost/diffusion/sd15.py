@@ -2,7 +2,8 @@
 
 The SD UNet, VAE and CLIP text encoder are loaded from a local folder (diffusers layout) or a single
 ``.safetensors`` checkpoint and stay locked; only a ControlNet trains. It starts from a copy of the
-UNet (``ControlNetModel.from_unet``) or from a local ControlNet. Grey images go in as three equal
+UNet (``ControlNetModel.from_unet``; ``edges+mask`` gives it one conditioning channel per label more
+than the edge map) or from a local ControlNet. Grey images go in as three equal
 channels; the decoded RGB is averaged over channels (the paper's cross-channel average).
 Nothing is downloaded.
 """
@@ -49,12 +50,17 @@ def load_sd15(cfg: ModelConfig) -> DiffBoostPipeline:
     sd.text_encoder.requires_grad_(False)
     if cfg.controlnet:
         controlnet = ControlNetModel.from_pretrained(cfg.controlnet, local_files_only=True)
+        n = controlnet.config.conditioning_channels
+        if cfg.condition == "edges+mask" and n != cfg.condition_channels:
+            raise ValueError(f"{cfg.controlnet}: condition 'edges+mask' needs a ControlNet with "
+                             f"{cfg.condition_channels} conditioning channels (edge map + labels); it has {n}")
     else:
         # the condition embedding must shrink the edge map to the latent size: one stride-2 stage
         # per VAE downsampling (SD 1.5: 8x, diffusers' default (16, 32, 96, 256))
         stages = len(vae.config.block_out_channels) - 1
         emb = (16, 32, 96, 256)[: stages + 1] if stages <= 3 else (16, 32, 96, 256) + (256,) * (stages - 3)
-        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=1, conditioning_embedding_out_channels=emb)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=cfg.condition_channels,
+                                               conditioning_embedding_out_channels=emb)
     scheduler = DDPMScheduler.from_config(sd.scheduler.config)
     cfg.max_tokens = int(sd.tokenizer.model_max_length)
     text = TextEncoder(model=sd.text_encoder, tokenizer=sd.tokenizer, max_tokens=cfg.max_tokens, pass_mask=False)

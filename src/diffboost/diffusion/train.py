@@ -4,6 +4,11 @@ accelerate underneath: devices, mixed precision, gradient accumulation, multi-pr
 (``accelerate launch``), and checkpoints that ``resume="latest"`` restores exactly (model,
 optimizer, learning-rate schedule, EMA and step). Each step's batch, noise and timesteps are a pure
 function of (seed, step, process), so an interrupted and resumed run equals an uninterrupted one.
+
+Two levers for a model trained from scratch on a CPU budget: Min-SNR-gamma loss weighting
+(``snr_gamma``; Hang et al. 2023, diffusers' ``compute_snr``), which stops the nearly noise-free
+timesteps from dominating the gradient, and a timestep cap (``max_timestep_fraction``): a model
+that only ever runs image-to-image at strength <= s needs no training above s x T.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from ..conditioning.augment_text import PHRASES, apply_phrase
 from ..config import save_yaml
 from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
-from .models import ModelConfig
+from .models import ModelConfig, foreground_labels, label_channels
 from .pipeline import DiffBoostPipeline
 
 
@@ -55,8 +60,13 @@ class TrainConfig:
     validate_every: int = 500
     log_every: int = 10
     seed: int = 0
-    condition: str = "condition"  # condition (edges + mask boundary) | edges
+    # whether this stage trains on the task's masks: "condition" (fine-tuning: edges + mask boundary,
+    # and the filled mask for model.condition "edges+mask") | "edges" (pretraining: soft edges only,
+    # empty mask channels). What the network takes as input is model.condition.
+    condition: str = "condition"
     max_minutes: float | None = None  # stop early (and save) once this much wall time has passed
+    snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5 in the paper); None = plain MSE
+    max_timestep_fraction: float = 1.0  # train on timesteps < fraction x T (img2img at strength <= it)
 
     def __post_init__(self):
         self.phrases = tuple(self.phrases)
@@ -65,6 +75,13 @@ class TrainConfig:
             raise ValueError(f"unknown augmentation phrases {unknown}; known: {', '.join(PHRASES)}")
         if self.condition not in ("condition", "edges"):
             raise ValueError(f"condition must be 'condition' or 'edges', got {self.condition!r}")
+        if self.snr_gamma is not None:
+            self.snr_gamma = float(self.snr_gamma)
+            if not self.snr_gamma > 0:
+                raise ValueError(f"snr_gamma must be positive (or null: unweighted MSE), got {self.snr_gamma}")
+        self.max_timestep_fraction = float(self.max_timestep_fraction)
+        if not 0 < self.max_timestep_fraction <= 1:
+            raise ValueError(f"max_timestep_fraction must be in (0, 1], got {self.max_timestep_fraction}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.learning_rate is not None:
@@ -111,7 +128,8 @@ def new_pipeline(cfg: ModelConfig) -> DiffBoostPipeline:
         return load_sd15(cfg)
     text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
     unet = build_small_unet(cfg, text.dim)
-    cn = controlnet_from_unet(unet, cfg.patch ** 2, pixel_space=True) if cfg.control == "controlnet" else None
+    cn = (controlnet_from_unet(unet, cfg.patch ** 2 * cfg.condition_channels, pixel_space=True)
+          if cfg.control == "controlnet" else None)
     # cosine schedule with v-prediction: well conditioned at every noise level, including the
     # nearly pure-noise start of sampling (epsilon-prediction explodes there with this schedule)
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
@@ -128,16 +146,49 @@ def trainable_parameters(pipe: DiffBoostPipeline) -> list[torch.nn.Parameter]:
     return [p for p in pipe.denoiser.parameters() if p.requires_grad]
 
 
-def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, g: torch.Generator):
+def uses_masks(ps, cfg: TrainConfig) -> bool:
+    """Whether training reads the set's masks (fine-tuning on a task; not pretraining, not a corpus)."""
+    return cfg.condition == "condition" and bool(ps.meta.get("has_masks", True))
+
+
+def mask_labels(ps, mcfg: ModelConfig, cfg: TrainConfig) -> list[int] | None:
+    """The labels whose filled masks an ``edges+mask`` model gets, in channel order; None when it
+    gets empty mask channels (pretraining) or takes no masks (``edges``)."""
+    if mcfg.condition != "edges+mask" or not uses_masks(ps, cfg):
+        return None
+    labels = foreground_labels(ps.label_names)
+    if len(labels) != mcfg.mask_channels:
+        raise ValueError(f"{ps.root}: has {len(labels)} foreground label(s) {labels}, but the model takes "
+                         f"{mcfg.mask_channels} mask channel(s); set model.mask_channels to match (or null)")
+    return labels
+
+
+def _mask_channels_for(ps, cfg: TrainConfig) -> int:
+    """``model.mask_channels`` of a new ``edges+mask`` model: the set's foreground labels."""
+    labels = foreground_labels(ps.label_names) if uses_masks(ps, cfg) else []
+    if not labels:
+        raise ValueError(f"{ps.root}: model condition 'edges+mask' on a set without masks (pretraining) needs "
+                         "model.mask_channels: the number of foreground labels of the task it will be fine-tuned on")
+    return len(labels)
+
+
+def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, g: torch.Generator,
+           mcfg: ModelConfig, labels: list[int] | None):
     idx = np.sort(rng.choice(indices, size=cfg.batch_size, replace=len(indices) < cfg.batch_size))
     images = torch.from_numpy(np.asarray(ps.images[idx], np.float32))[:, None]
     cond_arr = ps.conditions if cfg.condition == "condition" else ps.edges
     cond = torch.from_numpy(np.asarray(cond_arr[idx], np.float32) / 255.0)[:, None]
+    masks = None
+    if mcfg.condition == "edges+mask":  # the filled label map, or empty channels without masks
+        masks = (torch.from_numpy(label_channels(ps.masks[idx], labels)) if labels is not None else
+                 torch.zeros(len(idx), mcfg.mask_channels, *images.shape[2:]))
     prompts = [ps.manifest[i]["prompt"] for i in idx]
     if cfg.flip:
         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
         images[flip] = images[flip].flip(-1)
         cond[flip] = cond[flip].flip(-1)
+        if masks is not None:
+            masks[flip] = masks[flip].flip(-1)
     for j in range(len(idx)):
         if cfg.phrases and rng.random() < cfg.phrase_prob:
             phrase = cfg.phrases[rng.integers(len(cfg.phrases))]
@@ -145,7 +196,25 @@ def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, 
             prompts[j] = f"{prompts[j]}, {phrase}"
         if rng.random() < cfg.prompt_dropout:
             prompts[j] = ""
-    return images, cond, prompts
+    return images, cond, masks, prompts
+
+
+def snr_weights(noise_sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights of the per-sample MSE for the scheduler's prediction type (as in
+    diffusers' training scripts): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v-prediction,
+    min(SNR, gamma) for sample prediction."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_sched, t).float()
+    w = snr.clamp(max=gamma)
+    kind = noise_sched.config.prediction_type
+    if kind == "epsilon":
+        return w / snr
+    if kind == "v_prediction":
+        return w / (snr + 1)
+    if kind == "sample":
+        return w
+    raise ValueError(f"snr_gamma: no Min-SNR weighting for prediction type {kind!r}")
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
@@ -184,7 +253,10 @@ def train_diffusion(
         mcfg = model_cfg or ModelConfig(image_size=prepared.size)
         if mcfg.image_size != prepared.size:
             mcfg = dataclasses.replace(mcfg, image_size=prepared.size)
+        if mcfg.condition == "edges+mask" and mcfg.mask_channels is None:
+            mcfg = dataclasses.replace(mcfg, mask_channels=_mask_channels_for(prepared, tcfg))
         pipe = new_pipeline(mcfg)
+    labels = mask_labels(prepared, mcfg, tcfg)
     if not indices:
         raise ValueError(f"{prepared.root}: no training samples to train the diffusion model on")
     acc = Accelerator(gradient_accumulation_steps=tcfg.grad_accum, mixed_precision=tcfg.mixed_precision)
@@ -223,6 +295,7 @@ def train_diffusion(
         _trim_log(log_path, state.step)
     noise_sched = pipe.scheduler
     idx_arr = np.asarray(indices)
+    t_max = max(1, round(tcfg.max_timestep_fraction * noise_sched.config.num_train_timesteps))
     bar = _Bar(tcfg.steps, state.step, enabled=progress and acc.is_main_process)
     t_last, seen = time.perf_counter(), 0
     t_start = t_last
@@ -233,18 +306,22 @@ def train_diffusion(
         rng = np.random.default_rng([tcfg.seed, step, acc.process_index])
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with acc.accumulate(net):
-            images, cond, prompts = _batch(prepared, idx_arr, tcfg, rng, g)
+            images, cond, masks, prompts = _batch(prepared, idx_arr, tcfg, rng, g, mcfg, labels)
             with torch.no_grad():
                 states, mask = pipe.text_encoder(prompts)
                 z0 = pipe.encode_images(images.to(acc.device))
-                c = pipe.encode_condition(cond.to(acc.device))
+                c = pipe.encode_condition(cond.to(acc.device), None if masks is None else masks.to(acc.device))
             noise = torch.randn(z0.shape, generator=g).to(acc.device)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (z0.shape[0],), generator=g).to(acc.device)
+            t = torch.randint(0, t_max, (z0.shape[0],), generator=g).to(acc.device)
             zt = noise_sched.add_noise(z0, noise, t)
             with acc.autocast():
                 pred = net(zt, t, states.to(acc.device), mask.to(acc.device), c)
             target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(z0, noise, t)
-            loss = F.mse_loss(pred.float(), target)
+            if tcfg.snr_gamma is None:
+                loss = mse = F.mse_loss(pred.float(), target)
+            else:  # per-sample MSE, weighted by Min-SNR-gamma; the plain MSE is logged beside it
+                per = F.mse_loss(pred.float(), target, reduction="none").mean(dim=tuple(range(1, target.ndim)))
+                loss, mse = (per * snr_weights(noise_sched, t, tcfg.snr_gamma)).mean(), per.mean()
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(params, tcfg.max_grad_norm)
@@ -256,19 +333,20 @@ def train_diffusion(
         ema.step(params)
         state.step += 1
         seen += images.shape[0] * acc.num_processes
-        loss_v = float(acc.gather(loss.detach()[None]).mean())
+        loss_v, mse_v = (float(v) for v in acc.gather(torch.stack([loss.detach(), mse.detach()])[None]).mean(0))
         if acc.is_main_process:
             now = time.perf_counter()
             ips = seen / max(now - t_last, 1e-9)
-            bar.update(state.step, loss_v, ips)
+            bar.update(state.step, mse_v, ips)
             if state.step % tcfg.log_every == 0 or state.step == tcfg.steps:
-                _log(log_path, state.step, loss_v, sched.get_last_lr()[0], ips)
+                _log(log_path, state.step, mse_v, sched.get_last_lr()[0], ips, loss_v)
                 t_last, seen = now, 0
         if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
             _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit)
         if val_indices and acc.is_main_process and (state.step % tcfg.validate_every == 0 or state.step == tcfg.steps):
             with _ema_weights(ema, params):
-                _validation_grid(pipe, prepared, val_indices, tcfg, out / "samples" / f"step_{state.step:07d}.png")
+                _validation_grid(pipe, prepared, val_indices, tcfg, labels,
+                                 out / "samples" / f"step_{state.step:07d}.png")
             net.train()
     bar.close()
     acc.wait_for_everyone()
@@ -278,7 +356,7 @@ def train_diffusion(
             pipe.save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(
                 {"steps": tcfg.steps, "steps_done": state.step, "samples": len(indices),
-                 "init": str(init) if init else None,
+                 "init": str(init) if init else None, "max_timestep_fraction": tcfg.max_timestep_fraction,
                  "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))  # this call's wall time
     acc.wait_for_everyone()
     acc.end_training()
@@ -315,36 +393,47 @@ def _save_checkpoint(acc, out: Path, step: int, limit: int) -> None:
     acc.wait_for_everyone()
 
 
-def _log(path: Path, step: int, loss: float, lr: float, ips: float) -> None:
+# loss: the plain MSE (comparable across weightings); objective: what is minimised (Min-SNR weighted)
+LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "objective"]
+
+
+def _log(path: Path, step: int, loss: float, lr: float, ips: float, objective: float) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.writer(f)
         if new:
-            w.writerow(["step", "loss", "lr", "images_per_s"])
-        w.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{ips:.2f}"])
+            w.writerow(LOG_FIELDS)
+        w.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{ips:.2f}", f"{objective:.6f}"])
 
 
 def _trim_log(path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (a resumed run rewrites them)."""
+    """Drop log rows past ``step`` (a resumed run rewrites them); a log of an older version gets
+    the current columns."""
     if not path.exists():
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
+    pad = [""] * max(0, len(LOG_FIELDS) - len(rows[0]))
+    keep = [LOG_FIELDS] + [r + pad for r in rows[1:] if int(r[0]) <= step]
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(keep)
 
 
-def _validation_grid(pipe, ps, val_indices, tcfg: TrainConfig, path: Path, n: int = 4) -> None:
+def _validation_grid(pipe, ps, val_indices, tcfg: TrainConfig, labels: list[int] | None, path: Path,
+                     n: int = 4) -> None:
+    """Variants of a few validation images: from noise, or image-to-image at the timestep cap."""
     from ..data.preview import grid_png, to_uint8
 
     pick = list(val_indices[:: max(1, len(val_indices) // n)][:n])
     cond_arr = ps.conditions if tcfg.condition == "condition" else ps.edges
     cond = np.asarray(cond_arr[pick], np.float32) / 255.0
+    masks = label_channels(ps.masks[pick], labels) if labels is not None else None
     prompts = [ps.manifest[i]["prompt"] for i in pick]
     texts = ["", "enhanced contrast"]
     pipe.denoiser.eval()
-    outs = [pipe(prompts, cond, seeds=list(range(len(pick))), augment=[t] * len(pick), steps=20) for t in texts]
+    outs = [pipe(prompts, cond, seeds=list(range(len(pick))), augment=[t] * len(pick), steps=20, masks=masks,
+                 images=np.asarray(ps.images[pick], np.float32), strength=tcfg.max_timestep_fraction)
+            for t in texts]
     rows = [[to_uint8(ps.images[i]), (cond[j] * 255).astype(np.uint8)] + [to_uint8(o[j]) for o in outs]
             for j, i in enumerate(pick)]
     path.parent.mkdir(parents=True, exist_ok=True)

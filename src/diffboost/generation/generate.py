@@ -1,10 +1,13 @@
 """Generate n synthetic variants of every training image of a fold.
 
 Variant ``i`` of a real image is made from noise seeded by (seed, case, slice, i), the image's own
-prompt plus augmentation text ``texts[i % len(texts)]``, and the image's own edge condition; its
-label is the real mask. The work list is cut into fixed batches, which are dealt to processes
-round-robin (``accelerate launch``), so the images do not depend on the number of processes.
-A second call completes only what is missing.
+prompt plus augmentation text ``texts[i % len(texts)]``, and the image's own condition (edge map;
+for ``edges+mask`` models also its filled mask); its label is the real mask. With ``strength < 1``
+the variant starts from the real image noised to strength x T with that noise (image-to-image,
+SDEdit), which keeps its structure, and so its label, at moderate strength.
+The work list is cut into fixed batches, which are dealt to processes round-robin (``accelerate
+launch``), so the images do not depend on the number of processes. A second call completes only
+what is missing.
 """
 
 from __future__ import annotations
@@ -38,9 +41,16 @@ class GenerateConfig:
     blend: bool = False  # the public code's text-embedding blend (see pipeline.PUBLIC_BLEND)
     negative: str = ""
     control_scale: float = 1.0
+    strength: float = 1.0  # 1 = from noise; < 1 = image-to-image from the real image (runs strength x steps)
 
     def __post_init__(self):
         self.texts = tuple(self.texts)
+        self.strength = float(self.strength)
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (1 = from noise), got {self.strength}")
+        if int(self.strength * self.steps) < 1:
+            raise ValueError(f"strength {self.strength} x {self.steps} steps runs no denoising step; "
+                             "raise strength or steps")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
         if not self.texts:
@@ -68,6 +78,10 @@ def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dic
     return items
 
 
+# identity keys added after sets were first written, with the value that older sets were made with
+IDENTITY_DEFAULTS = {"strength": 1.0}
+
+
 def _key(item: dict) -> str:
     return f"{item['real_index']:07d}_{item['variant']:04d}"
 
@@ -86,6 +100,7 @@ def generate(
     other settings in ``out`` is an error, or is removed and remade with ``replace_stale``."""
     from accelerate import PartialState
 
+    from ..diffusion.models import label_channels
     from ..diffusion.pipeline import PUBLIC_BLEND, DiffBoostPipeline, model_hash
 
     cfg = cfg or GenerateConfig()
@@ -93,6 +108,7 @@ def generate(
     out = Path(out)
     state = PartialState()
     t0 = time.perf_counter()
+    _check_strength(model, cfg.strength)
     mhash = model_hash(model)
     identity = {**cfg.identity(), "model_hash": mhash, "prepared": str(ps.root.resolve()), "fold": fold}
     work = out / ".work"
@@ -126,14 +142,17 @@ def generate(
     if todo:
         pipe = DiffBoostPipeline.from_pretrained(model, device=device or str(state.device))
         pipe.denoiser.eval()
+        labels = _mask_labels(pipe, ps)
         blend = PUBLIC_BLEND if cfg.blend else None
         for batch in progress_iter(todo, f"generate fold {fold}", enabled=progress and state.is_main_process):
-            real = [it["real_index"] for it in batch]
-            cond = np.asarray(cond_arr[np.asarray(real)], np.float32) / 255.0
+            real = np.asarray([it["real_index"] for it in batch])
+            cond = np.asarray(cond_arr[real], np.float32) / 255.0
             imgs = pipe([it["prompt"] for it in batch], cond, [it["seed"] for it in batch],
                         augment=[it["text"] for it in batch], sampler=cfg.sampler, steps=cfg.steps,
                         guidance=cfg.guidance, negative=cfg.negative, blend=blend,
-                        control_scale=cfg.control_scale)
+                        control_scale=cfg.control_scale, strength=cfg.strength,
+                        images=np.asarray(ps.images[real], np.float32) if cfg.strength < 1 else None,
+                        masks=label_channels(ps.masks[real], labels) if labels is not None else None)
             for it, img in zip(batch, imgs):
                 _atomic_save(work / f"{_key(it)}.npy", img.astype(np.float16))
     state.wait_for_everyone()
@@ -141,6 +160,30 @@ def generate(
         _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, time.perf_counter() - t0)
     state.wait_for_everyone()
     return SyntheticSet(out)
+
+
+def _check_strength(model: str | Path, strength: float) -> None:
+    """Refuse a strength above the timesteps the model was trained on (``max_timestep_fraction``)."""
+    info = Path(model) / "training.json"
+    cap = json.loads(info.read_text()).get("max_timestep_fraction", 1.0) if info.exists() else 1.0
+    if strength > cap + 1e-9:
+        raise ValueError(f"{model}: was trained on timesteps up to {cap:g} x T only (max_timestep_fraction); "
+                         f"generate with strength <= {cap:g}, not {strength:g}")
+
+
+def _mask_labels(pipe, ps: PreparedSet) -> list[int] | None:
+    """The labels an ``edges+mask`` model gets as mask channels (the real mask: the variant's label)."""
+    from ..diffusion.models import foreground_labels
+
+    if pipe.config.condition != "edges+mask":
+        return None
+    if not ps.meta.get("has_masks", True):
+        raise ValueError(f"{ps.root}: has no masks, but the model is conditioned on them ('edges+mask')")
+    labels = foreground_labels(ps.label_names)
+    if len(labels) != pipe.config.mask_channels:
+        raise ValueError(f"{ps.root}: has {len(labels)} foreground label(s), the model takes "
+                         f"{pipe.config.mask_channels} mask channel(s); generate with the set it was fine-tuned on")
+    return labels
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:
@@ -153,7 +196,7 @@ def _check_compatible(out: Path, identity: dict) -> None:
     for f in (out / "generation.json", out / ".work" / "identity.json"):
         if f.exists():
             old = json.loads(f.read_text())
-            old = old.get("identity", old)
+            old = {**IDENTITY_DEFAULTS, **old.get("identity", old)}
             diff = sorted(k for k in identity if old.get(k) != identity[k])
             if diff:
                 raise ValueError(f"{out}: holds variants made with other settings ({', '.join(diff)}); "
