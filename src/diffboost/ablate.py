@@ -14,53 +14,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .runconfig import SWEEPABLE, check_values, load_run_config, parse_sweep
 from .utils.atomic import atomic_write_bytes, atomic_write_text
 
-if TYPE_CHECKING:
-    from .segmentation.config import SegConfig
-
-
-def _float_or_none(text: str) -> float | None:
-    """``"none"`` (any case) -> None, else a float: the value of an option that can be off."""
-    return None if text.strip().lower() in ("none", "null") else float(text)
-
-
-SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
-             "teacher_gate": _float_or_none, "pixel_filter": _float_or_none}
-
-
-def parse_sweep(text: str) -> tuple[str, list]:
-    """``"alpha=0,0.2,1"`` -> ("alpha", [0.0, 0.2, 1.0])."""
-    name, _, values = text.partition("=")
-    name = name.strip()
-    if name not in SWEEPABLE or not values.strip():
-        raise ValueError(f"--sweep expects NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}, got {text!r}")
-    try:
-        return name, [SWEEPABLE[name](v.strip()) for v in values.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--sweep {name}: cannot read the values {values!r}") from None
-
-
-def check_values(seg: SegConfig, param: str, values: list, size: int) -> None:
-    """Refuse, before any training, a swept value that cannot train with the other settings of
-    ``seg`` at ``size`` pixels, e.g. a network that cannot take the widths."""
-    from .segmentation.networks import check_network
-
-    for v in values:
-        try:
-            s = dataclasses.replace(seg, **{param: v})
-            check_network(s.network, s.channels, s.size or size)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{param}={v}: {e}") from None
+__all__ = ["SWEEPABLE", "ablate", "check_sweeps", "check_values", "parse_sweep"]
 
 
 def _load_run(run_dir: Path):
     from .data.store import PreparedSet
-    from .run import load_run_config
 
     if not (run_dir / "run.yaml").exists():
         raise FileNotFoundError(f"{run_dir}: not a run folder (no run.yaml); make one with `diffboost run`")

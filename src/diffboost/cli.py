@@ -145,7 +145,7 @@ def demo(
 ):
     """The main job on built-in SYNTHETIC phantoms: `diffboost run` with the demo preset, then the report."""
     from .data.phantoms import generate_phantoms
-    from .run import preset
+    from .runconfig import preset
     from .run import run as run_all
 
     src = out / "phantoms"
@@ -616,7 +616,7 @@ def run_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """prepare -> (pretrain) -> fine-tune and generate per fold -> compare -> report, resumable."""
-    from .run import load_run_config
+    from .runconfig import load_run_config
     from .run import run as run_all
 
     cfg = load_run_config(config, preset_name)
@@ -637,7 +637,7 @@ def run_cmd(
 @friendly_errors
 def config_cmd(preset_name: str = typer.Option("cpu", "--preset", help="demo | cpu | gpu.")):
     """Print a full run config (every stage's options) to edit and pass to `diffboost run --config`."""
-    from .run import config_yaml, preset
+    from .runconfig import config_yaml, preset
 
     typer.echo(config_yaml(preset(preset_name)), nl=False)
 
@@ -661,7 +661,8 @@ def ablate(
 ):
     """The paper's ablations (n, alpha, patch size, backbone) on a finished run; appended to its report."""
     from .ablate import ablate as run_ablate
-    from .ablate import check_sweeps, parse_sweep
+    from .ablate import check_sweeps
+    from .runconfig import parse_sweep
     from .report import write_report
 
     sweeps = [parse_sweep(text) for text in sweep]

@@ -1,0 +1,212 @@
+"""The configuration of ``diffboost run``: one section per stage (``prepare``, ``pretrain``,
+``model``, ``train``, ``generate``, ``seg``, ``compare``, ``ablate``, ``pix2pix``), the presets, the
+grammar of ablation sweeps, and the checks that refuse, when a config is loaded, what a run could
+only fail on hours later. Saved as ``run.yaml`` beside a run; read by :mod:`diffboost.run` and
+:mod:`diffboost.ablate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import PrepareConfig, from_dict, read_yaml_mapping, to_dict
+from .diffusion.models import ModelConfig
+from .diffusion.train import TrainConfig
+from .generation.generate import GenerateConfig
+from .generation.pix2pix import Pix2PixConfig
+from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
+
+
+# ---- ablation sweeps: NAME=V1,V2,... ------------------------------------------------------------
+
+def _float_or_none(text: str) -> float | None:
+    """``"none"`` (any case) -> None, else a float: the value of an option that can be off."""
+    return None if text.strip().lower() in ("none", "null") else float(text)
+
+
+SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
+             "teacher_gate": _float_or_none, "pixel_filter": _float_or_none}
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """``"alpha=0,0.2,1"`` -> ("alpha", [0.0, 0.2, 1.0])."""
+    name, _, values = text.partition("=")
+    name = name.strip()
+    if name not in SWEEPABLE or not values.strip():
+        raise ValueError(f"--sweep expects NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}, got {text!r}")
+    try:
+        return name, [SWEEPABLE[name](v.strip()) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep {name}: cannot read the values {values!r}") from None
+
+
+def check_values(seg: SegConfig, param: str, values: list, size: int) -> None:
+    """Refuse, before any training, a swept value that cannot train with the other settings of
+    ``seg`` at ``size`` pixels, e.g. a network that cannot take the widths."""
+    from .segmentation.networks import check_network
+
+    for v in values:
+        try:
+            s = dataclasses.replace(seg, **{param: v})
+            check_network(s.network, s.channels, s.size or size)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{param}={v}: {e}") from None
+
+
+# ---- the run config --------------------------------------------------------------------------------
+
+@dataclass
+class CompareConfig:
+    augs: tuple[str, ...] = DEFAULT_COMPARE
+    folds: tuple[int, ...] | None = None  # None = every fold of the prepared set
+    seeds: tuple[int, ...] | None = None  # every strategy trains once per seed and fold; None = (seg.seed,)
+    jobs: int = 1  # segmentation runs at once (local processes; one torch thread each on a CPU)
+
+    def __post_init__(self):
+        self.augs = tuple(self.augs)
+        self.folds = tuple(int(k) for k in self.folds) if self.folds is not None else None
+        self.seeds = tuple(dict.fromkeys(int(k) for k in self.seeds)) if self.seeds is not None else None
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("compare.seeds must name at least one seed (or be null for seg.seed)")
+        if self.jobs < 1:
+            raise ValueError(f"compare.jobs must be at least 1, got {self.jobs}")
+
+    def seed_list(self, seg: SegConfig) -> list[int]:
+        return list(self.seeds) if self.seeds else [seg.seed]
+
+
+@dataclass
+class PretrainConfig:
+    corpus: str | None = None  # a RadImageNet-style corpus; None = fine-tune from scratch
+    steps: int = 20000
+    # a corpus holding cases of the task (same file, same bytes or same prepared image) is refused: it
+    # leaks the test folds into the model; true lets it through and the report says so
+    allow_task_overlap: bool = False
+
+
+@dataclass
+class AblateConfig:
+    """Sweeps run after the comparison (``diffboost ablate``), e.g. ``["alpha=0,0.5,1", "n=1,3"]``."""
+    sweeps: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.sweeps = tuple(self.sweeps)
+        for s in self.sweeps:  # a typo fails now, not after hours of training
+            parse_sweep(s)
+
+
+@dataclass
+class RunConfig:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
+    # read by `diffboost pix2pix train --config`; `run` itself does not train Pix2Pix
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown config section(s): {', '.join(unknown)}")
+        cfg = cls(**{name: from_dict(section, data.get(name) or {}) for name, section in _SECTIONS.items()})
+        check_run_config(cfg)
+        return cfg
+
+
+_SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
+             "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig,
+             "ablate": AblateConfig, "pix2pix": Pix2PixConfig}
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """Refuse, when the config is loaded, what `run` could only fail on hours later: a strategy whose
+    synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
+    cannot take the widths or the working size, an ablation value that cannot train."""
+    from .segmentation.networks import check_network
+
+    for a in cfg.compare.augs:
+        source, _ = parse_strategy(a)
+        if source not in (None, "diffboost", "mix-classic"):  # mix-classic makes its variants in memory
+            raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
+                             f"make (it generates the diffusion model's only); remove it here, make them with "
+                             f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "
+                             f"`diffboost compare --augs ...,{a}`")
+    size = cfg.seg.size or cfg.prepare.size
+    try:
+        check_network(cfg.seg.network, cfg.seg.channels, size)
+    except ValueError as e:
+        raise ValueError(f"seg: {e}") from None
+    for text in cfg.ablate.sweeps:
+        name, values = parse_sweep(text)
+        try:
+            check_values(cfg.seg, name, values, size)
+        except ValueError as e:
+            raise ValueError(f"ablate.sweeps: {e}") from None
+
+
+# Presets: what differs from the defaults. ``cpu`` is the setting measured on real BUSI on 2 cores
+# (bench/bench_seg_compare.py); ``demo`` finishes on the built-in phantoms in minutes; ``gpu`` follows
+# the paper (384 px, the paper's AttentionUNet, bf16).
+PRESETS: dict[str, dict] = {
+    "demo": {"prepare": {"size": 64},
+             "model": {"channels": [16, 32, 64], "attention": [False, True, True]},
+             "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300,
+                       "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
+             "generate": {"n": 2, "steps": 10, "strength": 0.5},
+             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
+             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet"]}},
+    "cpu": {"prepare": {"size": 128},
+            # image-to-image at strength 0.5 from a model trained with Min-SNR-5 on t < 0.6 T
+            # (bench/bench_diffusion_training.py: variants keep the lesion; from noise they lose it)
+            "train": {"steps": 2500, "batch_size": 8, "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
+            "generate": {"n": 3, "steps": 15, "strength": 0.5},
+            "seg": {"network": "res_unet", "channels": [16, 32, 64, 128, 256], "epochs": 30, "batch_size": 16,
+                    "precision": "bf16", "channels_last": True},
+            "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "mix-classic",
+                                 "diffboost+classic"],
+                        "seeds": [0, 1], "jobs": 2}},
+    "gpu": {"prepare": {"size": 384},
+            "model": {"channels": [64, 128, 256, 512], "attention": [False, True, True, True], "layers_per_block": 2},
+            "train": {"steps": 20000, "batch_size": 32, "mixed_precision": "bf16"},
+            "generate": {"n": 10, "steps": 20, "batch_size": 64},
+            "seg": {"epochs": 100, "batch_size": 8, "precision": "bf16"},
+            "compare": {"seeds": [0, 1, 2]}},
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return RunConfig.from_dict(PRESETS[name])
+
+
+def load_run_config(path: str | Path | None, preset_name: str = "cpu") -> RunConfig:
+    """The preset, with the sections of a YAML file laid over it option by option."""
+    base = to_dict(preset(preset_name))
+    if path is None:
+        return RunConfig.from_dict(base)
+    path = Path(path)
+    data = read_yaml_mapping(path)
+    for section, values in data.items():
+        if section not in base:
+            raise ValueError(f"{path}: unknown section {section!r}; known: {', '.join(base)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: section {section!r} must be a mapping")
+        base[section].update(values)
+    try:
+        return RunConfig.from_dict(base)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def config_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
