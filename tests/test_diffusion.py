@@ -232,7 +232,7 @@ def test_img2img_noises_the_image_to_the_first_kept_timestep(tiny_set, sampler):
     assert len(spy.calls) == 4
     assert [float(t[0]) for t, _ in spy.calls] == [float(t) for t in kept]
     abar = pipe.scheduler.alphas_cumprod[int(kept[0])]
-    z0 = to_model_space(torch.from_numpy(real)[:, None], pipe.config.patch)
+    z0 = to_model_space(torch.from_numpy(real)[:, None], pipe.config.pixel_shuffle)
     start = abar.sqrt() * z0 + (1 - abar).sqrt() * noise_for_seeds([7, 8, 9], pipe.model_shape(32))
     torch.testing.assert_close(spy.calls[0][1], start, atol=1e-5, rtol=1e-4)
     # a variant depends on its own seed only, not on its batch
@@ -271,7 +271,7 @@ def test_img2img_errors(tiny_set):
 def test_mask_channel_changes_the_output_and_survives_save_load(tmp_path, tiny_set, control):
     torch.manual_seed(0)
     pipe = new_pipeline(ModelConfig(control=control, condition="edges+mask", mask_channels=1, **TINY))
-    p2 = pipe.config.patch ** 2
+    p2 = pipe.config.pixel_shuffle ** 2
     if control == "concat":
         assert pipe.denoiser.unet.config.in_channels == 3 * p2  # noisy image + edge map + one label
     else:
@@ -302,8 +302,10 @@ def test_a_model_saved_before_mask_conditions_loads_as_edges(tmp_path, tiny_set)
     meta = json.loads((tmp_path / "m" / CONFIG_NAME).read_text())
     for k in ("condition", "mask_channels"):
         del meta["model"][k]
+    meta["model"]["patch"] = meta["model"].pop("pixel_shuffle")  # the option's name before it was renamed
     (tmp_path / "m" / CONFIG_NAME).write_text(json.dumps(meta))
-    assert DiffBoostPipeline.from_pretrained(tmp_path / "m").config.condition == "edges"
+    loaded = DiffBoostPipeline.from_pretrained(tmp_path / "m").config
+    assert loaded.condition == "edges" and loaded.pixel_shuffle == ModelConfig(**TINY).pixel_shuffle
     with pytest.raises(ValueError, match="condition must be one of"):
         ModelConfig(condition="mask")
 

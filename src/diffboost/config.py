@@ -96,7 +96,10 @@ def to_dict(cfg: Any) -> dict:
 
 
 def from_dict(cls: type, data: dict) -> Any:
-    """Build a config dataclass from a dict, rejecting unknown keys by name."""
+    """Build a config dataclass from a dict, rejecting unknown keys by name; an option renamed since
+    (the class's ``RENAMED``: old -> new name) is read under its new name."""
+    renamed = getattr(cls, "RENAMED", {})
+    data = {renamed.get(k, k): v for k, v in data.items()}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

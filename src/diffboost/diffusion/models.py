@@ -16,7 +16,7 @@ Two ways to give the condition to the network (``control``):
 - ``"controlnet"`` — a ControlNet branch copied from the UNet adds residuals to its skip
   connections (the paper's design; the only choice for ``sd15``, whose UNet stays locked).
 
-The ``small`` model works in pixel space on ``patch x patch`` space-to-depth blocks: a 128 px
+The ``small`` model works in pixel space on ``pixel_shuffle x pixel_shuffle`` space-to-depth blocks: a 128 px
 image is denoised as a 64 x 64 grid of 4-channel cells, which makes every layer 4x cheaper at the
 same receptive field ("simple diffusion"-style patching); the output is shuffled back to pixels.
 """
@@ -38,10 +38,11 @@ CONDITIONS = ("edges", "edges+mask")
 class ModelConfig:
     """Architecture of the ``small`` model (saved with the model)."""
 
+    RENAMED = {"patch": "pixel_shuffle"}  # old option names still read from saved configs
     kind: str = "small"  # small | sd15
     control: str = "concat"  # concat | controlnet (sd15: always controlnet)
     image_size: int = 128
-    patch: int = 2  # space-to-depth factor of the small model
+    pixel_shuffle: int = 2  # space-to-depth factor of the small model (was `patch`; Algorithm 1 has its own)
     channels: tuple[int, ...] = (16, 32, 64, 128)
     attention: tuple[bool, ...] = (False, False, True, True)  # cross-attention per level
     layers_per_block: int = 1
@@ -68,8 +69,8 @@ class ModelConfig:
                                  f"got {self.mask_channels}")
         if len(self.channels) != len(self.attention):
             raise ValueError("channels and attention need one entry per level")
-        if self.kind == "small" and self.image_size % (self.patch * 2 ** (len(self.channels) - 1)):
-            raise ValueError(f"image_size {self.image_size} must be divisible by patch x 2^(levels-1)")
+        if self.kind == "small" and self.image_size % (self.pixel_shuffle * 2 ** (len(self.channels) - 1)):
+            raise ValueError(f"image_size {self.image_size} must be divisible by pixel_shuffle x 2^(levels-1)")
 
     @property
     def condition_channels(self) -> int:
@@ -100,12 +101,12 @@ def label_channels(masks: np.ndarray, labels: list[int]) -> np.ndarray:
 def build_small_unet(cfg: ModelConfig, cross_attention_dim: int):
     from diffusers import UNet2DConditionModel
 
-    p2 = cfg.patch * cfg.patch
+    p2 = cfg.pixel_shuffle * cfg.pixel_shuffle
     in_ch = p2 * (1 + cfg.condition_channels if cfg.control == "concat" else 1)
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
     return UNet2DConditionModel(
-        sample_size=cfg.image_size // cfg.patch, in_channels=in_ch, out_channels=p2,
+        sample_size=cfg.image_size // cfg.pixel_shuffle, in_channels=in_ch, out_channels=p2,
         block_out_channels=cfg.channels, down_block_types=down, up_block_types=up,
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=cfg.layers_per_block,
         cross_attention_dim=cross_attention_dim, attention_head_dim=8,

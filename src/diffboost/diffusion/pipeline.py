@@ -68,7 +68,7 @@ class DiffBoostPipeline:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B,1,H,W] in [-1,1] -> model space (pixel patches, or SD latents)."""
         if self.vae is None:
-            return to_model_space(images, self.config.patch)
+            return to_model_space(images, self.config.pixel_shuffle)
         # the posterior mean: deterministic, so runs resume exactly
         latents = self.vae.encode(images.repeat(1, 3, 1, 1).to(self.vae.dtype)).latent_dist.mean
         return latents * self.vae.config.scaling_factor
@@ -76,7 +76,7 @@ class DiffBoostPipeline:
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> grey images [B,1,H,W] in [-1,1] (SD: cross-channel average of RGB)."""
         if self.vae is None:
-            return from_model_space(x, self.config.patch)
+            return from_model_space(x, self.config.pixel_shuffle)
         rgb = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return rgb.float().mean(1, keepdim=True)
 
@@ -93,7 +93,7 @@ class DiffBoostPipeline:
                 raise ValueError(f"the model takes {k} mask channel(s), got {masks.shape[1]}")
             cond = torch.cat([edges, masks.to(edges)], 1)
         if self.vae is None:
-            return to_model_space(cond, self.config.patch)
+            return to_model_space(cond, self.config.pixel_shuffle)
         # the SD ControlNet embeds full-resolution conditions itself; a ControlNet made for RGB
         # conditions (e.g. a public HED ControlNet) gets the edge map on all three channels
         n = self.denoiser.controlnet.config.conditioning_channels
@@ -137,7 +137,7 @@ class DiffBoostPipeline:
 
     def model_shape(self, size: int) -> tuple[int, int, int]:
         if self.vae is None:
-            p = self.config.patch
+            p = self.config.pixel_shuffle
             return (p * p, size // p, size // p)
         f = 2 ** (len(self.vae.config.block_out_channels) - 1)
         return (self.vae.config.latent_channels, size // f, size // f)
@@ -249,7 +249,9 @@ class DiffBoostPipeline:
         meta = path / CONFIG_NAME
         if not meta.exists():
             raise FileNotFoundError(f"{path}: not a diffboost model folder (no {CONFIG_NAME})")
-        cfg = ModelConfig(**json.loads(meta.read_text())["model"])
+        from ..config import from_dict
+
+        cfg = from_dict(ModelConfig, json.loads(meta.read_text())["model"])
         unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True)
         controlnet = (ControlNetModel.from_pretrained(path / "controlnet", use_safetensors=True)
                       if (path / "controlnet").exists() else None)

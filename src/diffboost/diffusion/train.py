@@ -13,7 +13,6 @@ that only ever runs image-to-image at strength <= s needs no training above s x 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import shutil
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 from ..conditioning.augment_text import PHRASES, apply_phrase
 from ..config import save_yaml
 from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
+from ..utils.csvlog import append_row, trim_rows
+from ..utils.progress import ProgressBar
 from .models import ModelConfig, foreground_labels, label_channels
 from .pipeline import DiffBoostPipeline
 
@@ -128,7 +129,7 @@ def new_pipeline(cfg: ModelConfig) -> DiffBoostPipeline:
         return load_sd15(cfg)
     text = TextEncoder(cfg.text_encoder, cfg.max_tokens)
     unet = build_small_unet(cfg, text.dim)
-    cn = (controlnet_from_unet(unet, cfg.patch ** 2 * cfg.condition_channels, pixel_space=True)
+    cn = (controlnet_from_unet(unet, cfg.pixel_shuffle ** 2 * cfg.condition_channels, pixel_space=True)
           if cfg.control == "controlnet" else None)
     # cosine schedule with v-prediction: well conditioned at every noise level, including the
     # nearly pure-noise start of sampling (epsilon-prediction explodes there with this schedule)
@@ -292,11 +293,12 @@ def train_diffusion(
         acc.load_state(str(ckpt))
     log_path = out / "loss.csv"
     if acc.is_main_process:
-        _trim_log(log_path, state.step)
+        trim_rows(log_path, LOG_FIELDS, lambda k: k <= state.step)  # a resumed run rewrites the later rows
     noise_sched = pipe.scheduler
     idx_arr = np.asarray(indices)
     t_max = max(1, round(tcfg.max_timestep_fraction * noise_sched.config.num_train_timesteps))
-    bar = _Bar(tcfg.steps, state.step, enabled=progress and acc.is_main_process)
+    bar = ProgressBar("train", tcfg.steps, state.step, {"loss": "{:.4f}", "img/s": "{:.1f}"},
+                      enabled=progress and acc.is_main_process)
     t_last, seen = time.perf_counter(), 0
     t_start = t_last
     while state.step < tcfg.steps:
@@ -337,9 +339,10 @@ def train_diffusion(
         if acc.is_main_process:
             now = time.perf_counter()
             ips = seen / max(now - t_last, 1e-9)
-            bar.update(state.step, mse_v, ips)
+            bar.update(state.step, loss=mse_v, **{"img/s": ips})
             if state.step % tcfg.log_every == 0 or state.step == tcfg.steps:
-                _log(log_path, state.step, mse_v, sched.get_last_lr()[0], ips, loss_v)
+                append_row(log_path, LOG_FIELDS, [state.step, f"{mse_v:.6f}", f"{sched.get_last_lr()[0]:.3e}",
+                                                  f"{ips:.2f}", f"{loss_v:.6f}"])
                 t_last, seen = now, 0
         if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
             _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit)
@@ -397,28 +400,6 @@ def _save_checkpoint(acc, out: Path, step: int, limit: int) -> None:
 LOG_FIELDS = ["step", "loss", "lr", "images_per_s", "objective"]
 
 
-def _log(path: Path, step: int, loss: float, lr: float, ips: float, objective: float) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(LOG_FIELDS)
-        w.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{ips:.2f}", f"{objective:.6f}"])
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log rows past ``step`` (a resumed run rewrites them); a log of an older version gets
-    the current columns."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    pad = [""] * max(0, len(LOG_FIELDS) - len(rows[0]))
-    keep = [LOG_FIELDS] + [r + pad for r in rows[1:] if int(r[0]) <= step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-
-
 def _validation_grid(pipe, ps, val_indices, tcfg: TrainConfig, labels: list[int] | None, path: Path,
                      n: int = 4) -> None:
     """Variants of a few validation images: from noise, or image-to-image at the timestep cap."""
@@ -439,23 +420,3 @@ def _validation_grid(pipe, ps, val_indices, tcfg: TrainConfig, labels: list[int]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(grid_png(rows, [""] * len(rows), ["real", "condition", "generated", "+ enhanced contrast"]))
 
-
-class _Bar:
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("loss {task.fields[loss]:.4f} · {task.fields[ips]:.1f} img/s"),
-                              TimeRemainingColumn())
-            self.p.start()
-            self.task = self.p.add_task("train", total=total, completed=start, loss=float("nan"), ips=0.0)
-
-    def update(self, step: int, loss: float, ips: float) -> None:
-        if self.enabled:
-            self.p.update(self.task, completed=step, loss=loss, ips=ips)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.p.stop()

@@ -39,6 +39,7 @@ import torch
 from ..config import save_yaml
 from ..data.store import PreparedSet, group_rows
 from ..utils.atomic import artifact_dir, atomic_write_text, recover_artifact
+from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
 from .config import MIX_CLASSIC, VARIANT_OPTIONS, SegConfig, drop_unused, parse_strategy
@@ -196,7 +197,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     recover_artifact(out / "state")
     if (out / "state" / "state.json").exists():
         counters = _load_state(out, net, opt)
-        _trim_log(out / "log.csv", counters["epoch"])
+        trim_rows(out / "log.csv", LOG_FIELDS, lambda e: e < counters["epoch"])  # an interruption may leave one more
     else:
         save_yaml({"seg": cfg, "run": identity}, out / "config.yaml")
         (out / "log.csv").unlink(missing_ok=True)
@@ -222,7 +223,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
             seconds = time.perf_counter() - t0
             counters["epoch"] = epoch + 1
             counters["train_seconds"] += seconds
-            _log(out / "log.csv", [epoch, f"{loss:.6f}", "" if val is None else f"{val:.5f}",
+            append_row(out / "log.csv", LOG_FIELDS, [epoch, f"{loss:.6f}", "" if val is None else f"{val:.5f}",
                                    f"{_lr(cfg, epoch):.3e}", f"{seconds:.2f}"])
             _save_state(out, net, opt, counters)
             bar.update(epoch + 1, loss=loss, **{"val Dice": val})
@@ -383,23 +384,6 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
                          "choose another --out or remove it")
     summary = out / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else None
-
-
-def _log(path: Path, row: list) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.writer(fh)
-        if new:
-            w.writerow(LOG_FIELDS)
-        w.writerow(row)
-
-
-def _trim_log(path: Path, epochs_done: int) -> None:
-    """Keep the log rows of the epochs the saved state has (an interruption may leave one more)."""
-    if path.exists():
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-        atomic_write_text(path, "".join(",".join(r) + "\n" for r in rows[:1] + [r for r in rows[1:] if int(r[0]) < epochs_done]))
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
