@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -255,6 +256,32 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()
+
+
+def test_generator_sweeps_make_their_own_variants(first_run):
+    """strength: new variants from the run's own models; condition: new models per fold, then variants;
+    the run's own value reuses the comparison's runs; impossible values are refused before training."""
+    from diffboost.ablate import ablate
+    from diffboost.generation import SyntheticSet
+
+    out, _ = first_run
+    res = ablate(out, "strength", [0.5, 1.0], progress=False)
+    assert set(res["dice"]["diffboost"]) == {"0.5", "1.0"}
+    syn = SyntheticSet(out / "ablations" / "strength" / "0.5" / "synthetic" / "fold0")
+    assert syn.meta["identity"]["strength"] == 0.5 and not (out / "ablations" / "strength" / "1.0").exists()
+    own = SyntheticSet(out / "synthetic" / "fold0")
+    same = [r for r in syn.manifest if r["variant"] == 0][:2]
+    assert all(not np.array_equal(syn.images[r["index"]], own.images[own.by_real[r["real_index"]][0]]) for r in same)
+    run_json = json.loads((out / "ablations" / "strength" / "0.5" / "diffboost" / "seed0" / "fold1" / "run.json").read_text())
+    assert run_json["synthetic"].endswith("strength/0.5/synthetic/fold1")  # trained on this value's variants
+    res = ablate(out, "condition", ["edges+mask"], progress=False)
+    model = out / "ablations" / "condition" / "edges+mask" / "models" / "fold1" / "model"
+    assert json.loads((model / "diffboost_model.json").read_text())["model"]["condition"] == "edges+mask"
+    assert res["dice"]["diffboost"]["edges+mask"]["per_run"]
+    with pytest.raises(ValueError, match="strength must be in"):
+        _cfg(train={"max_timestep_fraction": 0.6}, ablate={"sweeps": ["strength=0.5,0.8"]})
+    with pytest.raises(ValueError, match="condition must be one of"):
+        _cfg(ablate={"sweeps": ["condition=mask"]})
 
 
 def test_run_command_with_a_config_file(phantom_root, tmp_path):

@@ -1,9 +1,12 @@
 """``diffboost ablate DIR --sweep n=1,3,5``: the paper's ablations on a finished run folder.
 
-Sweeps the augmentation ratio ``n``, ``alpha``, the ``patch`` size or the ``network`` of the
-``diffboost`` strategy with every other option as in ``DIR/run.yaml``, on the same folds and seeds,
-reusing the generated variants (a larger ``n`` than was generated only adds the missing ones). For
-``network`` the ``none`` baseline is trained with each backbone too (the paper's Fig. 7). Runs go to
+Sweeps an option of the ``diffboost`` strategy with every other option as in ``DIR/run.yaml``, on
+the same folds and seeds: Algorithm 1's ``n``, ``alpha``, ``patch``, ``mix_prob``, the ``network``,
+the variant filters ``teacher_gate`` and ``pixel_filter``, reusing the generated variants (a larger
+``n`` than was generated only adds the missing ones); and the generator's image-to-image
+``strength`` (new variants from the run's models) and ``condition`` (``edges`` or ``edges+mask``:
+new diffusion models per fold, then their variants). For ``network`` the ``none`` baseline is
+trained with each backbone too (the paper's Fig. 7). Runs go to
 ``DIR/ablations/<param>/<value>/<strategy>/seed<s>/foldK`` (every seed of ``compare.seeds``);
 ``DIR/ablations/<param>.json`` and ``.png`` hold the table and the plot (mean Dice with a band of
 ± one std over runs, fold x seed, against the baseline).
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runconfig import SWEEPABLE, check_values, load_run_config, parse_sweep
+from .runconfig import GENERATOR_SWEEPS, SWEEPABLE, check_values, load_run_config, parse_sweep
 from .utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SWEEPABLE", "ablate", "check_sweeps", "check_values", "parse_sweep"]
@@ -37,9 +40,37 @@ def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]]) -> None:
     cfg, ps = _load_run(run_dir)
     for param, values in sweeps:
         try:
-            check_values(cfg.seg, param, values, ps.size)
+            check_values(cfg.seg, param, values, ps.size, cfg)
         except ValueError as e:
             raise ValueError(f"{run_dir / 'run.yaml'}: --sweep {e}") from None
+
+
+def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value, progress: bool) -> str:
+    """The synthetic sets of a generator sweep value, made (or completed) per fold: variants at another
+    ``strength`` from the run's own diffusion models, or new models fine-tuned with another
+    ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
+    from .diffusion.train import train_diffusion
+    from .generation.generate import generate
+
+    base = run_dir / "ablations" / param / str(value)
+    gen = dataclasses.replace(cfg.generate, **({"strength": value} if param == "strength" else {}))
+    for k in folds:
+        if param == "strength":
+            model = run_dir / "models" / f"fold{k}" / "model"
+            if not model.exists():
+                raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
+        else:
+            f = ps.fold(k)
+            train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
+            folder = base / "models" / f"fold{k}"
+            model = folder / "model"
+            if not model.exists():  # resumes from its last checkpoint after an interruption
+                train_diffusion(ps, folder, ps.indices(f.train, training=True),
+                                dataclasses.replace(cfg.model, image_size=ps.size, condition=value), train,
+                                resume="latest" if (folder / "checkpoints").exists() else None,
+                                val_indices=ps.indices(f.val, training=True), progress=progress)
+        generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)
+    return str(base / "synthetic" / "fold{fold}")
 
 
 def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None) -> dict:
@@ -51,7 +82,7 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
 
     run_dir = Path(run_dir)
     cfg, ps = _load_run(run_dir)
-    check_values(cfg.seg, param, values, ps.size)
+    check_values(cfg.seg, param, values, ps.size, cfg)
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
     if param == "n":  # reuse what exists: generation only adds the missing variants
         for k in folds:
@@ -65,7 +96,12 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
     jobs, where = [], []
     for v in values:
         for s in strategies:
-            seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
+            if param in GENERATOR_SWEEPS:  # the same segmenter on this value's variants
+                own = v == getattr(cfg.generate if param == "strength" else cfg.model, param)
+                syn = None if own else _generator_sweep(run_dir, cfg, ps, folds, param, v, progress)
+                seg = dataclasses.replace(cfg.seg, aug=s, synthetic=syn)
+            else:
+                seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
             same_as_compare = seg == dataclasses.replace(cfg.seg, aug=s)
             for seed in seeds:
                 for k in folds:

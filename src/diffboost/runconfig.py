@@ -29,7 +29,11 @@ def _float_or_none(text: str) -> float | None:
 
 
 SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
-             "teacher_gate": _float_or_none, "pixel_filter": _float_or_none}
+             "teacher_gate": _float_or_none, "pixel_filter": _float_or_none,
+             "strength": float, "condition": str}
+# sweeps of the generator rather than the segmenter: new variants (strength) or new diffusion models
+# (condition) per value, then the diffboost strategy trained on them
+GENERATOR_SWEEPS = ("strength", "condition")
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -44,15 +48,28 @@ def parse_sweep(text: str) -> tuple[str, list]:
         raise ValueError(f"--sweep {name}: cannot read the values {values!r}") from None
 
 
-def check_values(seg: SegConfig, param: str, values: list, size: int) -> None:
+def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunConfig | None" = None) -> None:
     """Refuse, before any training, a swept value that cannot train with the other settings of
-    ``seg`` at ``size`` pixels, e.g. a network that cannot take the widths."""
+    ``seg`` at ``size`` pixels (e.g. a network that cannot take the widths), or a generator value the
+    run's diffusion training cannot serve (a strength above its timestep cap, an unknown condition)."""
+    from .diffusion.models import CONDITIONS
     from .segmentation.networks import check_network
 
     for v in values:
         try:
-            s = dataclasses.replace(seg, **{param: v})
-            check_network(s.network, s.channels, s.size or size)
+            if param == "strength":
+                cap = cfg.train.max_timestep_fraction if cfg is not None else 1.0
+                if not 0 < v <= cap:
+                    raise ValueError(f"strength must be in (0, {cap:g}]: the diffusion models were trained on "
+                                     f"timesteps up to {cap:g} T (train.max_timestep_fraction)")
+            elif param == "condition":
+                if v not in CONDITIONS:
+                    raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")
+                if cfg is not None and cfg.pretrain.corpus and v != cfg.model.condition:
+                    raise ValueError("the models are fine-tuned from a pretrained model of another condition")
+            else:
+                s = dataclasses.replace(seg, **{param: v})
+                check_network(s.network, s.channels, s.size or size)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{param}={v}: {e}") from None
 
@@ -148,7 +165,7 @@ def check_run_config(cfg: RunConfig) -> None:
     for text in cfg.ablate.sweeps:
         name, values = parse_sweep(text)
         try:
-            check_values(cfg.seg, name, values, size)
+            check_values(cfg.seg, name, values, size, cfg)
         except ValueError as e:
             raise ValueError(f"ablate.sweeps: {e}") from None
 

@@ -214,7 +214,9 @@ def ablation_plot(results: dict) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     values = [str(v) for v in results["values"]]
-    x = np.arange(len(values)) if results["param"] == "network" else np.asarray(results["values"], float)
+    # a numeric sweep on its own axis; names (network, condition) or an "off" value (None) as categories
+    categorical = any(v is None or isinstance(v, (str, bool)) for v in results["values"])
+    x = np.arange(len(values)) if categorical else np.asarray(results["values"], float)
     for s, per in results["dice"].items():
         m = np.array([per[v]["mean"] for v in values]) * 100
         sd = np.array([per[v]["std"] for v in values]) * 100
@@ -222,7 +224,7 @@ def ablation_plot(results: dict) -> bytes:
         ax.fill_between(x, m - sd, m + sd, alpha=0.2)
     if results.get("baseline") is not None:
         ax.axhline(results["baseline"] * 100, color="grey", ls="--", label="none (baseline)")
-    if results["param"] == "network":
+    if categorical:
         ax.set_xticks(x, values, rotation=20)
     ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over runs)")
     ax.grid(alpha=0.3)
