@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -141,3 +142,15 @@ def prepared_with_variants(root: Path, phantoms: Path, folds=(0, 1), n: int = 2,
         generate(root / "model", ps, root / "synthetic" / f"fold{k}", k, GenerateConfig(n=n, steps=steps, batch_size=8),
                  progress=False)
     return ps
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a network and keeps a copy of every input it is given."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.inputs = net, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.net(x)

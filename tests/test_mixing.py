@@ -17,6 +17,7 @@ from diffboost.data.preparation import prepare
 from diffboost.segmentation import SegConfig, parse_strategy, train_seg
 from diffboost.segmentation.augment import BatchAugmenter
 from diffboost.segmentation.data import FoldData, SyntheticPool, load_synthetic
+from builders import Recorder
 
 FAST = dict(channels=(8, 16, 32), epochs=1, batch_size=4)
 
@@ -29,18 +30,6 @@ def ps(tmp_path_factory, phantom_root):
 
 
 # ---- a toy fold and one-epoch training -----------------------------------------------------------
-
-class _Recorder(torch.nn.Module):
-    """A network that keeps a copy of every input it is given."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net, self.inputs = net, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.net(x)
-
 
 def _fold(variants: str | None = "negative", n: int = 8, per: int = 2) -> FoldData:
     """Real images with distinct values, all > 0, lesion masks, and ``per`` variants per image: all
@@ -67,7 +56,7 @@ def _train(data: FoldData, epochs=(0,), **options):
 
     cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
     torch.manual_seed(0)
-    net = _Recorder(build_network("unet", 2, cfg.channels))
+    net = Recorder(build_network("unet", 2, cfg.channels))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
 
@@ -135,7 +124,7 @@ def test_mix_prob_one_is_algorithm_1_as_before_bit_for_bit(mix):
     data = _fold("negative")
     cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, aug="diffboost", alpha=0.5, mix=mix)
     torch.manual_seed(0)
-    ref = _Recorder(build_network("unet", 2, cfg.channels))
+    ref = Recorder(build_network("unet", 2, cfg.channels))
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
     for e in (0, 1):

@@ -17,6 +17,7 @@ from diffboost.data.preparation import prepare
 from diffboost.segmentation import SegConfig, compare, load_segmenter, parse_strategy, train_seg
 from diffboost.segmentation.augment import CLASSICAL, DEEPSTACK, BatchAugmenter
 from diffboost.segmentation.predict import predict_cases
+from builders import Recorder
 
 FAST = dict(channels=(8, 16, 32), epochs=2, batch_size=4)
 
@@ -140,18 +141,6 @@ def test_interrupted_training_resumes_to_the_same_weights(task, monkeypatch):
 
 # ---- Algorithm 1 in the training loop ------------------------------------------------------------
 
-class _Recorder(torch.nn.Module):
-    """A network that keeps a copy of every input it is given."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net, self.inputs = net, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.net(x)
-
-
 def _toy_fold(synthetic: str | None = "random", n: int = 8, size: int = 32, variants: int = 2):
     """Real images with distinct random values (every pixel > 0, so a zero marks a synthetic pixel),
     lesion masks, and ``variants`` synthetic variants per image: random, zeros, or copies of the real one."""
@@ -180,7 +169,7 @@ def _one_epoch(data, **options):
 
     cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
     torch.manual_seed(0)
-    net = _Recorder(build_network("unet", 2, cfg.channels))
+    net = Recorder(build_network("unet", 2, cfg.channels))
     opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
     dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
 

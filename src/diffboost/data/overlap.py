@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..utils.atomic import file_sha256
 from .store import PreparedSet
 
 _CHUNK = 512  # samples read at once from images.npy
@@ -23,14 +24,6 @@ _CHUNK = 512  # samples read at once from images.npy
 
 def _resolved(path: str) -> Path:
     return Path(path).expanduser().resolve()
-
-
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sizes(paths) -> dict[Path, int]:
@@ -98,10 +91,10 @@ def task_overlap(corpus: PreparedSet, task: PreparedSet) -> list[dict]:
     for p, n in _sizes(q for q in corpus_rows if q not in found).items():
         if n not in by_size:
             continue
-        digest = _file_sha(p)
+        digest = file_sha256(p)
         for t in by_size[n]:
             if t not in task_sha:
-                task_sha[t] = _file_sha(t)
+                task_sha[t] = file_sha256(t)
             if task_sha[t] == digest:
                 found[p] = {"corpus": str(p), "task": str(t), "by": "same file bytes"}
                 break

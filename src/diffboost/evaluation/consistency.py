@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
-from ..utils.atomic import atomic_write_text
+from ..utils.atomic import atomic_write_text, file_sha256
 
 CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
 FIELDS = ["variant_index", "real_index", "text", "strength", "teacher_dice_variant", "teacher_dice_real"]
@@ -166,15 +166,7 @@ def model_sha256(path: str | Path) -> str:
     """A segmenter folder's identity: the hash of its weights and config."""
     h = hashlib.sha256()
     for name in ("config.json", "model.safetensors"):
-        h.update(_file_sha256(Path(path) / name).encode())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
+        h.update(file_sha256(Path(path) / name).encode())
     return h.hexdigest()
 
 
@@ -182,7 +174,7 @@ def set_sha256(root: str | Path) -> str:
     """A synthetic set's identity: the hash of its images, manifest and generation record."""
     h = hashlib.sha256()
     for name in ("generation.json", "manifest.csv", "images.npy"):
-        h.update(_file_sha256(Path(root) / name).encode())
+        h.update(file_sha256(Path(root) / name).encode())
     return h.hexdigest()
 
 
