@@ -180,7 +180,8 @@ PRESETS: dict[str, dict] = {
                        "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
              "generate": {"n": 2, "steps": 10, "strength": 0.5},
              "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
-             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet"]}},
+             "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet",
+                                  "strength=0.3,0.5"]}},
     "cpu": {"prepare": {"size": 128},
             # image-to-image at strength 0.5 from a model trained with Min-SNR-5 on t < 0.6 T
             # (bench/bench_diffusion_training.py: variants keep the lesion; from noise they lose it)
