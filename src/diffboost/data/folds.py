@@ -98,24 +98,30 @@ def split_by_case(
 
     ustratum = {u: unit_stratum(u) for u in units}
     rng = np.random.default_rng(seed)
-    # deal each stratum's shuffled units round-robin, continuing where the last stratum stopped,
-    # so every fold gets its share of every class and sizes stay balanced; a unit of several cases
-    # goes to the fold with the fewest cases so far (ties: the next in the round)
     test_parts: list[list[str]] = [[] for _ in range(k)]
-    dealt = 0
-    for s in sorted(set(ustratum.values())):
-        members = sorted(u for u in units if ustratum[u] == s)
-        # large groups first, so the single cases dealt after them even the sizes out
-        rng.shuffle(members)
-        members.sort(key=lambda u: -len(units[u]))
-        for u in members:
-            if len(units[u]) > 1:
-                order = [(dealt + j) % k for j in range(k)]
-                target = min(order, key=lambda j: len(test_parts[j]))
-            else:
-                target = dealt % k
-            test_parts[target] += units[u]
-            dealt += 1
+    if all(len(m) == 1 for m in units.values()):
+        # deal each stratum's shuffled cases round-robin, continuing where the last stratum stopped, so
+        # every fold gets its share of every class (to within one case) and sizes stay balanced
+        dealt = 0
+        for s in sorted(set(ustratum.values())):
+            members = sorted(u for u in units if ustratum[u] == s)
+            rng.shuffle(members)
+            for u in members:
+                test_parts[dealt % k] += units[u]
+                dealt += 1
+    else:
+        # with groups: each unit, the largest first, goes to the fold where its cases' categories are
+        # rarest so far, then to the smallest fold (ties: the next fold in turn)
+        order = sorted(units)
+        rng.shuffle(order)
+        order.sort(key=lambda u: -len(units[u]))
+        counts = [dict.fromkeys(set(strata), 0) for _ in range(k)]
+        for i, u in enumerate(order):
+            cats = [stratum[c] for c in units[u]]
+            j = min(range(k), key=lambda j: (sum(counts[j][c] for c in cats), len(test_parts[j]), (j - i) % k))
+            test_parts[j] += units[u]
+            for c in cats:
+                counts[j][c] += 1
     test_parts = [sorted(p) for p in test_parts]
     folds = []
     for i in range(k):

@@ -44,9 +44,9 @@ def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
         times.append((f"fine-tune {p.parent.name}", float(seconds)))
     for p in sorted((run / "synthetic").glob("fold*/generation.json")):
         times.append((f"generate {p.parent.name}", float(json.loads(p.read_text()).get("seconds", 0.0))))
-    seg = _seg_seconds((run / "seg").glob("*/seed*/fold*/summary.json"))
-    if seg:
-        times.append(("segmentation (all strategies and folds)", seg))
+    runs = list((run / "seg").glob("*/seed*/fold*/summary.json"))
+    if runs:
+        times.append(("segmentation (all strategies and folds)", _seg_seconds(runs)))
     for d in sorted(p for p in (run / "ablations").glob("*") if p.is_dir()):
         times.append((f"ablation {d.name}", _seg_seconds(d.glob("*/*/seed*/fold*/summary.json"))))
     return times
@@ -274,7 +274,7 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
                                                  "num_training_samples", "cases_per_category", "near_duplicates")},
             "folds": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in ps.folds],
-            "wall_seconds": {k: round(v, 1) for k, v in _stage_times(run, ps)}}
+            "wall_seconds": {k: round(v, 3) for k, v in _stage_times(run, ps)}}
     if result:
         prov["segmentation_config"] = result.get("config")
         prov["segmentation_seeds"] = result.get("seeds")

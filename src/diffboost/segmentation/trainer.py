@@ -342,8 +342,8 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     summary = {"strategy": cfg.aug, "fold": f.index, "cases": len(rows),
                "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metric.aggregate().items()},
                "best_epoch": counters["best_epoch"], "best_val_dice": counters["best_dice"],
-               "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 1),
-               "eval_seconds": round(eval_seconds, 1), "identity": identity}
+               "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
+               "eval_seconds": round(eval_seconds, 3), "identity": identity}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(out / "state", ignore_errors=True)  # done: the selected model and metrics stay
     return summary
