@@ -154,3 +154,28 @@ class Recorder(torch.nn.Module):
     def forward(self, x):
         self.inputs.append(x.detach().clone())
         return self.net(x)
+
+
+def train_tiny(data, epochs=(0,), **options):
+    """Epochs of a tiny UNet on ``data``: (the network with its recorded inputs, the labels the loss saw)."""
+    from monai.losses import DiceCELoss
+
+    from diffboost.segmentation import SegConfig, parse_strategy
+    from diffboost.segmentation.augment import BatchAugmenter
+    from diffboost.segmentation.networks import build_network
+    from diffboost.segmentation.trainer import _train_epoch
+
+    cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
+    torch.manual_seed(0)
+    net = Recorder(build_network("unet", 2, cfg.channels))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
+
+    def loss_fn(logits, y):
+        labels.append(y.clone())
+        return dice_ce(logits, y)
+
+    augment = BatchAugmenter(parse_strategy(cfg.aug)[1], cfg.aug_prob, cfg.seed)
+    for e in epochs:
+        _train_epoch(net, opt, loss_fn, data, cfg, augment, cfg.patch or 8, e)
+    return net, labels

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 
 from diffboost.config import PrepareConfig
 from diffboost.data.preparation import prepare
-from diffboost.evaluation.consistency import (FIELDS, LabelConsistency, Teacher, generated_consistency, image_dice,
+from diffboost.evaluation.consistency import (FIELDS, LabelConsistency, Teacher, generated_consistency,
                                               label_consistency)
+from diffboost.evaluation.metrics import label_dice
 from diffboost.generation.synthetic import SyntheticSet, write_synthetic_set
 from diffboost.segmentation import SegConfig, train_seg
 
@@ -142,8 +143,8 @@ def test_variants_with_the_lesion_erased_are_clearly_less_consistent(task, tmp_p
 def test_the_metric_scores_empty_masks_explicitly_and_aggregates_by_group():
     empty, lesion = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
     lesion[2:6, 2:6] = 1
-    assert image_dice(empty, empty, [1]) == 1.0 and image_dice(lesion, empty, [1]) == 0.0
-    assert image_dice(empty, lesion, [1]) == 0.0 and image_dice(lesion, lesion, [1]) == 1.0
+    assert label_dice(empty, empty, [1]) == 1.0 and label_dice(lesion, empty, [1]) == 0.0
+    assert label_dice(empty, lesion, [1]) == 0.0 and label_dice(lesion, lesion, [1]) == 1.0
     m = LabelConsistency([1])
     m(empty, empty, 1.0, 0, 0, "", 1.0)  # both empty: 1
     m(empty, lesion, 0.8, 1, 1, "dark", 0.5)  # lesion missed: 0

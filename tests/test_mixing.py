@@ -15,9 +15,8 @@ import torch
 from diffboost.config import PrepareConfig
 from diffboost.data.preparation import prepare
 from diffboost.segmentation import SegConfig, parse_strategy, train_seg
-from diffboost.segmentation.augment import BatchAugmenter
 from diffboost.segmentation.data import FoldData, SyntheticPool, load_synthetic
-from builders import Recorder
+from builders import Recorder, train_tiny
 
 FAST = dict(channels=(8, 16, 32), epochs=1, batch_size=4)
 
@@ -45,29 +44,6 @@ def _fold(variants: str | None = "negative", n: int = 8, per: int = 2) -> FoldDa
         syn = -0.1 - 0.5 * torch.rand(shape, generator=g) if variants == "negative" else torch.zeros(shape)
         data.synthetic = SyntheticPool(syn, torch.arange(n * per).reshape(n, per), torch.full((n,), per), Path("toy"))
     return data
-
-
-def _train(data: FoldData, epochs=(0,), **options):
-    """Epochs of a tiny UNet on ``data``: (the network with its recorded inputs, the labels the loss saw)."""
-    from monai.losses import DiceCELoss
-
-    from diffboost.segmentation.networks import build_network
-    from diffboost.segmentation.trainer import _train_epoch
-
-    cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
-    torch.manual_seed(0)
-    net = Recorder(build_network("unet", 2, cfg.channels))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
-
-    def loss_fn(logits, y):
-        labels.append(y.clone())
-        return dice_ce(logits, y)
-
-    augment = BatchAugmenter(parse_strategy(cfg.aug)[1], cfg.aug_prob, cfg.seed)
-    for e in epochs:
-        _train_epoch(net, opt, loss_fn, data, cfg, augment, cfg.patch or 8, e)
-    return net, labels
 
 
 def _same_weights(a, b) -> bool:
@@ -105,13 +81,13 @@ def _reference_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, patch: i
 
 @pytest.mark.parametrize("mix", ["input", "output"])
 def test_mix_prob_zero_trains_exactly_as_none(mix):
-    base, base_labels = _train(_fold(None), epochs=(0, 1), aug="none")
-    never, labels = _train(_fold("negative"), epochs=(0, 1), aug="diffboost", alpha=0.3, mix=mix, mix_prob=0.0)
+    base, base_labels = train_tiny(_fold(None), epochs=(0, 1), aug="none")
+    never, labels = train_tiny(_fold("negative"), epochs=(0, 1), aug="diffboost", alpha=0.3, mix=mix, mix_prob=0.0)
     assert len(never.inputs) == len(base.inputs) == 4
     assert all(torch.equal(a, b) for a, b in zip(never.inputs, base.inputs))  # no variant reaches the network
     assert all(torch.equal(a, b) for a, b in zip(labels, base_labels))
     assert _same_weights(never, base)
-    some, _ = _train(_fold("negative"), epochs=(0, 1), aug="diffboost", alpha=0.3, mix=mix, mix_prob=0.5)
+    some, _ = train_tiny(_fold("negative"), epochs=(0, 1), aug="diffboost", alpha=0.3, mix=mix, mix_prob=0.5)
     assert not _same_weights(some, base)  # the control: mixing some samples changes training
 
 
@@ -129,15 +105,15 @@ def test_mix_prob_one_is_algorithm_1_as_before_bit_for_bit(mix):
     dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
     for e in (0, 1):
         _reference_epoch(ref, opt, dice_ce, data, cfg, 8, e)
-    default, _ = _train(data, epochs=(0, 1), aug="diffboost", alpha=0.5, mix=mix)
-    explicit, _ = _train(data, epochs=(0, 1), aug="diffboost", alpha=0.5, mix=mix, mix_prob=1.0)
+    default, _ = train_tiny(data, epochs=(0, 1), aug="diffboost", alpha=0.5, mix=mix)
+    explicit, _ = train_tiny(data, epochs=(0, 1), aug="diffboost", alpha=0.5, mix=mix, mix_prob=1.0)
     assert all(torch.equal(a, b) for a, b in zip(default.inputs, ref.inputs))
     assert _same_weights(default, ref) and _same_weights(explicit, ref)
 
 
 def test_mix_prob_mixes_each_sample_with_that_probability_and_leaves_the_others_whole():
     data = _fold("zeros")
-    net, labels = _train(data, epochs=range(6), aug="diffboost", alpha=0.0, mix_prob=0.4)
+    net, labels = train_tiny(data, epochs=range(6), aug="diffboost", alpha=0.0, mix_prob=0.4)
     mixed = 0
     for x, y in zip(net.inputs, labels):
         for xi, yi in zip(x, y):
@@ -147,20 +123,20 @@ def test_mix_prob_mixes_each_sample_with_that_probability_and_leaves_the_others_
             j = next(j for j in range(len(data)) if torch.equal(xi, data.images[j]))  # unmixed: the real image whole
             assert torch.equal(yi, data.masks[j])
     assert abs(mixed / (6 * len(data)) - 0.4) < 0.15
-    out_net, _ = _train(data, epochs=range(6), aug="diffboost", alpha=0.0, mix_prob=0.4, mix="output")
+    out_net, _ = train_tiny(data, epochs=range(6), aug="diffboost", alpha=0.0, mix_prob=0.4, mix="output")
     sizes = [len(x) for x in out_net.inputs]  # 4 real images + the variants of the mixed samples only
     assert sum(s - 4 for s in sizes) == mixed and any(4 < s < 8 for s in sizes)
     for x in out_net.inputs:
         assert x[:4].all() and not x[4:].any()
     # which samples are mixed comes from (seed, epoch) alone: an epoch run on its own draws the same
-    alone, _ = _train(data, epochs=(3,), aug="diffboost", alpha=0.0, mix_prob=0.4)
+    alone, _ = train_tiny(data, epochs=(3,), aug="diffboost", alpha=0.0, mix_prob=0.4)
     assert all(torch.equal(a, b) for a, b in zip(alone.inputs, net.inputs[6:8]))
 
 
 def test_a_sample_whose_variants_were_all_filtered_out_trains_on_its_real_image():
     data = _fold("zeros")
     data.synthetic.counts[0] = 0
-    net, _ = _train(data, epochs=range(3), aug="diffboost", alpha=0.0)
+    net, _ = train_tiny(data, epochs=range(3), aug="diffboost", alpha=0.0)
     seen = [x for batch in net.inputs for x in batch]
     assert sum(torch.equal(x, data.images[0]) for x in seen) == 3  # whole, once per epoch
     assert sum(not x.any() for x in seen) == 3 * (len(data) - 1)  # the others: mixed, as before
@@ -416,7 +392,7 @@ def test_training_leaves_out_the_filtered_pixels_where_the_variant_is_used(aug, 
         return real(logits, labels, keep, **kw)
 
     monkeypatch.setattr(trainer, "masked_dice_ce", record)
-    net, _ = _train(data, epochs=(0, 1), aug=aug, alpha=0.5, pixel_filter=1.25, aug_prob=0.5)
+    net, _ = train_tiny(data, epochs=(0, 1), aug=aug, alpha=0.5, pixel_filter=1.25, aug_prob=0.5)
     assert len(seen) == len(net.inputs) == 4  # every batch had filtered pixels
     flips = set()
     for x, (keep, y) in zip(net.inputs, seen):
@@ -431,7 +407,7 @@ def test_training_leaves_out_the_filtered_pixels_where_the_variant_is_used(aug, 
     assert (len(flips) > 1) == (aug == "diffboost+mirror")
 
     seen.clear()  # output mixing: the filtered pixels lie where the variant's prediction is used
-    net, _ = _train(data, epochs=(0,), aug="diffboost", alpha=0.5, pixel_filter=1.25, mix="output")
+    net, _ = train_tiny(data, epochs=(0,), aug="diffboost", alpha=0.5, pixel_filter=1.25, mix="output")
     for x, (keep, _) in zip(net.inputs, seen):
         assert (~keep).any() and not (~keep & (x[4:] != -0.5)).any()
 

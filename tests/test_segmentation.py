@@ -17,7 +17,7 @@ from diffboost.data.preparation import prepare
 from diffboost.segmentation import SegConfig, compare, load_segmenter, parse_strategy, train_seg
 from diffboost.segmentation.augment import CLASSICAL, DEEPSTACK, BatchAugmenter
 from diffboost.segmentation.predict import predict_cases
-from builders import Recorder
+from builders import train_tiny
 
 FAST = dict(channels=(8, 16, 32), epochs=2, batch_size=4)
 
@@ -160,46 +160,25 @@ def _toy_fold(synthetic: str | None = "random", n: int = 8, size: int = 32, vari
     return data
 
 
-def _one_epoch(data, **options):
-    """One epoch of a tiny UNet on ``data``: (the network with its recorded inputs, the labels the loss saw)."""
-    from monai.losses import DiceCELoss
-
-    from diffboost.segmentation.networks import build_network
-    from diffboost.segmentation.trainer import _train_epoch
-
-    cfg = SegConfig(network="unet", channels=(4, 8), batch_size=4, **options)
-    torch.manual_seed(0)
-    net = Recorder(build_network("unet", 2, cfg.channels))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
-    dice_ce, labels = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True), []
-
-    def loss_fn(logits, y):
-        labels.append(y.clone())
-        return dice_ce(logits, y)
-
-    _train_epoch(net, opt, loss_fn, data, cfg, BatchAugmenter("none", 0.5, cfg.seed), cfg.patch or 8, epoch=0)
-    return net, labels
-
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_alpha_one_and_real_copies_train_exactly_like_no_synthetic_images():
-    baseline, _ = _one_epoch(_toy_fold(None))
-    all_real, _ = _one_epoch(_toy_fold("random"), aug="diffboost", alpha=1.0)
+    baseline, _ = train_tiny(_toy_fold(None))
+    all_real, _ = train_tiny(_toy_fold("random"), aug="diffboost", alpha=1.0)
     assert _same_weights(all_real, baseline)  # alpha = 1: every patch is real
-    copies, _ = _one_epoch(_toy_fold("real"), aug="diffboost", alpha=0.0)
+    copies, _ = train_tiny(_toy_fold("real"), aug="diffboost", alpha=0.0)
     assert _same_weights(copies, baseline)  # alpha = 0 with variants equal to the real images
-    mixed, _ = _one_epoch(_toy_fold("random"), aug="diffboost", alpha=0.5)
+    mixed, _ = train_tiny(_toy_fold("random"), aug="diffboost", alpha=0.5)
     assert not _same_weights(mixed, baseline)  # the control: real mixing changes training
 
 
 @pytest.mark.parametrize("alpha, patch", [(0.5, 8), (0.2, 4), (0.8, 16)])
 def test_zero_variants_blank_the_input_exactly_where_the_algorithm_1_mask_says(alpha, patch):
     data = _toy_fold("zeros")
-    net, labels = _one_epoch(data, aug="diffboost", alpha=alpha, patch=patch)
+    net, labels = train_tiny(data, aug="diffboost", alpha=alpha, patch=patch)
     assert len(net.inputs) == len(labels) == 2 and all(x.shape == (4, 1, 32, 32) for x in net.inputs)
     real_cells, seen = [], []
     for x, y in zip(net.inputs, labels):
@@ -221,8 +200,8 @@ def test_zero_variants_blank_the_input_exactly_where_the_algorithm_1_mask_says(a
 
 def test_output_mixing_runs_real_and_synthetic_through_the_network_and_trains_differently():
     data = _toy_fold("random")
-    out_net, labels = _one_epoch(data, aug="diffboost", alpha=0.5, mix="output")
-    in_net, _ = _one_epoch(data, aug="diffboost", alpha=0.5, mix="input")
+    out_net, labels = train_tiny(data, aug="diffboost", alpha=0.5, mix="output")
+    in_net, _ = train_tiny(data, aug="diffboost", alpha=0.5, mix="input")
     for x, y in zip(out_net.inputs, labels):
         assert x.shape == (8, 1, 32, 32)  # the 4 real images, then one variant of each
         for real, syn in zip(x[:4], x[4:]):

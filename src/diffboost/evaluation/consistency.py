@@ -42,21 +42,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
+from .metrics import label_dice
 from ..utils.atomic import atomic_write_text, file_sha256
 
 CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
 FIELDS = ["variant_index", "real_index", "text", "strength", "teacher_dice_variant", "teacher_dice_real"]
 PLAIN = "plain"  # the per-text key of variants made from the plain prompt (text "")
-
-
-def image_dice(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> float:
-    """Mean Dice over ``labels`` of one image; a label absent from both masks scores 1."""
-    scores = []
-    for lab in labels:
-        a, b = pred == lab, ref == lab
-        den = int(a.sum()) + int(b.sum())
-        scores.append(2.0 * int((a & b).sum()) / den if den else 1.0)
-    return float(np.mean(scores))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -92,7 +83,7 @@ class LabelConsistency:
         """Score the teacher's prediction ``pred`` of a variant against its real image's mask ``ref``;
         ``dice_real`` is the teacher's Dice on that real image."""
         row = {"variant_index": int(variant_index), "real_index": int(real_index), "text": text,
-               "strength": float(strength), "teacher_dice_variant": image_dice(pred, ref, self.labels),
+               "strength": float(strength), "teacher_dice_variant": label_dice(pred, ref, self.labels),
                "teacher_dice_real": float(dice_real)}
         self.rows.append(row)
         return row
@@ -162,20 +153,21 @@ class Teacher:
         return pred, ce.cpu().numpy()
 
 
+def _files_sha256(root: str | Path, names: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(file_sha256(Path(root) / name).encode())
+    return h.hexdigest()
+
+
 def model_sha256(path: str | Path) -> str:
     """A segmenter folder's identity: the hash of its weights and config."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        h.update(file_sha256(Path(path) / name).encode())
-    return h.hexdigest()
+    return _files_sha256(path, ("config.json", "model.safetensors"))
 
 
 def set_sha256(root: str | Path) -> str:
     """A synthetic set's identity: the hash of its images, manifest and generation record."""
-    h = hashlib.sha256()
-    for name in ("generation.json", "manifest.csv", "images.npy"):
-        h.update(file_sha256(Path(root) / name).encode())
-    return h.hexdigest()
+    return _files_sha256(root, ("generation.json", "manifest.csv", "images.npy"))
 
 
 def _strength(row: dict, default: float) -> float:
@@ -252,7 +244,7 @@ def label_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSe
         loss_sum += float(ce.astype(np.float64).sum())
         pixels += ce.size
         for i, p, m in zip(idx, pred, masks):
-            dice_real[int(i)] = image_dice(p, m, teacher.labels)
+            dice_real[int(i)] = label_dice(p, m, teacher.labels)
 
     # every variant against its real image's mask: Dice and the per-pixel loss map
     metric = LabelConsistency(teacher.labels)
@@ -314,7 +306,7 @@ def generated_consistency(teacher: Teacher, real: np.ndarray, generated: np.ndar
     for sl in _batches(len(real), batch_size):
         for name, arr in (("real", real), ("generated", generated)):
             pred, _ = teacher(np.asarray(arr[sl], np.float32))
-            dice[name] += [image_dice(p, m, teacher.labels) for p, m in zip(pred, masks[sl])]
+            dice[name] += [label_dice(p, m, teacher.labels) for p, m in zip(pred, masks[sl])]
     g, r = float(np.mean(dice["generated"])), float(np.mean(dice["real"]))
     return _finite({"teacher_dice_generated": g, "teacher_dice_real": r, "consistency": _ratio(g, r)})
 

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..utils.progress import ProgressBar, progress_iter
 from .config import SegConfig
 
 
@@ -96,7 +97,7 @@ def run_jobs(prepared, jobs: list[SegJob], n_jobs: int = 1, progress: bool = Tru
         slot = int(os.environ.get("LOCAL_RANK", rank))  # this process's GPU on its node
         mine = [dataclasses.replace(j, cfg=_placed(j.cfg, slot)) for i, j in enumerate(jobs) if i % world == rank]
         print(f"segmentation: process {rank + 1}/{world} trains {len(mine)} of {len(jobs)} runs", file=sys.stderr, flush=True)
-        for job in _bar(mine, f"segmentation (process {rank + 1}/{world})", progress and rank == 0):
+        for job in progress_iter(mine, f"segmentation (process {rank + 1}/{world})", enabled=progress and rank == 0):
             _run_one(root, job, replace_stale)
         barrier()
         return [train_seg(root, j.fold, _placed(j.cfg, slot), j.out, progress=False) for j in jobs]  # all finished: read
@@ -128,14 +129,14 @@ def _pool(root: str, jobs: list[SegJob], n_jobs: int, progress: bool, replace_st
     with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)) or 1, mp_context=mp.get_context("spawn"),
                              initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_one, root, j, replace_stale): i for i, j in enumerate(jobs)}
-        bar = _Bar(len(jobs), f"segmentation ({n_jobs} processes)", progress)
+        bar = ProgressBar(f"segmentation ({n_jobs} processes)", len(jobs), enabled=progress)
         try:
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_EXCEPTION)
                 for fut in done:
                     results[futures[fut]] = fut.result()  # a failed job raises here, naming its folder
-                    bar.advance()
+                    bar.update(sum(r is not None for r in results))
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -143,24 +144,3 @@ def _pool(root: str, jobs: list[SegJob], n_jobs: int, progress: bool, replace_st
         finally:
             bar.close()
     return results  # type: ignore[return-value]
-
-
-class _Bar:
-    def __init__(self, total: int, description: str, enabled: bool):
-        from ..utils.progress import ProgressBar
-
-        self.done = 0
-        self.bar = ProgressBar(description, total, 0, {}, enabled=enabled)
-
-    def advance(self) -> None:
-        self.done += 1
-        self.bar.update(self.done)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _bar(items: list, description: str, enabled: bool):
-    from ..utils.progress import progress_iter
-
-    return progress_iter(items, description, enabled=enabled)

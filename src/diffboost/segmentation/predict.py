@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
-from ..evaluation.metrics import SegmentationMetric
+from ..evaluation.metrics import SegmentationMetric, label_dice
 from .data import to_size
 
 
@@ -98,13 +98,4 @@ def quick_dice(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, 
     are pooled; a label absent from both prediction and reference counts as 1."""
     pred = predict_probs(net, images, batch_size, channels_last).argmax(1)
     ref = masks[:, 0]
-    scores = []
-    for rows in groups:
-        p, r = pred[rows], ref[rows]
-        per = []
-        for lab in labels:
-            a, b = p == lab, r == lab
-            den = int(a.sum() + b.sum())
-            per.append(2 * int((a & b).sum()) / den if den else 1.0)
-        scores.append(float(np.mean(per)))
-    return float(np.mean(scores))
+    return float(np.mean([label_dice(pred[rows], ref[rows], labels) for rows in groups]))

@@ -25,7 +25,6 @@ teacher's loss on that variant was high (:func:`masked_dice_ce`).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import shutil
@@ -42,7 +41,7 @@ from ..utils.atomic import artifact_dir, atomic_write_text, recover_artifact
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
-from .config import MIX_CLASSIC, VARIANT_OPTIONS, SegConfig, drop_unused, parse_strategy
+from .config import MIX_CLASSIC, SegConfig, drop_unused, parse_strategy
 from .data import FoldData, load_synthetic, load_training, teacher_identity, to_size
 from .jobs import run_folder
 from .networks import build_network, size_multiple
@@ -368,9 +367,8 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     old = json.loads(run.read_text())
     # a run recorded before an option existed ran with that option's default
     old.setdefault("config", {}).setdefault("batch_dice", False)  # before the option: Dice per image
-    defaults = dataclasses.asdict(SegConfig())  # every option, whatever the default strategy uses
-    old["config"] = drop_unused({**SegConfig().identity(), **{k: defaults[k] for k in VARIANT_OPTIONS},
-                                 **old.get("config", {})})
+    every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all
+    old["config"] = drop_unused({**every_option, "aug": "none", **old["config"]})
     old.setdefault("synthetic_variants", identity["synthetic_variants"])  # recorded before this was kept
     if old != identity and replace_stale:
         shutil.rmtree(out)
