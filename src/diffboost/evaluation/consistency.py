@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
-from .metrics import label_dice
+from ..generation.synthetic import CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS
 from ..utils.atomic import atomic_write_text, file_sha256
+from .metrics import label_dice
 
-CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
 FIELDS = ["variant_index", "real_index", "text", "strength", "teacher_dice_variant", "teacher_dice_real"]
 PLAIN = "plain"  # the per-text key of variants made from the plain prompt (text "")
 

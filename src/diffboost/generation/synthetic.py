@@ -33,7 +33,9 @@ SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "categ
               "seed", "sampler", "steps", "guidance", "model_hash"]
 SET_FILES = ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
 # made from the set's images: replaced with them (a new set is written whole, without them)
-_SET_CACHES = ("quality.csv", "quality.json", "consistency.csv", "consistency.json", "teacher_loss.npy")
+# the teacher's check of a set (evaluation.consistency writes them, the segmentation filters read them)
+CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
+_SET_CACHES = ("quality.csv", "quality.json", CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS)
 
 
 def check_set_folder(out: str | Path) -> None:

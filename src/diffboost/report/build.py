@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ..data.store import PreparedSet
+from ..generation.synthetic import CONSISTENCY_CSV
 from ..utils.atomic import atomic_write_bytes, atomic_write_text
 from . import figures
 
@@ -230,7 +231,7 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
 
         syn = SyntheticSet(syn_root.parent)
         ratio = (" Over each variant: its teacher Dice ratio (Dice on the variant / on its real image, see Label "
-                 "consistency)." if (syn.root / "consistency.csv").exists() else "")
+                 "consistency)." if (syn.root / CONSISTENCY_CSV).exists() else "")
         add("Synthetic variants (Fig. 3)", f"Real image, its condition (edges + mask boundary), the mask outline and "
             f"variants of {syn.root.name} with their augmentation texts; the real mask outlined on each variant.{ratio}",
             fig=figures.variants(ps, syn), fig_name="variants")

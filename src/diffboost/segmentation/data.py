@@ -19,7 +19,6 @@ folder (the row of a variant is its index in the set's manifest):
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
+from ..generation.synthetic import CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS
+from ..utils.atomic import file_sha256
 
 
 def to_size(images: np.ndarray, size: int, labels: bool = False) -> torch.Tensor:
@@ -120,9 +121,6 @@ def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[i
     return SyntheticPool(images, rows, counts, syn.root, ignore)
 
 
-CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
-
-
 def _teacher_file(root: Path, name: str, option: str) -> Path:
     path = Path(root) / name
     if not path.exists():
@@ -174,5 +172,4 @@ def teacher_identity(root: str | Path, teacher_gate: float | None, pixel_filter:
     if teacher_gate is None and pixel_filter is None:
         return None
     names = [n for n, on in ((CONSISTENCY_CSV, teacher_gate), (CONSISTENCY_JSON, pixel_filter)) if on is not None]
-    return {n: hashlib.sha256((Path(root) / n).read_bytes()).hexdigest() if (Path(root) / n).exists() else None
-            for n in names}
+    return {n: file_sha256(Path(root) / n) if (Path(root) / n).exists() else None for n in names}
