@@ -98,25 +98,26 @@ def _empty_counts(r: dict) -> tuple[int, int]:
     return empty, int(empty and not int(r["prediction_empty"]))
 
 
+def _mean_dice(rows: list[dict], key) -> dict:
+    """``key(row) -> mean Dice`` of the rows sharing that key."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[key(r)].append(float(r["dice"]))
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
 def paired(rows_a: list[dict], rows_b: list[dict]) -> dict:
     """Strategy A against B on the runs and cases both have: the mean Dice difference in points
     over runs (fold x seed) with its 95% interval, the relative gain, and the case-level Wilcoxon p."""
-    run_a, run_b = defaultdict(list), defaultdict(list)
-    for r in rows_a:
-        run_a[_run_key(r)].append(float(r["dice"]))
-    for r in rows_b:
-        run_b[_run_key(r)].append(float(r["dice"]))
+    run_a, run_b = _mean_dice(rows_a, _run_key), _mean_dice(rows_b, _run_key)
     keys = sorted(set(run_a) & set(run_b))
-    diffs = [100 * (np.mean(run_a[k]) - np.mean(run_b[k])) for k in keys]
+    diffs = [100 * (run_a[k] - run_b[k]) for k in keys]
     d, lo, hi = mean_ci(diffs)
-    case_a, case_b = defaultdict(list), defaultdict(list)
-    for r in rows_a:
-        case_a[(r["fold"], r["case_id"])].append(float(r["dice"]))
-    for r in rows_b:
-        case_b[(r["fold"], r["case_id"])].append(float(r["dice"]))
+    case = lambda r: (r["fold"], r["case_id"])  # noqa: E731  (a case's Dice averaged over seeds)
+    case_a, case_b = _mean_dice(rows_a, case), _mean_dice(rows_b, case)
     cases = sorted(set(case_a) & set(case_b))
-    a = [np.mean(case_a[c]) for c in cases]
-    b = [np.mean(case_b[c]) for c in cases]
+    a = [case_a[c] for c in cases]
+    b = [case_b[c] for c in cases]
     base = float(np.mean(b)) if b else float("nan")
     return {"dice_diff": d, "ci95": [lo, hi], "runs": len(keys), "per_run": diffs,
             "relative": (float(np.mean(a)) - base) / base if b and base > 0 else float("nan"),
@@ -138,10 +139,7 @@ def summarise(rows: list[dict], strategies: list[str]) -> dict:
             entry[m] = {"mean": float(v.mean()), "std": float(v.std()),
                         "per_fold": {str(k): float(np.mean([float(r[m]) for r in rs if int(r["fold"]) == k]))
                                      for k in folds}}
-        per_run = defaultdict(list)
-        for r in rs:
-            per_run[_run_key(r)].append(float(r["dice"]))
-        entry["dice_runs"] = {f"fold{k}/seed{sd}": float(np.mean(v)) for (k, sd), v in sorted(per_run.items())}
+        entry["dice_runs"] = {f"fold{k}/seed{sd}": v for (k, sd), v in sorted(_mean_dice(rs, _run_key).items())}
         entry["dice_folds"] = _mean_std(entry["dice"]["per_fold"].values())
         lesion = [r for r in rs if not int(r["reference_empty"])]
         entry["lesion"] = {"cases": len(lesion), **{m: _mean_std(float(r[m]) for r in lesion) for m in LESION_METRICS}}
