@@ -8,6 +8,10 @@ so they survive a resumed run) and the Table II rows.
 
     python bench/bench_run.py --data busi --preset cpu                  # about 2 h on 2 cores
     python bench/bench_run.py --data busi --preset cpu --out /work/runs/busi_cpu
+    python bench/bench_run.py --data hippocampus --preset cpu           # with configs/hippocampus_cpu.yaml
+
+Each data set runs with the YAML of ``configs/`` named in SOURCES laid over the preset (the same
+as ``diffboost run --config``), so the shell command and this script train the same models.
 """
 
 from __future__ import annotations
@@ -19,7 +23,24 @@ from pathlib import Path
 
 from common import REPO, SHARED_DATA, need, report
 
-SOURCES = {"busi": "BUSI"}
+# data name -> (folder under ../shared/data, YAML laid over the preset or None)
+SOURCES = {"busi": ("BUSI", None),
+           "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml")}
+
+
+def _row(name: str, e: dict) -> dict:
+    """One Table II row: overlap in %, distances in the table's unit, the gain over none with its interval."""
+    def r(v, scale=1.0):
+        return None if v is None else round(v * scale, 2)
+    gain, lesion = e.get("vs_none") or {}, e.get("lesion") or {}
+    ci = gain.get("ci95") or [None, None]
+    return {"strategy": name, "dice": r(e["dice"]["mean"], 100), "precision": r(e["precision"]["mean"], 100),
+            "recall": r(e["recall"]["mean"], 100), "hd95": r(e["hd95"]["mean"]), "assd": r(e["assd"]["mean"]),
+            "lesion dice": r(lesion.get("dice", {}).get("mean"), 100),
+            "lesion hd95": r(lesion.get("hd95", {}).get("mean")),
+            "fp rate empty %": r((e.get("empty") or {}).get("fp_rate"), 100),
+            "dDice vs none": r(gain.get("dice_diff")), "ci95 low": r(ci[0]), "ci95 high": r(ci[1]),
+            "p holm": gain.get("p_holm")}
 
 
 def main() -> None:
@@ -28,33 +49,34 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--out", type=Path, default=None, help="run folder (default bench/work/run_<data>_<preset>)")
     args = ap.parse_args()
-    from diffboost.run import preset, run
+    from diffboost.run import load_run_config, run
 
-    src = need(SHARED_DATA / SOURCES[args.data])
+    folder, overlay = SOURCES[args.data]
+    src = need(SHARED_DATA / folder)
     out = args.out or REPO / "bench" / "work" / f"run_{args.data}_{args.preset}"
     t0 = time.perf_counter()
-    run(src, out, preset(args.preset))
+    run(src, out, load_run_config(overlay, args.preset))
     this_call = time.perf_counter() - t0
 
     prov = json.loads((out / "provenance.json").read_text())
     table = json.loads((out / "compare" / "table.json").read_text())
-    rows = [{"strategy": s, **{m: round(e[m]["mean"] * (100 if m in ("dice", "precision", "recall") else 1), 2)
-                               for m in ("dice", "precision", "recall", "hd95", "assd")},
-             "dice_gain_vs_none_%": None if e.get("dice_gain_vs_none") is None else round(e["dice_gain_vs_none"] * 100, 1),
-             "wilcoxon_p": e.get("wilcoxon_p_vs_none")}
-            for s, e in table["table"].items()]
+    rows = [_row(s, e) for s, e in table["table"].items()]
     stages = prov["wall_seconds"]
     print("\nwall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items())
           + f"; total {sum(stages.values()):.0f} s = {sum(stages.values()) / 3600:.2f} h")
+    shell = (f"diffboost run --data ../shared/data/{folder} --preset {args.preset}"
+             + (f" --config {overlay.relative_to(REPO)}" if overlay else ""))
     md = (f"# `diffboost run --preset {args.preset}` on {args.data}\n\n"
-          f"Command: `python bench/bench_run.py --data {args.data} --preset {args.preset}`\n\n"
+          f"Command: `python bench/bench_run.py --data {args.data} --preset {args.preset}` "
+          f"(the same models as `{shell}`)\n\n"
           + "| stage | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.0f} |\n" for k, v in stages.items())
           + f"| total | {sum(stages.values()):.0f} |\n\n" + (out / "compare" / "table.md").read_text())
     (REPO / "bench" / "results" / f"run_{args.data}_{args.preset}.md").write_text(md)
     report(f"run_{args.data}_{args.preset}", rows, {
         "preset": args.preset, "run_folder": str(out), "wall_seconds_per_stage": stages,
         "wall_seconds_total": round(sum(stages.values()), 1), "seconds_of_this_call": round(this_call, 1),
-        "unit": table.get("unit"), "data": prov["data"], "folds": prov["folds"], "versions": prov["versions"]})
+        "command": shell, "overlay": None if overlay is None else str(overlay.relative_to(REPO)),
+        "contrasts": table.get("contrasts"), "seeds": table.get("seeds"), "unit": table.get("unit"), "data": prov["data"], "folds": prov["folds"], "versions": prov["versions"]})
 
 
 if __name__ == "__main__":

@@ -101,6 +101,30 @@ def test_fidelity_table_for_diffusion_and_pix2pix(ps, tmp_path):
     assert (tmp_path / "fid" / "grid.png").exists() and "MS-SSIM" in (tmp_path / "fid" / "table.md").read_text()
 
 
+def test_fidelity_gives_a_mask_conditioned_model_the_test_masks_and_refuses_a_capped_one(ps, tmp_path):
+    from diffboost.diffusion.models import ModelConfig, label_channels
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+    from diffboost.diffusion.train import new_pipeline
+    from diffboost.evaluation.fidelity import diffusion_rows
+
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True),
+                             condition="edges+mask", mask_channels=1)).save_pretrained(tmp_path / "m")
+    idx = ps.indices(ps.fold(1).test, training=True)[:4]
+    rows, outs = diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 2)], progress=False)
+    pipe = DiffBoostPipeline.from_pretrained(tmp_path / "m")
+    pipe.denoiser.eval()
+    args = ([ps.manifest[j]["prompt"] for j in idx], np.asarray(ps.conditions[idx], np.float32) / 255.0)
+    kw = dict(seeds=idx, sampler="ddim", steps=2, guidance=3.0)
+    with_masks = pipe(*args, **kw, masks=label_channels(np.asarray(ps.masks[idx]), [1]))
+    without = pipe(*args, **kw)
+    np.testing.assert_allclose(outs["ddim-2"], np.clip((with_masks + 1) / 2, 0, 1), atol=1e-5)
+    assert np.abs(with_masks - without).max() > 1e-3  # the masks were used, not empty channels
+    (tmp_path / "m" / "training.json").write_text(json.dumps({"max_timestep_fraction": 0.6}))
+    with pytest.raises(ValueError, match="timesteps up to 0.6 x T only.*from noise"):
+        diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 2)], progress=False)
+
+
 def test_quality_filter_removes_what_it_should(ps, tmp_path):
     idx = ps.indices(ps.fold(0).train, training=True)
     rng = np.random.default_rng(0)

@@ -79,6 +79,21 @@ def test_a_changed_option_recomputes_only_what_depends_on_it(first_run, phantom_
     assert sorted(trained) == sorted(["none", "mirror", "diffboost"] * 2 * 2)  # 3 strategies x 2 folds x 2 epochs
 
 
+def test_shipped_configs_load_over_the_cpu_preset():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files, "configs/ holds the YAML files the README's benchmark commands use"
+    for f in files:
+        overlay = yaml.safe_load(f.read_text())
+        cfg = load_run_config(f, "cpu")
+        for section, values in overlay.items():  # every option of the file reached the config
+            for key, value in values.items():
+                assert getattr(getattr(cfg, section), key) == value, (f.name, section, key)
+    hippo = load_run_config(files[[f.name for f in files].index("hippocampus_cpu.yaml")], "cpu")
+    assert hippo.prepare.size == 64 and hippo.model.condition == preset("cpu").model.condition
+
+
 def test_presets_and_config_files(tmp_path):
     from diffboost.cli import app
 

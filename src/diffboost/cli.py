@@ -655,11 +655,11 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
 @friendly_errors
 def ablate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
-    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network; repeatable."),
+    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, condition; repeatable."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (default: the run's compare.jobs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """The paper's ablations (n, alpha, patch size, backbone) on a finished run; appended to its report."""
+    """Ablations on a finished run (the paper's n, alpha, patch size, backbone; the mixing probability, the teacher's filters, the strength and the condition of the variants); appended to its report."""
     from .ablate import ablate as run_ablate
     from .ablate import check_sweeps
     from .runconfig import parse_sweep

@@ -72,10 +72,16 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
                    guidance: float = 3.0, seed: int = 0, batch_size: int = 16, progress: bool = True):
     """One row per (sampler, steps): generated from each test image's condition and prompt (no
     augmentation text); returns ``rows, {setting: generated images}``."""
+    from ..diffusion.models import label_channels
     from ..diffusion.pipeline import DiffBoostPipeline
+    from ..generation.generate import mask_labels, timestep_cap
 
+    if timestep_cap(model) < 1.0:
+        raise ValueError(f"{model}: was trained on timesteps up to {timestep_cap(model):g} x T only; Table I "
+                         "generates from noise: fine-tune with train.max_timestep_fraction 1")
     pipe = DiffBoostPipeline.from_pretrained(model)
     pipe.denoiser.eval()
+    labels = mask_labels(pipe, ps)  # an ``edges+mask`` model also gets each test image's filled mask
     cond = np.asarray(ps.conditions[np.asarray(idx)], np.float32) / 255.0
     real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
     rows, outs = [], {}
@@ -86,7 +92,8 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
             sl = slice(i, i + batch_size)
             gen.append(pipe([ps.manifest[j]["prompt"] for j in idx[sl]], cond[sl],
                             seeds=[seed * 1_000_003 + j for j in idx[sl]], sampler=sampler, steps=steps,
-                            guidance=guidance))
+                            guidance=guidance,
+                            masks=None if labels is None else label_channels(ps.masks[np.asarray(idx[sl])], labels)))
         gen = np.clip((np.concatenate(gen) + 1) / 2, 0, 1)
         rows.append({"method": f"diffusion {sampler} {steps} steps", **summarise(image_fidelity(real, gen)),
                      "seconds_per_image": (time.perf_counter() - t0) / len(idx)})

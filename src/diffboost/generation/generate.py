@@ -108,7 +108,7 @@ def generate(
     out = Path(out)
     state = PartialState()
     t0 = time.perf_counter()
-    _check_strength(model, cfg.strength)
+    check_strength(model, cfg.strength)
     mhash = model_hash(model)
     identity = {**cfg.identity(), "model_hash": mhash, "prepared": str(ps.root.resolve()), "fold": fold}
     work = out / ".work"
@@ -142,7 +142,7 @@ def generate(
     if todo:
         pipe = DiffBoostPipeline.from_pretrained(model, device=device or str(state.device))
         pipe.denoiser.eval()
-        labels = _mask_labels(pipe, ps)
+        labels = mask_labels(pipe, ps)
         blend = PUBLIC_BLEND if cfg.blend else None
         for batch in progress_iter(todo, f"generate fold {fold}", enabled=progress and state.is_main_process):
             real = np.asarray([it["real_index"] for it in batch])
@@ -162,16 +162,21 @@ def generate(
     return SyntheticSet(out)
 
 
-def _check_strength(model: str | Path, strength: float) -> None:
-    """Refuse a strength above the timesteps the model was trained on (``max_timestep_fraction``)."""
+def timestep_cap(model: str | Path) -> float:
+    """The largest timestep fraction the model was trained on (``train.max_timestep_fraction``; 1 = all)."""
     info = Path(model) / "training.json"
-    cap = json.loads(info.read_text()).get("max_timestep_fraction", 1.0) if info.exists() else 1.0
+    return json.loads(info.read_text()).get("max_timestep_fraction", 1.0) if info.exists() else 1.0
+
+
+def check_strength(model: str | Path, strength: float) -> None:
+    """Refuse a strength above the timesteps the model was trained on (``max_timestep_fraction``)."""
+    cap = timestep_cap(model)
     if strength > cap + 1e-9:
         raise ValueError(f"{model}: was trained on timesteps up to {cap:g} x T only (max_timestep_fraction); "
                          f"generate with strength <= {cap:g}, not {strength:g}")
 
 
-def _mask_labels(pipe, ps: PreparedSet) -> list[int] | None:
+def mask_labels(pipe, ps: PreparedSet) -> list[int] | None:
     """The labels an ``edges+mask`` model gets as mask channels (the real mask: the variant's label)."""
     from ..diffusion.models import foreground_labels
 
