@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from diffboost.data.store import PreparedSet
 from diffboost.run import PRESETS, RunConfig, load_run_config, preset, run
 
 TINY = {"prepare": {"size": 32},
@@ -312,3 +313,44 @@ def test_run_command_with_a_config_file(phantom_root, tmp_path):
     assert yaml.safe_load((tmp_path / "r" / "run.yaml").read_text())["compare"]["augs"] == ["none", "gamma"]
     r = CliRunner().invoke(app, ["run", "--data", str(phantom_root), "--out", str(tmp_path / "r"), "--preset", "fast"])
     assert r.exit_code == 2 and "unknown preset 'fast'" in r.output
+
+
+def test_run_under_accelerate_launch_shares_the_work_and_a_serial_rerun_accepts_it(phantom_root, tmp_path, monkeypatch):
+    """Two processes of `accelerate launch ... run`: one prepared set, one model and one synthetic set per
+    fold (trained and generated together), the segmentation runs shared; a serial rerun of the
+    segmentation on the same folder reuses the diffusion stages and gives the same Table II."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if accelerate is None:
+        pytest.skip("accelerate's launcher is not installed beside this Python")
+    cfg = json.loads(json.dumps(TINY))
+    cfg["compare"] = {"augs": ["none", "diffboost"], "folds": [0], "seeds": [0, 1]}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "launched"
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "diffboost.cli", "run", "--data", str(phantom_root), "--out", str(out),
+           "--preset", "demo", "--config", str(tmp_path / "tiny.yaml"), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=900)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0, said[-4000:]
+    assert "process 1/2 trains 2 of 4 runs" in said and "process 2/2 trains 2 of 4 runs" in said, said[-2000:]
+    assert (out / "report.html").exists() and (out / "models" / "fold0" / "model").exists()
+    ps = PreparedSet(out / "prepared")
+    n_train = len(ps.indices(ps.fold(0).train, training=True))
+    assert np.load(out / "synthetic" / "fold0" / "images.npy", mmap_mode="r").shape[0] == n_train  # n = 1, all made
+    launched = json.loads((out / "compare" / "table.json").read_text())["table"]
+
+    shutil.rmtree(out / "seg")
+    shutil.rmtree(out / "compare")
+    import diffboost.diffusion.train as dtrain
+
+    monkeypatch.setattr(dtrain, "train_diffusion", lambda *a, **k: pytest.fail("the diffusion model was not reused"))
+    run(phantom_root, out, load_run_config(tmp_path / "tiny.yaml", "demo"), progress=False)
+    serial = json.loads((out / "compare" / "table.json").read_text())["table"]
+    for strategy in ("none", "diffboost"):
+        assert serial[strategy]["dice_runs"] == launched[strategy]["dice_runs"], strategy

@@ -60,23 +60,31 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .report import write_report
     from .runconfig import parse_sweep
     from .segmentation.compare import compare
+    from .segmentation.jobs import barrier, distributed
 
     cfg = cfg or preset("cpu")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "run.yaml")
+    # under `accelerate launch` every process runs this function: the main one alone prepares, stamps,
+    # removes stale stages and writes the report; all of them train, generate and compare (each does
+    # its share) and meet at a barrier before they read what the main process wrote
+    main = distributed()[0] == 0
+    progress = progress and main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "run.yaml")
     # the learning rate the model kind trains with (sd15: 1e-5), so a stage's identity names it
     train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
     prep_id = {"source": str(Path(data).resolve()), "prepare": to_dict(cfg.prepare)}
-    if not _fresh(out / "prepared", prep_id) or not (out / "prepared" / "dataset.json").exists():
+    if main and (not _fresh(out / "prepared", prep_id) or not (out / "prepared" / "dataset.json").exists()):
         for stale in ("pretrain", "models", "synthetic", "seg", "compare"):  # all of it depends on the data
             shutil.rmtree(out / stale, ignore_errors=True)
         shutil.rmtree(out / "prepared", ignore_errors=True)
         prepare(data, out / "prepared", cfg.prepare, progress=progress)
         _stamp(out / "prepared", prep_id)
+    barrier()
     ps = PreparedSet(out / "prepared")
     times["prepare"] = time.perf_counter() - t0
     upstream = _hash(prep_id)
@@ -90,14 +98,19 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         pre_id = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
                   "train": to_dict(train), "size": ps.size}
         pre = out / "pretrain"
-        if not _fresh(pre, pre_id):
+        if main and not _fresh(pre, pre_id):
             _stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
-        recover_artifact(pre / "model")  # a kill while the model was swapped in leaves it aside
+        if main:
+            recover_artifact(pre / "model")  # a kill while the model was swapped in leaves it aside
+        barrier()
         overlap_record = pre / "task_overlap.json"  # the report shows it
         if not (pre / "model").exists():
-            corpus = prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
-                             overwrite=True, progress=progress)
-            check_task_overlap(corpus, ps, cfg.pretrain.allow_task_overlap, record=overlap_record)
+            if main:
+                prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
+                        overwrite=True, progress=progress)
+            barrier()
+            corpus = PreparedSet(out / "pretrain_corpus")
+            check_task_overlap(corpus, ps, cfg.pretrain.allow_task_overlap, record=overlap_record if main else None)
             tcfg = dataclasses.replace(train, steps=cfg.pretrain.steps, condition="edges")
             train_diffusion(corpus, pre, [r["index"] for r in corpus.manifest], dataclasses.replace(cfg.model, image_size=ps.size),
                             tcfg, resume="latest" if (pre / "checkpoints").exists() else None, progress=progress)
@@ -116,9 +129,10 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
         ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(train)}
-        if not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
+        if main and not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
             shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
             _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
+        barrier()
         if not (model_dir / "model").exists():
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
@@ -143,7 +157,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
                 seeds=seeds if "none" in cfg.compare.augs else seeds[:1], jobs=cfg.compare.jobs)
         times["compare none (teacher)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)
+        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)  # the main process computes
         times["label consistency"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True,
@@ -151,17 +165,21 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     times["compare"] = time.perf_counter() - t0
     if needs_synthetic and not teacher_first:  # folds without a `none` run are skipped
         t0 = time.perf_counter()
-        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)
+        consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)  # the main process computes
         times["label consistency"] = time.perf_counter() - t0
-    if cfg.ablate.sweeps and not needs_synthetic:
+    if cfg.ablate.sweeps and not needs_synthetic and main:
         print("ablate: skipped, the sweeps vary the diffboost strategy and it is not among compare.augs")
     for sweep in cfg.ablate.sweeps if needs_synthetic else ():  # reuses variants and finished runs
         name, values = parse_sweep(sweep)
         t0 = time.perf_counter()
         ablate(out, name, values, progress=progress)
         times[f"ablate {name}"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report = write_report(out)
-    times["report"] = time.perf_counter() - t0
-    (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+    report = out / "report.html"
+    barrier()
+    if main:
+        t0 = time.perf_counter()
+        report = write_report(out)
+        times["report"] = time.perf_counter() - t0
+        (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+    barrier()
     return report

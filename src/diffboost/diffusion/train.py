@@ -362,7 +362,8 @@ def train_diffusion(
                  "init": str(init) if init else None, "max_timestep_fraction": tcfg.max_timestep_fraction,
                  "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))  # this call's wall time
     acc.wait_for_everyone()
-    acc.end_training()
+    # no acc.end_training(): it would destroy the process group that `diffboost run` under
+    # `accelerate launch` still needs for generation and the segmentation runs (no trackers to stop)
     return model_dir
 
 
