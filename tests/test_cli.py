@@ -139,3 +139,53 @@ def test_pretrain_finetune_generate_commands(tmp_path):
     assert {r["text"] for r in syn.manifest} == {"", "enhanced contrast"}
     ps = PreparedSet(tmp_path / "prep")
     assert {r["case_id"] for r in syn.manifest} <= set(ps.fold(0).train)
+
+
+def test_stage_flags_reach_the_configs_and_a_config_file_keeps_its_values(tmp_path, monkeypatch):
+    """generate: --strength, and the file's n when -n is not given (it used to be overridden by 4);
+    train-seg / compare: --mix-prob, --teacher-gate, --pixel-filter."""
+    import diffboost.generation as gen_pkg
+    import diffboost.segmentation as seg_pkg
+
+    seen = {}
+
+    class NoImages(list):  # what the command prints about: a set's length and folder
+        root = tmp_path
+
+    def fake_generate(model, prepared, out, fold, cfg, progress=True):
+        seen["generate"] = cfg
+        return NoImages()
+
+    monkeypatch.setattr(gen_pkg, "generate", fake_generate)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("generate:\n  n: 2\n  steps: 7\nseg:\n  mix_prob: 0.25\n")
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), str(tmp_path / "p"), "--config", str(cfg),
+                              "--strength", "0.5", "-q"])
+    assert res.exit_code == 0, res.output
+    g = seen["generate"]
+    assert (g.n, g.steps, g.strength) == (2, 7, 0.5)
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), str(tmp_path / "p"), "-q"])
+    assert res.exit_code == 0 and seen["generate"].n == 4 and seen["generate"].strength == 1.0  # the defaults
+
+    def fake_train(prepared, fold, cfg, out=None, progress=True):
+        seen["seg"] = cfg
+        return {"metrics": {}, "cases": 0, "best_epoch": 0}
+
+    monkeypatch.setattr(seg_pkg, "train_seg", fake_train)
+    res = runner.invoke(app, ["train-seg", str(tmp_path / "p"), "--aug", "diffboost", "--config", str(cfg),
+                              "--teacher-gate", "0.8", "--pixel-filter", "1.25", "-q"])
+    assert res.exit_code == 0, res.output
+    s = seen["seg"]
+    assert (s.mix_prob, s.teacher_gate, s.pixel_filter) == (0.25, 0.8, 1.25)
+    res = runner.invoke(app, ["train-seg", str(tmp_path / "p"), "--aug", "diffboost", "--mix-prob", "0.5", "-q"])
+    assert res.exit_code == 0 and seen["seg"].mix_prob == 0.5 and seen["seg"].teacher_gate is None
+
+    def fake_compare(prepared, strategies, cfg, out, folds, progress=True, seeds=None, jobs=1):
+        seen["compare"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(seg_pkg, "compare", fake_compare)
+    runner.invoke(app, ["compare", str(tmp_path / "p"), "--augs", "none,diffboost", "--mix-prob", "0.5",
+                        "--teacher-gate", "0.9", "--pixel-filter", "2", "-q"])
+    c = seen["compare"]
+    assert (c.mix_prob, c.teacher_gate, c.pixel_filter) == (0.5, 0.9, 2.0)

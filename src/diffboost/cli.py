@@ -290,7 +290,7 @@ def generate(
     model: Path = typer.Argument(..., help="A model folder (…/model from finetune)."),
     prepared: Path = typer.Argument(..., help="The prepared set the model was fine-tuned on."),
     fold: int = typer.Option(0, "--fold", "-k"),
-    n: int = typer.Option(4, "-n", help="Variants per training image."),
+    n: Optional[int] = typer.Option(None, "-n", help="Variants per training image (default 4, or the config's)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../synthetic/foldK."),
     config: Optional[Path] = typer.Option(None, help="YAML config with a 'generate:' section."),
     sampler: Optional[str] = typer.Option(None, help="ddim | dpm++ | unipc | euler."),
@@ -299,6 +299,7 @@ def generate(
     batch_size: Optional[int] = typer.Option(None),
     texts: Optional[str] = typer.Option(None, help="Augmentation texts separated by '|' ('' = plain prompt); variant i uses text i mod len."),
     blend: bool = typer.Option(False, "--blend", help="The public code's text-embedding blend (see docs)."),
+    strength: Optional[float] = typer.Option(None, help="Image-to-image strength in (0, 1]: the real image noised to strength x T, then denoised; 1 = from noise (default)."),
     seed: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -307,7 +308,7 @@ def generate(
     from .generation import generate as run_generate
 
     cfg = _stage_cfg(config, "generate", GenerateConfig, n=n, sampler=sampler, steps=steps, guidance=guidance,
-                     batch_size=batch_size, seed=seed, blend=True if blend else None,
+                     batch_size=batch_size, seed=seed, blend=True if blend else None, strength=strength,
                      texts=None if texts is None else tuple(t.strip() for t in texts.split("|")))
     out = out or prepared.parent / "synthetic" / f"fold{fold}"
     syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
@@ -363,6 +364,9 @@ def train_seg(
     patch: Optional[int] = typer.Option(None, help="Algorithm 1: patch size in pixels (default: 64 at 384 px, scaled)."),
     n: Optional[int] = typer.Option(None, "-n", help="Synthetic variants per image to use (default: all)."),
     mix: Optional[str] = typer.Option(None, help="input (paper's Algorithm 1) | output (public code)."),
+    mix_prob: Optional[float] = typer.Option(None, help="Algorithm 1: probability that a sample is mixed at all (default 1)."),
+    teacher_gate: Optional[float] = typer.Option(None, help="Drop variants whose teacher Dice is below this fraction of the real image's (e.g. 0.8)."),
+    pixel_filter: Optional[float] = typer.Option(None, help="Ignore variant pixels whose teacher loss exceeds this multiple of the real images' mean (e.g. 1.25)."),
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folder ('{fold}' is filled in); default PREPARED/../synthetic/foldK."),
     seed: Optional[int] = typer.Option(None),
     quality_filter: bool = typer.Option(False, "--quality-filter", help="Drop synthetic variants that fail the quality checks."),
@@ -376,7 +380,8 @@ def train_seg(
 
     cfg = _seg_cfg(config, channels, aug=aug, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None)
+                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None,
+                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter)
     summary = run_train_seg(prepared, fold, cfg, out, progress=not quiet)
     _seg_table(summary, f"{cfg.aug}, fold {fold}: {summary['cases']} test cases (best epoch {summary['best_epoch']})")
 
@@ -399,6 +404,9 @@ def compare(
     patch: Optional[int] = typer.Option(None),
     n: Optional[int] = typer.Option(None, "-n"),
     mix: Optional[str] = typer.Option(None),
+    mix_prob: Optional[float] = typer.Option(None, help="Algorithm 1: probability that a sample is mixed at all."),
+    teacher_gate: Optional[float] = typer.Option(None, help="Variant gate: fraction of the teacher's Dice on the real image."),
+    pixel_filter: Optional[float] = typer.Option(None, help="Pixel filter: multiple of the teacher's mean loss on real images."),
     synthetic: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     quality_filter: bool = typer.Option(False, "--quality-filter"),
@@ -415,7 +423,8 @@ def compare(
 
     cfg = _seg_cfg(config, channels, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
-                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None)
+                   precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None,
+                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
     seed_list = _int_list(seeds, "--seeds")
