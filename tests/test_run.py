@@ -49,9 +49,10 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
         assert f"## {title}" in md
     prov = json.loads((out / "provenance.json").read_text())
     assert set(prov["wall_seconds"]) >= {"prepare", "fine-tune fold0", "generate fold1",
-                                         "segmentation (all strategies and folds)"}
+                                         "segmentation (6 runs, summed)"}  # 3 strategies x 2 folds
     assert all(v > 0 for k, v in prov["wall_seconds"].items() if k != "prepare")
-    assert "| fine-tune fold0 | " in md and "| total | " in md  # wall time per stage, readable
+    assert "| fine-tune fold0 | " in md and "| total (segmentation runs summed) | " in md  # time per stage, readable
+    assert "| compare, wall clock of the last `run` call | " in md
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 6 and "<table>" in page  # self-contained
     assert "lesion Dice" in md and "FP rate on empty" in md and "ΔDice vs none [95% CI]" in md

@@ -177,9 +177,13 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     report = out / "report.html"
     barrier()
     if main:
+        def save_times() -> None:
+            (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+
+        save_times()  # before the report, which shows them
         t0 = time.perf_counter()
         report = write_report(out)
         times["report"] = time.perf_counter() - t0
-        (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+        save_times()
     barrier()
     return report
