@@ -53,6 +53,8 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
     assert all(v > 0 for k, v in prov["wall_seconds"].items() if k != "prepare")
     assert "| fine-tune fold0 | " in md and "| total (segmentation runs summed) | " in md  # time per stage, readable
     assert "| compare, wall clock of the last `run` call | " in md
+    calls = [json.loads(line) for line in (out / "run_calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 1 and set(calls[0]["seconds"]) >= {"prepare", "fine-tune fold0", "compare", "report"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 6 and "<table>" in page  # self-contained
     assert "lesion Dice" in md and "FP rate on empty" in md and "ΔDice vs none [95% CI]" in md
@@ -73,6 +75,7 @@ def test_a_changed_option_recomputes_only_what_depends_on_it(first_run, phantom_
     monkeypatch.setattr(strainer, "_train_epoch", lambda *a, **k: trained.append(a[4].aug) or real_epoch(*a, **k))
     run(phantom_root, out, _cfg(), progress=False)
     assert trained == []  # nothing changed: nothing retrained
+    assert len((out / "run_calls.jsonl").read_text().splitlines()) == 2  # each finished call is recorded
     run(phantom_root, out, _cfg(generate={"n": 2}), progress=False)
     assert sorted(set(trained)) == ["diffboost"] and len(trained) == 2  # new variants: only diffboost, per fold
     assert json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["n"] == 2

@@ -185,5 +185,8 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         report = write_report(out)
         times["report"] = time.perf_counter() - t0
         save_times()
+        with open(out / "run_calls.jsonl", "a") as f:  # every finished call: a resumed run's stages add up
+            f.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                "seconds": {k: round(v, 1) for k, v in times.items()}}) + "\n")
     barrier()
     return report
