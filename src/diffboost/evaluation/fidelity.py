@@ -76,8 +76,9 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
     from ..diffusion.pipeline import DiffBoostPipeline
     from ..generation.generate import mask_labels, timestep_cap
 
-    if timestep_cap(model) < 1.0:
-        raise ValueError(f"{model}: was trained on timesteps up to {timestep_cap(model):g} x T only; Table I "
+    cap = timestep_cap(model)
+    if cap < 1.0:
+        raise ValueError(f"{model}: was trained on timesteps up to {cap:g} x T only; Table I "
                          "generates from noise: fine-tune with train.max_timestep_fraction 1")
     pipe = DiffBoostPipeline.from_pretrained(model)
     pipe.denoiser.eval()
