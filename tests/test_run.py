@@ -260,6 +260,23 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     assert res["dice"]["diffboost"]["0.6"]["per_run"] == [
         json.loads((out / "seg" / "diffboost" / "seed0" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
         for k in (0, 1)]
+    # each value's gain is paired over the same runs: the run's own setting gains exactly 0 over itself
+    def dice(s, k):
+        return json.loads((out / "seg" / s / "seed0" / f"fold{k}" / "summary.json").read_text())["metrics"]["dice"]["mean"]
+
+    assert res["gain"]["0.6"]["over the run's setting"]["mean"] == 0
+    assert res["gain"]["0.0"]["over none"]["mean"] == pytest.approx(
+        np.mean([res["dice"]["diffboost"]["0.0"]["per_run"][k] - dice("none", k) for k in (0, 1)]))
+    # another strategy with variants: diffboost+mirror is measured against mirror, in a file of its own
+    with pytest.raises(ValueError, match="no variants to mix"):
+        ablate(out, "alpha", [0.0], progress=False, strategy="mirror")
+    with pytest.raises(ValueError, match="varies the diffusion generator"):
+        ablate(out, "strength", [0.5], progress=False, strategy="mix-classic")
+    res_m = ablate(out, "alpha", [0.0], progress=False, strategy="diffboost+mirror")
+    assert res_m["reference"] == "mirror" and res_m["baseline"] == pytest.approx(np.mean([dice("mirror", k) for k in (0, 1)]))
+    assert res_m["gain"]["0.0"]["over the run's setting"] is None  # the comparison has no diffboost+mirror
+    assert json.loads((out / "ablations" / "alpha_diffboost-mirror.json").read_text())["strategy"] == "diffboost+mirror"
+    assert (out / "ablations" / "alpha" / "0.0" / "diffboost+mirror" / "seed0" / "fold1" / "summary.json").exists()
     before = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
     res_n = ablate(out, "n", [1, 3], progress=False)
     after = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
@@ -276,6 +293,7 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()
+    assert "## Ablation: alpha (diffboost+mirror)" in md and "ΔDice over mirror" in md
 
 
 def test_generator_sweeps_make_their_own_variants(first_run):
@@ -302,6 +320,8 @@ def test_generator_sweeps_make_their_own_variants(first_run):
         _cfg(train={"max_timestep_fraction": 0.6}, ablate={"sweeps": ["strength=0.5,0.8"]})
     with pytest.raises(ValueError, match="condition must be one of"):
         _cfg(ablate={"sweeps": ["condition=mask"]})
+    with pytest.raises(ValueError, match="varies the diffusion generator"):  # refused when the config loads
+        _cfg(ablate={"sweeps": ["strength=0.5"], "strategy": "mix-classic"})
 
 
 def test_run_command_with_a_config_file(phantom_root, tmp_path):

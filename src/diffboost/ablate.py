@@ -1,15 +1,18 @@
 """``diffboost ablate DIR --sweep n=1,3,5``: the paper's ablations on a finished run folder.
 
-Sweeps an option of the ``diffboost`` strategy with every other option as in ``DIR/run.yaml``, on
-the same folds and seeds: Algorithm 1's ``n``, ``alpha``, ``patch``, ``mix_prob``, the ``network``,
+Sweeps an option of one strategy with variants (``diffboost`` unless ``--strategy`` names another,
+e.g. ``diffboost+classic``) with every other option as in ``DIR/run.yaml``, on the same folds and seeds: Algorithm 1's ``n``, ``alpha``, ``patch``, ``mix_prob``, the ``network``,
 the variant filters ``teacher_gate`` and ``pixel_filter``, reusing the generated variants (a larger
 ``n`` than was generated only adds the missing ones); and the generator's image-to-image
 ``strength`` (new variants from the run's models) and ``condition`` (``edges`` or ``edges+mask``:
 new diffusion models per fold, then their variants). For ``network`` the ``none`` baseline is
-trained with each backbone too (the paper's Fig. 7). Runs go to
+trained with each backbone too (the paper's Fig. 7; for ``diffboost+classic``, ``classic``). Runs go to
 ``DIR/ablations/<param>/<value>/<strategy>/seed<s>/foldK`` (every seed of ``compare.seeds``);
-``DIR/ablations/<param>.json`` and ``.png`` hold the table and the plot (mean Dice with a band of
-± one std over runs, fold x seed, against the baseline).
+``DIR/ablations/<param>.json`` (``<param>_<strategy>.json`` for another strategy than ``diffboost``)
+and ``.png`` hold the table and the plot: mean Dice with a band of ± one std over runs (fold x seed)
+against the baseline, and per value the paired gain over the baseline (the strategy without its
+variants: ``none`` for ``diffboost``, ``classic`` for ``diffboost+classic``) and over the run's own
+setting, each with its 95% t-interval over the runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runconfig import GENERATOR_SWEEPS, SWEEPABLE, check_values, load_run_config, parse_sweep
+from .runconfig import GENERATOR_SWEEPS, SWEEPABLE, check_strategy, check_values, load_run_config, parse_sweep
 from .utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["SWEEPABLE", "ablate", "check_sweeps", "check_values", "parse_sweep"]
@@ -34,12 +37,18 @@ def _load_run(run_dir: Path):
     return load_run_config(run_dir / "run.yaml"), PreparedSet(run_dir / "prepared")
 
 
-def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]]) -> None:
+def ablation_stem(param: str, strategy: str = "diffboost") -> str:
+    """The file name (without suffix) of a sweep's table and plot in ``DIR/ablations``."""
+    return param if strategy == "diffboost" else f"{param}_{strategy.replace('+', '-')}"
+
+
+def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]], strategy: str = "diffboost") -> None:
     """Check every ``(param, values)`` sweep against a run folder's settings before any of them trains."""
     run_dir = Path(run_dir)
     cfg, ps = _load_run(run_dir)
     for param, values in sweeps:
         try:
+            check_strategy(strategy, param)
             check_values(cfg.seg, param, values, ps.size, cfg)
         except ValueError as e:
             raise ValueError(f"{run_dir / 'run.yaml'}: --sweep {e}") from None
@@ -73,25 +82,47 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     return str(base / "synthetic" / "fold{fold}")
 
 
-def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None) -> dict:
-    """Train the sweep (``n_jobs`` runs at once; default ``compare.jobs`` of the run) and write its
-    table and plot; Dice is the mean over runs (fold x seed) with the std over runs."""
+def _dice_of(summaries: list[Path]) -> list[float] | None:
+    """Mean Dice of each finished run; None while one of them is missing."""
+    if not all(p.exists() for p in summaries):
+        return None
+    return [json.loads(p.read_text())["metrics"]["dice"]["mean"] for p in summaries]
+
+
+def _paired(runs: list[float], reference: list[float] | None) -> dict | None:
+    """Mean gain of ``runs`` over the same (seed, fold) runs of ``reference``, with its 95% interval."""
+    from .evaluation.stats import mean_ci
+
+    if reference is None:
+        return None
+    m, lo, hi = mean_ci(np.subtract(runs, reference))
+    return {"mean": m, "low": lo, "high": hi}
+
+
+def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None,
+           strategy: str = "diffboost") -> dict:
+    """Train the sweep of ``strategy`` (``n_jobs`` runs at once; default ``compare.jobs`` of the run) and
+    write its table and plot; Dice is the mean over runs (fold x seed) with the std over runs."""
     from .generation.generate import generate
     from .report.figures import ablation_plot
     from .segmentation.jobs import SegJob, run_folder, run_jobs
 
     run_dir = Path(run_dir)
     cfg, ps = _load_run(run_dir)
+    try:
+        reference = check_strategy(strategy, param)
+    except ValueError as e:
+        raise ValueError(f"{run_dir / 'run.yaml'}: {e}") from None
     check_values(cfg.seg, param, values, ps.size, cfg)
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
-    if param == "n":  # reuse what exists: generation only adds the missing variants
+    if param == "n" and strategy.startswith("diffboost"):  # reuse what exists: generation only adds the missing variants
         for k in folds:
             model = run_dir / "models" / f"fold{k}" / "model"
             if not model.exists():
                 raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
             generate(model, ps, run_dir / "synthetic" / f"fold{k}", k,
                      dataclasses.replace(cfg.generate, n=max(max(values), cfg.generate.n)), progress=progress)
-    strategies = ["none", "diffboost"] if param == "network" else ["diffboost"]
+    strategies = [reference, strategy] if param == "network" else [strategy]
     seeds = cfg.compare.seed_list(cfg.seg)
     jobs, where = [], []
     for v in values:
@@ -112,17 +143,30 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                     jobs.append(SegJob(dataclasses.replace(seg, seed=seed), k, out))
                     where.append((s, str(v)))
     summaries = run_jobs(ps, jobs, n_jobs or cfg.compare.jobs, progress=progress, replace_stale=True)
-    results: dict = {"param": param, "values": values, "folds": folds, "seeds": seeds, "dice": {}, "baseline": None}
+    # per_run lists follow the jobs' order, seed-major then fold: the order of the paired references
+    compared = [(seed, k) for seed in seeds for k in folds]
+    results: dict = {"param": param, "values": values, "strategy": strategy, "reference": reference,
+                     "folds": folds, "seeds": seeds, "dice": {}, "baseline": None, "gain": {}}
     for s in strategies:
         for v in values:
             runs = [x["metrics"]["dice"]["mean"] for x, w in zip(summaries, where) if w == (s, str(v))]
             results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
                                                           "per_run": runs}
-    if param != "network":
-        base = [run_folder(run_dir / "seg", "none", k, seed) / "summary.json" for seed in seeds for k in folds]
-        if all(p.exists() for p in base):
-            results["baseline"] = float(np.mean([json.loads(p.read_text())["metrics"]["dice"]["mean"] for p in base]))
+
+    def compared_runs(s: str) -> list[float] | None:
+        return _dice_of([run_folder(run_dir / "seg", s, k, seed) / "summary.json" for seed, k in compared])
+
+    ref_runs, own_runs = compared_runs(reference), compared_runs(strategy)
+    for v in values:
+        runs = results["dice"][strategy][str(v)]["per_run"]
+        # for network, the reference trained with the same backbone
+        ref = results["dice"][reference][str(v)]["per_run"] if param == "network" else ref_runs
+        results["gain"][str(v)] = {f"over {reference}": _paired(runs, ref),
+                                   "over the run's setting": _paired(runs, own_runs)}
+    if param != "network" and ref_runs is not None:
+        results["baseline"] = float(np.mean(ref_runs))
+    stem = ablation_stem(param, strategy)
     (run_dir / "ablations").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "ablations" / f"{param}.json", json.dumps(results, indent=1))
-    atomic_write_bytes(run_dir / "ablations" / f"{param}.png", ablation_plot(results))
+    atomic_write_text(run_dir / "ablations" / f"{stem}.json", json.dumps(results, indent=1))
+    atomic_write_bytes(run_dir / "ablations" / f"{stem}.png", ablation_plot(results))
     return results

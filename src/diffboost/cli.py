@@ -665,6 +665,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
 def ablate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
     sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, condition; repeatable."),
+    strategy: str = typer.Option("diffboost", "--strategy", help="The strategy swept: diffboost, diffboost+classic or mix-classic (its gain is measured over none, classic, none)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (default: the run's compare.jobs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -675,11 +676,16 @@ def ablate(
     from .report import write_report
 
     sweeps = [parse_sweep(text) for text in sweep]
-    check_sweeps(run_dir, sweeps)  # a value that cannot train is refused before any sweep trains
+    check_sweeps(run_dir, sweeps, strategy)  # a value that cannot train is refused before any sweep trains
     for name, values in sweeps:
-        res = run_ablate(run_dir, name, values, progress=not quiet, n_jobs=jobs)
+        res = run_ablate(run_dir, name, values, progress=not quiet, n_jobs=jobs, strategy=strategy)
         for s, per in res["dice"].items():
             console.print(f"{name} ({s}): " + ", ".join(f"{v}: {d['mean']:.4f}" for v, d in per.items()))
+        for v, g in res["gain"].items():
+            shown = [f"{k} {d['mean'] * 100:+.2f} [{d['low'] * 100:+.2f}, {d['high'] * 100:+.2f}]"
+                     for k, d in g.items() if d is not None]
+            if shown:
+                console.print(f"  {name}={v}: ΔDice " + "; ".join(shown))
     console.print(f"report: {write_report(run_dir)}")
 
 

@@ -168,11 +168,11 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)  # the main process computes
         times["label consistency"] = time.perf_counter() - t0
     if cfg.ablate.sweeps and not needs_synthetic and main:
-        print("ablate: skipped, the sweeps vary the diffboost strategy and it is not among compare.augs")
+        print("ablate: skipped, the sweeps vary a diffboost strategy and none is among compare.augs")
     for sweep in cfg.ablate.sweeps if needs_synthetic else ():  # reuses variants and finished runs
         name, values = parse_sweep(sweep)
         t0 = time.perf_counter()
-        ablate(out, name, values, progress=progress)
+        ablate(out, name, values, progress=progress, strategy=cfg.ablate.strategy)
         times[f"ablate {name}"] = time.perf_counter() - t0
     report = out / "report.html"
     barrier()

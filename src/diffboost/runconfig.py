@@ -18,7 +18,7 @@ from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
 from .generation.generate import GenerateConfig
 from .generation.pix2pix import Pix2PixConfig
-from .segmentation.config import DEFAULT_COMPARE, SegConfig, parse_strategy
+from .segmentation.config import DEFAULT_COMPARE, VARIANT_SOURCES, SegConfig, parse_strategy
 
 
 # ---- ablation sweeps: NAME=V1,V2,... ------------------------------------------------------------
@@ -46,6 +46,19 @@ def parse_sweep(text: str) -> tuple[str, list]:
         return name, [SWEEPABLE[name](v.strip()) for v in values.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--sweep {name}: cannot read the values {values!r}") from None
+
+
+def check_strategy(strategy: str, param: str) -> str:
+    """The strategy a sweep of ``param`` varies must mix variants (Algorithm 1); a sweep of the generator
+    needs diffusion variants. Returns what its gain is measured against: the strategy without its
+    variants (``diffboost`` -> ``none``, ``diffboost+classic`` -> ``classic``)."""
+    source, classical = parse_strategy(strategy)
+    if source is None:
+        raise ValueError(f"ablate strategy {strategy!r} has no variants to mix: use {', '.join(VARIANT_SOURCES)} "
+                         "or SOURCE+CLASSICAL (e.g. diffboost+classic)")
+    if param in GENERATOR_SWEEPS and source != "diffboost":
+        raise ValueError(f"--sweep {param} varies the diffusion generator: it needs a diffboost strategy, not {strategy!r}")
+    return classical
 
 
 def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunConfig | None" = None) -> None:
@@ -107,13 +120,15 @@ class PretrainConfig:
 
 @dataclass
 class AblateConfig:
-    """Sweeps run after the comparison (``diffboost ablate``), e.g. ``["alpha=0,0.5,1", "n=1,3"]``."""
+    """Sweeps run after the comparison (``diffboost ablate``), e.g. ``["alpha=0,0.5,1", "n=1,3"]``, of
+    one strategy with variants (``diffboost``, ``diffboost+classic``, ``mix-classic``)."""
     sweeps: tuple[str, ...] = ()
+    strategy: str = "diffboost"
 
     def __post_init__(self):
         self.sweeps = tuple(self.sweeps)
         for s in self.sweeps:  # a typo fails now, not after hours of training
-            parse_sweep(s)
+            check_strategy(self.strategy, parse_sweep(s)[0])
 
 
 @dataclass

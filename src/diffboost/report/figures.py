@@ -223,7 +223,7 @@ def ablation_plot(results: dict) -> bytes:
         ax.plot(x, m, marker="o", label=s)
         ax.fill_between(x, m - sd, m + sd, alpha=0.2)
     if results.get("baseline") is not None:
-        ax.axhline(results["baseline"] * 100, color="grey", ls="--", label="none (baseline)")
+        ax.axhline(results["baseline"] * 100, color="grey", ls="--", label=f"{results.get('reference', 'none')} (baseline)")
     if categorical:
         ax.set_xticks(x, values, rotation=20)
     ax.set(xlabel=results["param"], ylabel="Dice (%)", title=f"ablation: {results['param']} (mean ± std over runs)")
