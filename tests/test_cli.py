@@ -189,3 +189,11 @@ def test_stage_flags_reach_the_configs_and_a_config_file_keeps_its_values(tmp_pa
                         "--teacher-gate", "0.9", "--pixel-filter", "2", "-q"])
     c = seen["compare"]
     assert (c.mix_prob, c.teacher_gate, c.pixel_filter) == (0.5, 0.9, 2.0)
+
+
+def test_ablate_help_names_every_sweep():
+    from diffboost.runconfig import SWEEPABLE
+
+    r = CliRunner().invoke(app, ["ablate", "--help"], env={"COLUMNS": "240"})
+    assert r.exit_code == 0, r.output
+    assert all(name in r.output for name in SWEEPABLE), r.output

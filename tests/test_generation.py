@@ -142,6 +142,31 @@ def test_img2img_variants_strength_in_identity_and_older_sets(setup, tmp_path):
         GenerateConfig(steps=4, strength=0.2)
 
 
+def test_mask_strength_holds_the_labelled_region(setup, tmp_path):
+    import json
+
+    from diffboost.generation.generate import keep_region
+
+    root, ps = setup
+    m = np.zeros((2, 64, 64), np.uint8)
+    m[0, 20:30, 20:30] = 1
+    region = keep_region(m)
+    assert (region[0][m[0] > 0] == 1).all() and region[0, 19, 25] > 0.5 and region[0, 5, 5] == 0
+    assert not region[1].any()  # an empty mask holds nothing
+    cfg = GenerateConfig(n=1, steps=4, batch_size=8, strength=0.5)
+    plain = generate(root / "model", ps, tmp_path / "plain", 0, cfg, progress=False)
+    held = generate(root / "model", ps, tmp_path / "held", 0, GenerateConfig(**{**cfg.__dict__, "mask_strength": 0.0}),
+                    progress=False)
+    assert json.loads((held.root / "generation.json").read_text())["identity"]["mask_strength"] == 0.0
+    real = np.asarray(ps.images[[r["real_index"] for r in held.manifest]], np.float32)
+    fg = np.asarray(ps.masks[[r["real_index"] for r in held.manifest]]) > 0
+    assert fg.any()
+    err = lambda s: np.abs(np.asarray(s.images, np.float32) - real)[fg].mean()
+    assert err(held) < 0.01 < err(plain)  # the lesion is the real one (float16 storage)
+    with pytest.raises(ValueError, match="mask_strength must be in"):
+        GenerateConfig(steps=4, strength=0.5, mask_strength=0.8)
+
+
 def test_a_capped_model_refuses_a_higher_strength(setup, tmp_path):
     import json
     import shutil

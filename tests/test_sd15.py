@@ -160,3 +160,7 @@ def test_sd15_mask_condition_and_img2img(tiny_sd, tmp_path, monkeypatch):
     a = pipe(["US, Breast, benign"] * 2, cond, masks=masks, **kw)
     b = pipe(["US, Breast, benign"] * 2, cond, masks=1 - masks, **kw)
     assert np.abs(a - b).mean() > 1e-3  # the ControlNet reads the mask channel
+    # a held region works on latents too (the region pooled to the latent grid); it moves the output
+    keep = (masks > 0).astype(np.float32)
+    held = pipe(["US, Breast, benign"] * 2, cond, masks=masks, keep=keep, keep_strength=0.0, **kw)
+    assert held.shape == a.shape and np.isfinite(held).all() and np.abs(held - a).mean() > 1e-4

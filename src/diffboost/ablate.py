@@ -4,7 +4,7 @@ Sweeps an option of one strategy with variants (``diffboost`` unless ``--strateg
 e.g. ``diffboost+classic``) with every other option as in ``DIR/run.yaml``, on the same folds and seeds: Algorithm 1's ``n``, ``alpha``, ``patch``, ``mix_prob``, the ``network``,
 the variant filters ``teacher_gate`` and ``pixel_filter``, reusing the generated variants (a larger
 ``n`` than was generated only adds the missing ones); and the generator's image-to-image
-``strength`` (new variants from the run's models) and ``condition`` (``edges`` or ``edges+mask``:
+``strength`` and ``mask_strength`` (new variants from the run's models) and ``condition`` (``edges`` or ``edges+mask``:
 new diffusion models per fold, then their variants). For ``network`` the ``none`` baseline is
 trained with each backbone too (the paper's Fig. 7; for ``diffboost+classic``, ``classic``). Runs go to
 ``DIR/ablations/<param>/<value>/<strategy>/seed<s>/foldK`` (every seed of ``compare.seeds``);
@@ -56,15 +56,15 @@ def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]], strategy: 
 
 def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value, progress: bool) -> str:
     """The synthetic sets of a generator sweep value, made (or completed) per fold: variants at another
-    ``strength`` from the run's own diffusion models, or new models fine-tuned with another
-    ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
+    ``strength`` or ``mask_strength`` from the run's own diffusion models, or new models fine-tuned with
+    another ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
     from .diffusion.train import train_diffusion
     from .generation.generate import generate
 
     base = run_dir / "ablations" / param / str(value)
-    gen = dataclasses.replace(cfg.generate, **({"strength": value} if param == "strength" else {}))
+    gen = dataclasses.replace(cfg.generate, **({param: value} if param in ("strength", "mask_strength") else {}))
     for k in folds:
-        if param == "strength":
+        if param in ("strength", "mask_strength"):
             model = run_dir / "models" / f"fold{k}" / "model"
             if not model.exists():
                 raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
@@ -128,7 +128,7 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
     for v in values:
         for s in strategies:
             if param in GENERATOR_SWEEPS:  # the same segmenter on this value's variants
-                own = v == getattr(cfg.generate if param == "strength" else cfg.model, param)
+                own = v == getattr(cfg.model if param == "condition" else cfg.generate, param)
                 syn = None if own else _generator_sweep(run_dir, cfg, ps, folds, param, v, progress)
                 seg = dataclasses.replace(cfg.seg, aug=s, synthetic=syn)
             else:

@@ -300,6 +300,7 @@ def generate(
     texts: Optional[str] = typer.Option(None, help="Augmentation texts separated by '|' ('' = plain prompt); variant i uses text i mod len."),
     blend: bool = typer.Option(False, "--blend", help="The public code's text-embedding blend (see docs)."),
     strength: Optional[float] = typer.Option(None, help="Image-to-image strength in (0, 1]: the real image noised to strength x T, then denoised; 1 = from noise (default)."),
+    mask_strength: Optional[float] = typer.Option(None, help="The labelled region's own strength, in [0, strength]: the lesion changes less than its surroundings (default: strength)."),
     seed: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -309,7 +310,7 @@ def generate(
 
     cfg = _stage_cfg(config, "generate", GenerateConfig, n=n, sampler=sampler, steps=steps, guidance=guidance,
                      batch_size=batch_size, seed=seed, blend=True if blend else None, strength=strength,
-                     texts=None if texts is None else tuple(t.strip() for t in texts.split("|")))
+                     mask_strength=mask_strength, texts=None if texts is None else tuple(t.strip() for t in texts.split("|")))
     out = out or prepared.parent / "synthetic" / f"fold{fold}"
     syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
@@ -664,7 +665,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
 @friendly_errors
 def ablate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
-    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, condition; repeatable."),
+    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, mask_strength, condition; repeatable."),
     strategy: str = typer.Option("diffboost", "--strategy", help="The strategy swept: diffboost, diffboost+classic or mix-classic (its gain is measured over none, classic, none)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (default: the run's compare.jobs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),

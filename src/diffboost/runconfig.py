@@ -30,10 +30,10 @@ def _float_or_none(text: str) -> float | None:
 
 SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
              "teacher_gate": _float_or_none, "pixel_filter": _float_or_none,
-             "strength": float, "condition": str}
-# sweeps of the generator rather than the segmenter: new variants (strength) or new diffusion models
-# (condition) per value, then the diffboost strategy trained on them
-GENERATOR_SWEEPS = ("strength", "condition")
+             "strength": float, "mask_strength": _float_or_none, "condition": str}
+# sweeps of the generator rather than the segmenter: new variants (strength, mask_strength) or new
+# diffusion models (condition) per value, then the diffboost strategy trained on them
+GENERATOR_SWEEPS = ("strength", "mask_strength", "condition")
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -75,6 +75,11 @@ def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunC
                 if not 0 < v <= cap:
                     raise ValueError(f"strength must be in (0, {cap:g}]: the diffusion models were trained on "
                                      f"timesteps up to {cap:g} T (train.max_timestep_fraction)")
+            elif param == "mask_strength":
+                strength = cfg.generate.strength if cfg is not None else 1.0
+                if v is not None and not (0 <= v <= strength < 1):
+                    raise ValueError(f"mask_strength must be in [0, {strength:g}] (generate.strength) of "
+                                     "image-to-image generation (strength < 1)")
             elif param == "condition":
                 if v not in CONDITIONS:
                     raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")

@@ -6,6 +6,12 @@ Image-to-image (SDEdit, ``strength < 1``) works as diffusers' img2img pipelines 
 timesteps are set for ``steps``, the last ``int(strength * steps)`` are kept, the real image (SD:
 its VAE latents) is noised to the first kept timestep with ``scheduler.add_noise`` and denoised from
 there; multistep solvers start at that index (``set_begin_index``). Strength 1 starts from noise.
+
+A ``keep`` region (the lesion) can be held to a lower strength than the rest of the image, as
+diffusers' legacy inpainting pipeline holds its known region: after every step whose next timestep
+is at or above ``keep_strength`` x T, the region is replaced by the real image noised to that
+timestep with the same noise; below it the region is denoised freely with its context, which blends
+it in. ``keep_strength`` equal to ``strength`` is plain image-to-image; 0 keeps the real pixels.
 """
 
 from __future__ import annotations
@@ -133,7 +139,18 @@ class DiffBoostPipeline:
         if img.shape[0] != noise.shape[0]:
             raise ValueError(f"got {img.shape[0]} images for {noise.shape[0]} seeds")
         z0 = self.encode_images(img.to(noise.device)).float()
-        return timesteps, sched.add_noise(z0, noise, timesteps[:1].repeat(noise.shape[0]))
+        return timesteps, sched.add_noise(z0, noise, timesteps[:1].repeat(noise.shape[0])), z0
+
+    def keep_map(self, keep, b: int, h: int, w: int) -> torch.Tensor:
+        """A region [B, H, W] in [0, 1] (1 = follow the real image) in model space."""
+        k = torch.as_tensor(np.array(keep, dtype=np.float32))
+        if tuple(k.shape) != (b, h, w):
+            raise ValueError(f"keep must be [B, H, W] matching the conditions {(b, h, w)}, got shape {tuple(k.shape)}")
+        k = k[:, None]
+        if self.vae is None:
+            return to_model_space(k, self.config.pixel_shuffle)
+        f = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return torch.nn.functional.avg_pool2d(k, f)
 
     def model_shape(self, size: int) -> tuple[int, int, int]:
         if self.vae is None:
@@ -174,16 +191,23 @@ class DiffBoostPipeline:
         images: np.ndarray | torch.Tensor | None = None,
         strength: float = 1.0,
         masks: np.ndarray | torch.Tensor | None = None,
+        keep: np.ndarray | torch.Tensor | None = None,
+        keep_strength: float | None = None,
     ) -> np.ndarray:
         """Generate one image per prompt / condition / seed; returns float32 [B, H, W] in [-1, 1].
 
         ``strength < 1`` is image-to-image: ``images`` [B, H, W] in [-1, 1] are noised to
         ``strength`` x T and denoised in ``int(strength * steps)`` steps; 1 starts from noise.
         ``masks`` (``edges+mask`` models): label maps [B, H, W] (labels 1..K) or channels [B, K, H, W];
-        None gives empty mask channels.
+        None gives empty mask channels. ``keep`` [B, H, W] in [0, 1]: a region held to ``keep_strength``
+        (in [0, strength]) instead of ``strength`` (image-to-image only).
         """
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        held = keep is not None and keep_strength is not None and keep_strength < strength
+        if held and (keep_strength < 0 or strength == 1):
+            raise ValueError(f"keep_strength must be in [0, strength) of an image-to-image run (strength < 1), "
+                             f"got {keep_strength} at strength {strength}")
         cond = torch.as_tensor(np.asarray(conditions, dtype=np.float32))
         if cond.ndim == 3:
             cond = cond[:, None]
@@ -199,7 +223,11 @@ class DiffBoostPipeline:
         elif images is None:
             raise ValueError(f"strength {strength} < 1 (image-to-image) needs the real images")
         else:
-            timesteps, x = self.img2img_start(sched, steps, strength, images, noise)
+            timesteps, x, z0 = self.img2img_start(sched, steps, strength, images, noise)
+        hold = 0  # the region is put back after the first `hold` steps: down to where keep_strength starts
+        if held:
+            region = self.keep_map(keep, b, h, w).to(dev)
+            hold = (min(int(strength * steps), steps) - int(keep_strength * steps)) * sched.order
         m = self._mask_input(masks, b, h, w)
         c = self.encode_condition(cond.to(dev), None if m is None else m.to(dev))
         states, mask = self.text_states(prompts, augment, blend)
@@ -208,13 +236,16 @@ class DiffBoostPipeline:
             ns, nm = self.text_encoder([negative] * b)
             states, mask, c = torch.cat([ns, states]), torch.cat([nm, mask]), torch.cat([c, c])
         states, mask = states.to(dev), mask.to(dev)
-        for t in timesteps:
+        for i, t in enumerate(timesteps, start=1):
             inp = sched.scale_model_input(torch.cat([x, x]) if use_cfg else x, t)
             eps = self.denoiser(inp, t.expand(inp.shape[0]), states, mask, c, control_scale)
             if use_cfg:
                 eu, ec = eps.chunk(2)
                 eps = eu + guidance * (ec - eu)
             x = sched.step(eps, t, x).prev_sample
+            if i <= hold:  # x is now at timesteps[i], or clean after the last step
+                real = z0 if i == len(timesteps) else sched.add_noise(z0, noise, timesteps[i:i + 1].repeat(b))
+                x = region * real + (1 - region) * x
         return self.decode(x).clamp(-1, 1)[:, 0].float().cpu().numpy()
 
     # ---- save / load --------------------------------------------------------------------------

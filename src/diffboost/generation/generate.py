@@ -4,7 +4,10 @@ Variant ``i`` of a real image is made from noise seeded by (seed, case, slice, i
 prompt plus augmentation text ``texts[i % len(texts)]``, and the image's own condition (edge map;
 for ``edges+mask`` models also its filled mask); its label is the real mask. With ``strength < 1``
 the variant starts from the real image noised to strength x T with that noise (image-to-image,
-SDEdit), which keeps its structure, and so its label, at moderate strength.
+SDEdit), which keeps its structure, and so its label, at moderate strength. ``mask_strength`` below
+``strength`` holds the labelled region (the foreground, dilated by a soft border of size / 64 px) to
+that lower strength while the rest of the image changes at ``strength``: the lesion stays what its
+label says by construction, and its surroundings, contrast and texture vary.
 The work list is cut into fixed batches, which are dealt to processes round-robin (``accelerate
 launch``), so the images do not depend on the number of processes. A second call completes only
 what is missing.
@@ -42,6 +45,7 @@ class GenerateConfig:
     negative: str = ""
     control_scale: float = 1.0
     strength: float = 1.0  # 1 = from noise; < 1 = image-to-image from the real image (runs strength x steps)
+    mask_strength: float | None = None  # the labelled region's own strength, in [0, strength]; None = strength
 
     def __post_init__(self):
         self.texts = tuple(self.texts)
@@ -51,6 +55,11 @@ class GenerateConfig:
         if int(self.strength * self.steps) < 1:
             raise ValueError(f"strength {self.strength} x {self.steps} steps runs no denoising step; "
                              "raise strength or steps")
+        if self.mask_strength is not None:
+            self.mask_strength = float(self.mask_strength)
+            if not (0 <= self.mask_strength <= self.strength and self.strength < 1):
+                raise ValueError(f"mask_strength must be in [0, strength] of image-to-image generation "
+                                 f"(strength < 1), got {self.mask_strength} at strength {self.strength}")
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
         if not self.texts:
@@ -79,7 +88,7 @@ def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dic
 
 
 # identity keys added after sets were first written, with the value that older sets were made with
-IDENTITY_DEFAULTS = {"strength": 1.0}
+IDENTITY_DEFAULTS = {"strength": 1.0, "mask_strength": None}
 
 
 def _key(item: dict) -> str:
@@ -144,6 +153,9 @@ def generate(
         pipe.denoiser.eval()
         labels = mask_labels(pipe, ps)
         blend = PUBLIC_BLEND if cfg.blend else None
+        held = cfg.mask_strength is not None and cfg.mask_strength < cfg.strength
+        if held and not ps.meta.get("has_masks", True):
+            raise ValueError(f"{ps.root}: has no masks, so generate.mask_strength has no region to hold")
         for batch in progress_iter(todo, f"generate fold {fold}", enabled=progress and state.is_main_process):
             real = np.asarray([it["real_index"] for it in batch])
             cond = np.asarray(cond_arr[real], np.float32) / 255.0
@@ -152,7 +164,8 @@ def generate(
                         guidance=cfg.guidance, negative=cfg.negative, blend=blend,
                         control_scale=cfg.control_scale, strength=cfg.strength,
                         images=np.asarray(ps.images[real], np.float32) if cfg.strength < 1 else None,
-                        masks=label_channels(ps.masks[real], labels) if labels is not None else None)
+                        masks=label_channels(ps.masks[real], labels) if labels is not None else None,
+                        keep=keep_region(ps.masks[real]) if held else None, keep_strength=cfg.mask_strength)
             for it, img in zip(batch, imgs):
                 _atomic_save(work / f"{_key(it)}.npy", img.astype(np.float16))
     state.wait_for_everyone()
@@ -160,6 +173,22 @@ def generate(
         _consolidate(out, work, ps, items, cfg, mhash, identity, fold, model, time.perf_counter() - t0)
     state.wait_for_everyone()
     return SyntheticSet(out)
+
+
+def keep_region(masks: np.ndarray) -> np.ndarray:
+    """The region ``mask_strength`` holds: each label map's foreground [B, H, W] dilated by size / 64
+    px (at least 1), with a soft border of the same width, in [0, 1]."""
+    from skimage.filters import gaussian
+    from skimage.morphology import binary_dilation, disk
+
+    masks = np.asarray(masks)
+    r = max(1, round(masks.shape[-1] / 64))
+    out = np.zeros(masks.shape, np.float32)
+    for j, m in enumerate(masks):
+        if m.any():
+            grown = binary_dilation(m > 0, disk(r)).astype(np.float32)
+            out[j] = np.maximum(gaussian(grown, sigma=r / 2), m > 0)  # the label itself stays fully held
+    return out
 
 
 def timestep_cap(model: str | Path) -> float:
