@@ -179,14 +179,14 @@ def keep_region(masks: np.ndarray) -> np.ndarray:
     """The region ``mask_strength`` holds: each label map's foreground [B, H, W] dilated by size / 64
     px (at least 1), with a soft border of the same width, in [0, 1]."""
     from skimage.filters import gaussian
-    from skimage.morphology import binary_dilation, disk
+    from skimage.morphology import dilation, disk
 
     masks = np.asarray(masks)
     r = max(1, round(masks.shape[-1] / 64))
     out = np.zeros(masks.shape, np.float32)
     for j, m in enumerate(masks):
         if m.any():
-            grown = binary_dilation(m > 0, disk(r)).astype(np.float32)
+            grown = dilation(m > 0, disk(r)).astype(np.float32)
             out[j] = np.maximum(gaussian(grown, sigma=r / 2), m > 0)  # the label itself stays fully held
     return out
 
