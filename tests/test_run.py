@@ -322,6 +322,8 @@ def test_generator_sweeps_make_their_own_variants(first_run):
         _cfg(ablate={"sweeps": ["condition=mask"]})
     with pytest.raises(ValueError, match="mask_strength must be in"):  # the run generates from noise
         _cfg(ablate={"sweeps": ["mask_strength=0.2"]})
+    with pytest.raises(ValueError, match="at least generate.mask_strength"):
+        _cfg(generate={"strength": 0.5, "mask_strength": 0.3}, ablate={"sweeps": ["strength=0.2,0.5"]})
     with pytest.raises(ValueError, match="varies the diffusion generator"):  # refused when the config loads
         _cfg(ablate={"sweeps": ["strength=0.5"], "strategy": "mix-classic"})
 

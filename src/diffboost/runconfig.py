@@ -75,6 +75,10 @@ def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunC
                 if not 0 < v <= cap:
                     raise ValueError(f"strength must be in (0, {cap:g}]: the diffusion models were trained on "
                                      f"timesteps up to {cap:g} T (train.max_timestep_fraction)")
+                held = cfg.generate.mask_strength if cfg is not None else None
+                if held is not None and v < held:
+                    raise ValueError(f"strength must be at least generate.mask_strength ({held:g}), which "
+                                     "holds the lesion to a lower strength than the rest")
             elif param == "mask_strength":
                 strength = cfg.generate.strength if cfg is not None else 1.0
                 if v is not None and not (0 <= v <= strength < 1):
