@@ -124,7 +124,7 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                      dataclasses.replace(cfg.generate, n=max(max(values), cfg.generate.n)), progress=progress)
     strategies = [reference, strategy] if param == "network" else [strategy]
     seeds = cfg.compare.seed_list(cfg.seg)
-    jobs, where = [], []
+    jobs, where, default = [], [], {}  # default: the value is the run's own setting
     for v in values:
         for s in strategies:
             if param in GENERATOR_SWEEPS:  # the same segmenter on this value's variants
@@ -134,6 +134,8 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
             else:
                 seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
             same_as_compare = seg == dataclasses.replace(cfg.seg, aug=s)
+            if s == strategy:
+                default[str(v)] = same_as_compare
             for seed in seeds:
                 for k in folds:
                     out = run_folder(run_dir / "ablations" / param / str(v), s, k, seed)
@@ -161,8 +163,8 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
         runs = results["dice"][strategy][str(v)]["per_run"]
         # for network, the reference trained with the same backbone
         ref = results["dice"][reference][str(v)]["per_run"] if param == "network" else ref_runs
-        results["gain"][str(v)] = {f"over {reference}": _paired(runs, ref),
-                                   "over the run's setting": _paired(runs, own_runs)}
+        results["gain"][str(v)] = {f"over {reference}": _paired(runs, ref),  # the run's own setting: no gain over itself
+                                   "over the run's setting": None if default[str(v)] else _paired(runs, own_runs)}
     if param != "network" and ref_runs is not None:
         results["baseline"] = float(np.mean(ref_runs))
     stem = ablation_stem(param, strategy)
