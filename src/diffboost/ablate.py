@@ -62,9 +62,10 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     from .generation.generate import generate
 
     base = run_dir / "ablations" / param / str(value)
-    gen = dataclasses.replace(cfg.generate, **({param: value} if param in ("strength", "mask_strength") else {}))
+    own_models = param != "condition"  # strength, mask_strength: new variants from the run's models
+    gen = dataclasses.replace(cfg.generate, **({param: value} if own_models else {}))
     for k in folds:
-        if param in ("strength", "mask_strength"):
+        if own_models:
             model = run_dir / "models" / f"fold{k}" / "model"
             if not model.exists():
                 raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")

@@ -177,16 +177,17 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     report = out / "report.html"
     barrier()
     if main:
-        def save_times() -> None:
-            (out / "times.json").write_text(json.dumps({k: round(v, 1) for k, v in times.items()}, indent=1))
+        def save_times() -> dict:
+            rounded = {k: round(v, 1) for k, v in times.items()}
+            (out / "times.json").write_text(json.dumps(rounded, indent=1))
+            return rounded
 
         save_times()  # before the report, which shows them
         t0 = time.perf_counter()
         report = write_report(out)
         times["report"] = time.perf_counter() - t0
-        save_times()
+        seconds = save_times()
         with open(out / "run_calls.jsonl", "a") as f:  # every finished call: a resumed run's stages add up
-            f.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "seconds": {k: round(v, 1) for k, v in times.items()}}) + "\n")
+            f.write(json.dumps({"finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": seconds}) + "\n")
     barrier()
     return report

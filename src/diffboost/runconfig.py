@@ -79,11 +79,8 @@ def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunC
                 if held is not None and v < held:
                     raise ValueError(f"strength must be at least generate.mask_strength ({held:g}), which "
                                      "holds the lesion to a lower strength than the rest")
-            elif param == "mask_strength":
-                strength = cfg.generate.strength if cfg is not None else 1.0
-                if v is not None and not (0 <= v <= strength < 1):
-                    raise ValueError(f"mask_strength must be in [0, {strength:g}] (generate.strength) of "
-                                     "image-to-image generation (strength < 1)")
+            elif param == "mask_strength":  # GenerateConfig's own check, against the run's strength
+                dataclasses.replace(cfg.generate if cfg is not None else GenerateConfig(), mask_strength=v)
             elif param == "condition":
                 if v not in CONDITIONS:
                     raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")
