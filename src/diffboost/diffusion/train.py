@@ -291,6 +291,7 @@ def train_diffusion(
         if ckpt is None:
             raise FileNotFoundError(f"{out}: no checkpoint to resume from (checkpoints/step_*)")
         acc.load_state(str(ckpt))
+        ema.to(acc.device)  # custom objects come back on the CPU (found by bench/gpu_check.py on an H200)
     log_path = out / "loss.csv"
     if acc.is_main_process:
         trim_rows(log_path, LOG_FIELDS, lambda k: k <= state.step)  # a resumed run rewrites the later rows
