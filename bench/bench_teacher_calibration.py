@@ -27,23 +27,13 @@ import torch
 from common import report
 
 
-def _dice(teacher, images: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    from diffboost.evaluation.metrics import label_dice
-
-    out = []
-    for i in range(0, len(images), 64):
-        pred, _ = teacher(np.asarray(images[i:i + 64], np.float32))
-        out += [label_dice(p, m, teacher.labels) for p, m in zip(pred, masks[i:i + 64])]
-    return np.asarray(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", type=Path, required=True, help="a finished `diffboost run` folder with none and classic")
     ap.add_argument("--seed", type=int, default=0, help="the segmentation seed whose models teach")
     args = ap.parse_args()
     from diffboost.data.store import PreparedSet
-    from diffboost.evaluation.consistency import Teacher
+    from diffboost.evaluation.consistency import Teacher, teacher_dice
     from diffboost.generation.synthetic import SyntheticSet
     from diffboost.segmentation.jobs import run_folder
     from diffboost.segmentation.variants import KINDS, classic_variants
@@ -63,9 +53,9 @@ def main() -> None:
         classic = classic_variants(torch.from_numpy(real)[:, None], real_idx, n=len(KINDS)).images[:, 0].numpy()
         for tname in ("none", "classic"):
             teacher = Teacher(run_folder(args.run / "seg", tname, k, args.seed) / "model", device="cpu")
-            d_real = _dice(teacher, real, masks)
-            d_syn = _dice(teacher, var_images, masks[[pos[r["real_index"]] for r in rows]])
-            d_cls = _dice(teacher, classic, np.repeat(masks, len(KINDS), axis=0))
+            d_real = teacher_dice(teacher, real, masks)
+            d_syn = teacher_dice(teacher, var_images, masks[[pos[r["real_index"]] for r in rows]])
+            d_cls = teacher_dice(teacher, classic, np.repeat(masks, len(KINDS), axis=0))
             sources = {f"diffusion: {r or 'plain'}": [] for r in sorted({r['text'] for r in rows})}
             for r, d in zip(rows, d_syn):
                 sources[f"diffusion: {r['text'] or 'plain'}"].append((d, d_real[pos[r["real_index"]]]))

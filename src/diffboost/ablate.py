@@ -83,21 +83,15 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     return str(base / "synthetic" / "fold{fold}")
 
 
-def _dice_of(summaries: list[Path]) -> list[float] | None:
-    """Mean Dice of each finished run; None while one of them is missing."""
-    if not all(p.exists() for p in summaries):
-        return None
-    return [json.loads(p.read_text())["metrics"]["dice"]["mean"] for p in summaries]
-
-
-def _paired(runs: list[float], reference: list[float] | None) -> dict | None:
-    """Mean gain of ``runs`` over the same (seed, fold) runs of ``reference``, with its 95% interval."""
-    from .evaluation.stats import mean_ci
+def _gain(runs: list, reference: list | None) -> dict | None:
+    """Mean Dice gain (a fraction) of the finished ``runs`` over the ``reference`` runs of the same
+    (fold, seed), with its 95% interval; None when there is no reference."""
+    from .segmentation.compare import paired, read_rows
 
     if reference is None:
         return None
-    m, lo, hi = mean_ci(np.subtract(runs, reference))
-    return {"mean": m, "low": lo, "high": hi}
+    p = paired(read_rows(runs), read_rows(reference))
+    return {"mean": p["dice_diff"] / 100, "low": p["ci95"][0] / 100, "high": p["ci95"][1] / 100}
 
 
 def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None,
@@ -146,8 +140,6 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                     jobs.append(SegJob(dataclasses.replace(seg, seed=seed), k, out))
                     where.append((s, str(v)))
     summaries = run_jobs(ps, jobs, n_jobs or cfg.compare.jobs, progress=progress, replace_stale=True)
-    # per_run lists follow the jobs' order, seed-major then fold: the order of the paired references
-    compared = [(seed, k) for seed in seeds for k in folds]
     results: dict = {"param": param, "values": values, "strategy": strategy, "reference": reference,
                      "folds": folds, "seeds": seeds, "dice": {}, "baseline": None, "gain": {}}
     for s in strategies:
@@ -156,18 +148,25 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
             results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
                                                           "per_run": runs}
 
-    def compared_runs(s: str) -> list[float] | None:
-        return _dice_of([run_folder(run_dir / "seg", s, k, seed) / "summary.json" for seed, k in compared])
+    def compared_runs(s: str) -> list[SegJob] | None:
+        """The comparison's own runs of ``s``; None while one of them is missing."""
+        runs = [SegJob(dataclasses.replace(cfg.seg, aug=s, seed=seed), k, run_folder(run_dir / "seg", s, k, seed))
+                for seed in seeds for k in folds]
+        return runs if all((j.out / f).exists() for j in runs for f in ("metrics.csv", "summary.json")) else None
+
+    def swept(s: str, v) -> list[SegJob]:
+        return [j for j, w in zip(jobs, where) if w == (s, str(v))]
 
     ref_runs, own_runs = compared_runs(reference), compared_runs(strategy)
     for v in values:
-        runs = results["dice"][strategy][str(v)]["per_run"]
         # for network, the reference trained with the same backbone
-        ref = results["dice"][reference][str(v)]["per_run"] if param == "network" else ref_runs
-        results["gain"][str(v)] = {f"over {reference}": _paired(runs, ref),  # the run's own setting: no gain over itself
-                                   "over the run's setting": None if default[str(v)] else _paired(runs, own_runs)}
+        ref = swept(reference, v) if param == "network" else ref_runs
+        results["gain"][str(v)] = {f"over {reference}": _gain(swept(strategy, v), ref),
+                                   # the run's own setting: no gain over itself
+                                   "over the run's setting": None if default[str(v)] else _gain(swept(strategy, v), own_runs)}
     if param != "network" and ref_runs is not None:
-        results["baseline"] = float(np.mean(ref_runs))
+        results["baseline"] = float(np.mean([json.loads((j.out / "summary.json").read_text())["metrics"]["dice"]["mean"]
+                                             for j in ref_runs]))
     stem = ablation_stem(param, strategy)
     (run_dir / "ablations").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "ablations" / f"{stem}.json", json.dumps(results, indent=1))

@@ -298,16 +298,21 @@ def _finite(obj):
 
 # ---- generated test images (Table I) and whole runs ---------------------------------------------------
 
+def teacher_dice(teacher: Teacher, images: np.ndarray, masks: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The teacher's Dice on each image (``[N, S, S]`` in [-1, 1]) against its mask."""
+    dice: list[float] = []
+    for sl in _batches(len(images), batch_size):
+        pred, _ = teacher(np.asarray(images[sl], np.float32))
+        dice += [label_dice(p, m, teacher.labels) for p, m in zip(pred, masks[sl])]
+    return np.asarray(dice, np.float64)
+
+
 def generated_consistency(teacher: Teacher, real: np.ndarray, generated: np.ndarray, masks: np.ndarray,
                           batch_size: int = 32) -> dict:
     """Teacher Dice on images generated from ``real`` images' conditions and on the real images
     themselves (both ``[N, S, S]`` in [-1, 1]) against ``masks``, and their ratio."""
-    dice = {"real": [], "generated": []}
-    for sl in _batches(len(real), batch_size):
-        for name, arr in (("real", real), ("generated", generated)):
-            pred, _ = teacher(np.asarray(arr[sl], np.float32))
-            dice[name] += [label_dice(p, m, teacher.labels) for p, m in zip(pred, masks[sl])]
-    g, r = float(np.mean(dice["generated"])), float(np.mean(dice["real"]))
+    g = float(teacher_dice(teacher, generated, masks, batch_size).mean())
+    r = float(teacher_dice(teacher, real, masks, batch_size).mean())
     return _finite({"teacher_dice_generated": g, "teacher_dice_real": r, "consistency": _ratio(g, r)})
 
 

@@ -281,13 +281,14 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
                 *(f"{strategy} ΔDice {g} [95% CI]" for g in kinds)]
         body = [[str(v), *(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}" for d in ab["dice"].values()),
                  *(gain(v, g) for g in kinds)] for v in ab["values"]]
-        note = f"Baseline ({reference}): {ab['baseline'] * 100:.2f}." if ab.get("baseline") is not None else ""
+        sentences = [f"Baseline ({reference}): {ab['baseline'] * 100:.2f}."] if ab.get("baseline") is not None else []
         if kinds:
-            note += (" Gains are paired over the same fold x seed runs, with Student's t interval over them; "
-                     f"the run's setting is {strategy} as trained in the comparison.")
+            sentences.append("Gains are paired over the same fold x seed runs, with Student's t interval over them; "
+                             f"the run's setting is {strategy} as trained in the comparison.")
+        note = " ".join(sentences)
         title = ab["param"] if strategy == "diffboost" else f"{ab['param']} ({strategy})"
-        add(f"Ablation: {title}", _md_rows(head, body) + (f"\n\n{note.strip()}" if note else ""),
-            _html_rows(head, body) + (f"<p>{html.escape(note.strip())}</p>" if note else ""),
+        add(f"Ablation: {title}", _md_rows(head, body) + (f"\n\n{note}" if note else ""),
+            _html_rows(head, body) + (f"<p>{html.escape(note)}</p>" if note else ""),
             f.with_suffix(".png").read_bytes() if f.with_suffix(".png").exists() else None, f"ablation_{f.stem}")
     prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
