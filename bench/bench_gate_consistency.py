@@ -1,0 +1,64 @@
+"""Label consistency of the variants the teacher gate keeps, per gate, from a finished run.
+
+    python bench/bench_gate_consistency.py --run runs/busi --name busi_cpu
+    python bench/bench_gate_consistency.py --run runs/hippo --name hippocampus_cpu --gates 0.8
+
+Reads each fold's ``synthetic/foldK/consistency.csv`` (written by ``diffboost run``'s teacher check)
+and applies the segmenter's own gate rule (``diffboost.segmentation.data.teacher_gate_keep``: keep a
+variant whose teacher Dice is at least gate x the teacher Dice on its real image). For each gate it
+gives the share of variants kept and their label consistency, pooled over folds and per text.
+
+The kept variants are chosen by the same teacher that scores them, so their consistency is high by
+construction: this says how much of the generator's output agrees with the teacher, not that the
+generator preserves labels. Writes ``bench/results/gate_consistency_<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+from common import report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", type=Path, required=True, help="a finished `diffboost run` folder")
+    ap.add_argument("--name", required=True, help="result name: bench/results/gate_consistency_<name>.json")
+    ap.add_argument("--gates", default="0.5,0.8,0.9", help="comma-separated gate fractions (no gate is always shown)")
+    args = ap.parse_args()
+    from diffboost.segmentation.data import teacher_gate_keep
+
+    folds = sorted(p for p in (args.run / "synthetic").glob("fold*") if (p / "consistency.csv").exists())
+    if not folds:
+        raise SystemExit(f"{args.run / 'synthetic'}: no fold with a consistency.csv (run `diffboost run` first)")
+    table = {}
+    for p in folds:
+        with open(p / "consistency.csv", newline="") as fh:
+            table[p.name] = list(csv.DictReader(fh))
+    rows = []
+    for gate in [None, *(float(g) for g in args.gates.split(","))]:
+        sums: dict[str, list[float]] = {}  # text -> [variants, kept, sum variant Dice, sum real Dice]
+        for p in folds:
+            recs = table[p.name]
+            keep = set(range(len(recs))) if gate is None else teacher_gate_keep(p, len(recs), gate)
+            for r in recs:
+                for key in ("all", r["text"] or "plain"):
+                    s = sums.setdefault(key, [0, 0, 0.0, 0.0])
+                    s[0] += 1
+                    if int(r["variant_index"]) in keep:
+                        s[1] += 1
+                        v, real = float(r["teacher_dice_variant"]), float(r["teacher_dice_real"])
+                        if not (math.isnan(v) or math.isnan(real)):  # an undefined Dice counts in neither sum
+                            s[2] += v
+                            s[3] += real
+        for text, (n, kept, dv, dr) in sums.items():
+            rows.append({"gate": "none" if gate is None else gate, "text": text, "variants": n, "kept": kept,
+                         "kept share": round(kept / n, 3), "consistency of kept": round(dv / dr, 3) if dr else None})
+    report(f"gate_consistency_{args.name}", rows, {"run": str(args.run), "folds": [p.name for p in folds]})
+
+
+if __name__ == "__main__":
+    main()
