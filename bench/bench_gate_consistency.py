@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 from pathlib import Path
 
 from common import report
@@ -29,6 +28,7 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="result name: bench/results/gate_consistency_<name>.json")
     ap.add_argument("--gates", default="0.5,0.8,0.9", help="comma-separated gate fractions (no gate is always shown)")
     args = ap.parse_args()
+    from diffboost.evaluation.consistency import summarise, text_key
     from diffboost.segmentation.data import teacher_gate_keep
 
     folds = sorted(p for p in (args.run / "synthetic").glob("fold*") if (p / "consistency.csv").exists())
@@ -40,23 +40,19 @@ def main() -> None:
             table[p.name] = list(csv.DictReader(fh))
     rows = []
     for gate in [None, *(float(g) for g in args.gates.split(","))]:
-        sums: dict[str, list[float]] = {}  # text -> [variants, kept, sum variant Dice, sum real Dice]
+        kept: list[dict] = []
         for p in folds:
             recs = table[p.name]
             keep = set(range(len(recs))) if gate is None else teacher_gate_keep(p, len(recs), gate)
-            for r in recs:
-                for key in ("all", r["text"] or "plain"):
-                    s = sums.setdefault(key, [0, 0, 0.0, 0.0])
-                    s[0] += 1
-                    if int(r["variant_index"]) in keep:
-                        s[1] += 1
-                        v, real = float(r["teacher_dice_variant"]), float(r["teacher_dice_real"])
-                        if not (math.isnan(v) or math.isnan(real)):  # an undefined Dice counts in neither sum
-                            s[2] += v
-                            s[3] += real
-        for text, (n, kept, dv, dr) in sums.items():
-            rows.append({"gate": "none" if gate is None else gate, "text": text, "variants": n, "kept": kept,
-                         "kept share": round(kept / n, 3), "consistency of kept": round(dv / dr, 3) if dr else None})
+            kept += [r for r in recs if int(r["variant_index"]) in keep]
+        every = [r for p in folds for r in table[p.name]]
+        texts = sorted({text_key(r["text"]) for r in every}, key=lambda t: (t != "plain", t))
+        for text in ["all", *texts]:
+            def pick(rs):
+                return rs if text == "all" else [r for r in rs if text_key(r["text"]) == text]
+            n, s = len(pick(every)), summarise(pick(kept))  # the pooled summary the report gives
+            rows.append({"gate": "none" if gate is None else gate, "text": text, "variants": n, "kept": s["variants"],
+                         "kept share": round(s["variants"] / n, 3), "consistency of kept": round(s["consistency"], 3)})
     report(f"gate_consistency_{args.name}", rows, {"run": str(args.run), "folds": [p.name for p in folds]})
 
 
