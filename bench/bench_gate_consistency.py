@@ -38,6 +38,12 @@ def main() -> None:
     for p in folds:
         with open(p / "consistency.csv", newline="") as fh:
             table[p.name] = list(csv.DictReader(fh))
+    every = [r for p in folds for r in table[p.name]]
+    texts = sorted({text_key(r["text"]) for r in every}, key=lambda t: (t != "plain", t))
+
+    def pick(rs: list[dict], text: str) -> list[dict]:
+        return rs if text == "all" else [r for r in rs if text_key(r["text"]) == text]
+
     rows = []
     for gate in [None, *(float(g) for g in args.gates.split(","))]:
         kept: list[dict] = []
@@ -45,12 +51,8 @@ def main() -> None:
             recs = table[p.name]
             keep = set(range(len(recs))) if gate is None else teacher_gate_keep(p, len(recs), gate)
             kept += [r for r in recs if int(r["variant_index"]) in keep]
-        every = [r for p in folds for r in table[p.name]]
-        texts = sorted({text_key(r["text"]) for r in every}, key=lambda t: (t != "plain", t))
         for text in ["all", *texts]:
-            def pick(rs):
-                return rs if text == "all" else [r for r in rs if text_key(r["text"]) == text]
-            n, s = len(pick(every)), summarise(pick(kept))  # the pooled summary the report gives
+            n, s = len(pick(every, text)), summarise(pick(kept, text))  # the pooled summary the report gives
             rows.append({"gate": "none" if gate is None else gate, "text": text, "variants": n, "kept": s["variants"],
                          "kept share": round(s["variants"] / n, 3), "consistency of kept": round(s["consistency"], 3)})
     report(f"gate_consistency_{args.name}", rows, {"run": str(args.run), "folds": [p.name for p in folds]})
