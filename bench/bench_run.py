@@ -12,6 +12,11 @@ so they survive a resumed run) and the Table II rows.
 
 Each data set runs with the YAML of ``configs/`` named in SOURCES laid over the preset (the same
 as ``diffboost run --config``), so the shell command and this script train the same models.
+
+Beside it, the run's own records: ``run_<data>_<preset>_table.md|json`` (the report's Table II),
+``_times.json`` (each stage's own record), ``_provenance.json``, ``_consistency.json`` (the teacher's
+label consistency per fold, and pooled over folds overall and per augmentation text) and
+``_ablation_<name>.json`` for each ablation in the run folder.
 """
 
 from __future__ import annotations
@@ -84,6 +89,56 @@ def main() -> None:
         "seconds_of_this_call": round(this_call, 1),
         "command": shell, "overlay": None if overlay is None else str(overlay.relative_to(REPO)),
         "contrasts": table.get("contrasts"), "seeds": table.get("seeds"), "unit": table.get("unit"), "data": prov["data"], "folds": prov["folds"], "versions": prov["versions"]})
+    for p in copy_records(out, f"run_{args.data}_{args.preset}"):
+        print(f"written {p}")
+
+
+def consistency_record(out: Path) -> dict | None:
+    """Label consistency of the run's synthetic sets, and of each ablation's sets that a teacher checked
+    (``diffboost consistency --synthetic``), keyed ``param=value``."""
+    record = _pooled_consistency(out / "synthetic")
+    if record is None:
+        return None
+    swept = {f"{d.parent.parent.name}={d.parent.name}": _pooled_consistency(d)
+             for d in sorted((out / "ablations").glob("*/*/synthetic"))}
+    return {**record, "ablations": {k: v for k, v in swept.items() if v is not None}}
+
+
+def _pooled_consistency(root: Path) -> dict | None:
+    """Per fold, and pooled over folds (overall and per text), of the sets ``root/foldK``."""
+    from diffboost.evaluation.consistency import LabelConsistency, load_consistency
+
+    pooled, folds = LabelConsistency(), {}
+    for p in sorted(root.glob("fold*"), key=lambda p: (len(p.name), p.name)):
+        loaded = load_consistency(p)
+        if loaded is not None:
+            folds[p.name] = {"overall": loaded[0]["overall"], "per_text": loaded[0]["per_text"],
+                             "teacher": loaded[0]["teacher"]["path"]}
+            pooled.rows += loaded[1]
+    if not folds:
+        return None
+    return {"folds": folds, "pooled": pooled.aggregate(), "pooled_per_text": pooled.aggregate("text")}
+
+
+def copy_records(out: Path, name: str) -> list[Path]:
+    """The run's table, stage times, provenance, label consistency and ablations, as ``NAME_*`` results."""
+    res, written = REPO / "bench" / "results", []
+
+    def put(suffix: str, text: str) -> None:
+        (res / f"{name}_{suffix}").write_text(text)
+        written.append(res / f"{name}_{suffix}")
+
+    prov = json.loads((out / "provenance.json").read_text())
+    put("table.md", (out / "compare" / "table.md").read_text())
+    put("table.json", (out / "compare" / "table.json").read_text())
+    put("times.json", json.dumps(prov["wall_seconds"], indent=1))
+    put("provenance.json", json.dumps(prov, indent=1))
+    record = consistency_record(out)
+    if record is not None:
+        put("consistency.json", json.dumps(record, indent=1))
+    for f in sorted((out / "ablations").glob("*.json")):
+        put(f"ablation_{f.name}", f.read_text())
+    return written
 
 
 if __name__ == "__main__":

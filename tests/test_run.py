@@ -318,8 +318,13 @@ def test_generator_sweeps_make_their_own_variants(first_run):
     model = out / "ablations" / "condition" / "edges+mask" / "models" / "fold1" / "model"
     assert json.loads((model / "diffboost_model.json").read_text())["model"]["condition"] == "edges+mask"
     assert res["dice"]["diffboost"]["edges+mask"]["per_run"]
-    with pytest.raises(ValueError, match="strength must be in"):
-        _cfg(train={"max_timestep_fraction": 0.6}, ablate={"sweeps": ["strength=0.5,0.8"]})
+    with pytest.raises(ValueError, match=r"^ablate.sweeps: strength=0.8: strength must be in \(0, 0.6\]"):
+        _cfg(train={"max_timestep_fraction": 0.6}, generate={"strength": 0.5}, ablate={"sweeps": ["strength=0.5,0.8"]})
+    # the run's own strength too, when the config loads rather than after fine-tuning
+    with pytest.raises(ValueError, match=r"^generate.strength=0.8: strength must be in \(0, 0.6\]"):
+        _cfg(train={"max_timestep_fraction": 0.6}, generate={"strength": 0.8})
+    assert _cfg(train={"max_timestep_fraction": 0.6}, generate={"strength": 0.8},  # nothing generates
+                compare={"augs": ["none", "mirror"]}).generate.strength == 0.8
     with pytest.raises(ValueError, match="condition must be one of"):
         _cfg(ablate={"sweeps": ["condition=mask"]})
     with pytest.raises(ValueError, match="mask_strength must be in"):  # the run generates from noise

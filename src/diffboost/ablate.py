@@ -140,11 +140,16 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                     jobs.append(SegJob(dataclasses.replace(seg, seed=seed), k, out))
                     where.append((s, str(v)))
     summaries = run_jobs(ps, jobs, n_jobs or cfg.compare.jobs, progress=progress, replace_stale=True)
+    swept: dict[tuple[str, str], list[SegJob]] = {}  # (strategy, value): its runs, fold x seed
+    dice: dict[tuple[str, str], list[float]] = {}
+    for job, summary, w in zip(jobs, summaries, where):
+        swept.setdefault(w, []).append(job)
+        dice.setdefault(w, []).append(summary["metrics"]["dice"]["mean"])
     results: dict = {"param": param, "values": values, "strategy": strategy, "reference": reference,
                      "folds": folds, "seeds": seeds, "dice": {}, "baseline": None, "gain": {}}
     for s in strategies:
         for v in values:
-            runs = [x["metrics"]["dice"]["mean"] for x, w in zip(summaries, where) if w == (s, str(v))]
+            runs = dice[(s, str(v))]
             results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
                                                           "per_run": runs}
 
@@ -154,16 +159,14 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                 for seed in seeds for k in folds]
         return runs if all((j.out / f).exists() for j in runs for f in ("metrics.csv", "summary.json")) else None
 
-    def swept(s: str, v) -> list[SegJob]:
-        return [j for j, w in zip(jobs, where) if w == (s, str(v))]
-
     ref_runs, own_runs = compared_runs(reference), compared_runs(strategy)
     for v in values:
+        mine = swept[(strategy, str(v))]
         # for network, the reference trained with the same backbone
-        ref = swept(reference, v) if param == "network" else ref_runs
-        results["gain"][str(v)] = {f"over {reference}": _gain(swept(strategy, v), ref),
+        ref = swept[(reference, str(v))] if param == "network" else ref_runs
+        results["gain"][str(v)] = {f"over {reference}": _gain(mine, ref),
                                    # the run's own setting: no gain over itself
-                                   "over the run's setting": None if default[str(v)] else _gain(swept(strategy, v), own_runs)}
+                                   "over the run's setting": None if default[str(v)] else _gain(mine, own_runs)}
     if param != "network" and ref_runs is not None:
         results["baseline"] = float(np.mean([json.loads((j.out / "summary.json").read_text())["metrics"]["dice"]["mean"]
                                              for j in ref_runs]))

@@ -183,6 +183,11 @@ def check_run_config(cfg: RunConfig) -> None:
         check_network(cfg.seg.network, cfg.seg.channels, size)
     except ValueError as e:
         raise ValueError(f"seg: {e}") from None
+    if any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs):  # generation would refuse it after fine-tuning
+        try:
+            check_values(cfg.seg, "strength", [cfg.generate.strength], size, cfg)
+        except ValueError as e:
+            raise ValueError(f"generate.{e}") from None
     for text in cfg.ablate.sweeps:
         name, values = parse_sweep(text)
         try:
