@@ -16,7 +16,6 @@ generator preserves labels. Writes ``bench/results/gate_consistency_<name>.json`
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 from common import report
@@ -28,16 +27,14 @@ def main() -> None:
     ap.add_argument("--name", required=True, help="result name: bench/results/gate_consistency_<name>.json")
     ap.add_argument("--gates", default="0.5,0.8,0.9", help="comma-separated gate fractions (no gate is always shown)")
     args = ap.parse_args()
-    from diffboost.evaluation.consistency import summarise, text_key
+    from diffboost.evaluation.consistency import load_fold_consistencies, summarise, text_key
     from diffboost.segmentation.data import teacher_gate_keep
 
-    folds = sorted(p for p in (args.run / "synthetic").glob("fold*") if (p / "consistency.csv").exists())
-    if not folds:
+    checked = load_fold_consistencies(args.run / "synthetic")
+    if not checked:
         raise SystemExit(f"{args.run / 'synthetic'}: no fold with a consistency.csv (run `diffboost run` first)")
-    table = {}
-    for p in folds:
-        with open(p / "consistency.csv", newline="") as fh:
-            table[p.name] = list(csv.DictReader(fh))
+    folds = [p for p, _, _ in checked]
+    table = {p.name: rows for p, _, rows in checked}
     every = [r for p in folds for r in table[p.name]]
     texts = sorted({text_key(r["text"]) for r in every}, key=lambda t: (t != "plain", t))
 

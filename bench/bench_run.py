@@ -89,7 +89,7 @@ def main() -> None:
         "seconds_of_this_call": round(this_call, 1),
         "command": shell, "overlay": None if overlay is None else str(overlay.relative_to(REPO)),
         "contrasts": table.get("contrasts"), "seeds": table.get("seeds"), "unit": table.get("unit"), "data": prov["data"], "folds": prov["folds"], "versions": prov["versions"]})
-    for p in copy_records(out, f"run_{args.data}_{args.preset}"):
+    for p in copy_records(out, f"run_{args.data}_{args.preset}", prov):
         print(f"written {p}")
 
 
@@ -106,29 +106,27 @@ def consistency_record(out: Path) -> dict | None:
 
 def _pooled_consistency(root: Path) -> dict | None:
     """Per fold, and pooled over folds (overall and per text), of the sets ``root/foldK``."""
-    from diffboost.evaluation.consistency import LabelConsistency, load_consistency
+    from diffboost.evaluation.consistency import LabelConsistency, load_fold_consistencies
 
-    pooled, folds = LabelConsistency(), {}
-    for p in sorted(root.glob("fold*"), key=lambda p: (len(p.name), p.name)):
-        loaded = load_consistency(p)
-        if loaded is not None:
-            folds[p.name] = {"overall": loaded[0]["overall"], "per_text": loaded[0]["per_text"],
-                             "teacher": loaded[0]["teacher"]["path"]}
-            pooled.rows += loaded[1]
-    if not folds:
+    checked = load_fold_consistencies(root)
+    if not checked:
         return None
+    pooled = LabelConsistency()
+    pooled.rows = [r for _, _, rows in checked for r in rows]
+    folds = {p.name: {"overall": s["overall"], "per_text": s["per_text"], "teacher": s["teacher"]["path"]}
+             for p, s, _ in checked}
     return {"folds": folds, "pooled": pooled.aggregate(), "pooled_per_text": pooled.aggregate("text")}
 
 
-def copy_records(out: Path, name: str) -> list[Path]:
-    """The run's table, stage times, provenance, label consistency and ablations, as ``NAME_*`` results."""
+def copy_records(out: Path, name: str, prov: dict) -> list[Path]:
+    """The run's table, stage times, provenance (``prov``, its provenance.json), label consistency and
+    ablations, as ``NAME_*`` results."""
     res, written = REPO / "bench" / "results", []
 
     def put(suffix: str, text: str) -> None:
         (res / f"{name}_{suffix}").write_text(text)
         written.append(res / f"{name}_{suffix}")
 
-    prov = json.loads((out / "provenance.json").read_text())
     put("table.md", (out / "compare" / "table.md").read_text())
     put("table.json", (out / "compare" / "table.json").read_text())
     put("times.json", json.dumps(prov["wall_seconds"], indent=1))

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from .config import save_yaml, to_dict
 from .runconfig import (PRESETS, AblateConfig, CompareConfig, PretrainConfig, RunConfig, config_yaml,
-                        load_run_config, preset)
-from .segmentation.config import parse_strategy
+                        generates_variants, load_run_config, preset)
 
 __all__ = ["PRESETS", "AblateConfig", "CompareConfig", "PretrainConfig", "RunConfig", "config_yaml",
            "load_run_config", "preset", "run"]
@@ -123,7 +122,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         times["pretrain"] = time.perf_counter() - t0
 
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
-    needs_synthetic = any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs)
+    needs_synthetic = generates_variants(cfg)
     for k in folds if needs_synthetic else []:
         f = ps.fold(k)
         t0 = time.perf_counter()

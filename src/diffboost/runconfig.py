@@ -165,6 +165,11 @@ _SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": Mode
              "ablate": AblateConfig, "pix2pix": Pix2PixConfig}
 
 
+def generates_variants(cfg: RunConfig) -> bool:
+    """Whether `run` fine-tunes diffusion models and generates variants: a ``diffboost`` strategy is compared."""
+    return any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs)
+
+
 def check_run_config(cfg: RunConfig) -> None:
     """Refuse, when the config is loaded, what `run` could only fail on hours later: a strategy whose
     synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
@@ -183,7 +188,7 @@ def check_run_config(cfg: RunConfig) -> None:
         check_network(cfg.seg.network, cfg.seg.channels, size)
     except ValueError as e:
         raise ValueError(f"seg: {e}") from None
-    if any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs):  # generation would refuse it after fine-tuning
+    if generates_variants(cfg):  # generation would refuse it after fine-tuning
         try:
             check_values(cfg.seg, "strength", [cfg.generate.strength], size, cfg)
         except ValueError as e:

@@ -193,6 +193,14 @@ def load_consistency(root: str | Path) -> tuple[dict, list[dict]] | None:
     return json.loads((root / CONSISTENCY_JSON).read_text()), rows
 
 
+def load_fold_consistencies(root: str | Path) -> list[tuple[Path, dict, list[dict]]]:
+    """``(set folder, consistency.json, consistency.csv rows)`` of every checked set ``root/foldK``,
+    in fold order (fold2 before fold10)."""
+    found = [p for p in Path(root).glob("fold*") if p.is_dir()]
+    loaded = ((p, load_consistency(p)) for p in sorted(found, key=lambda p: (len(p.name), p.name)))
+    return [(p, *c) for p, c in loaded if c is not None]
+
+
 def _fresh(root: Path, identity: dict, num_variants: int) -> dict | None:
     """The stored summary when all three files are there and were made from ``identity``."""
     if not all((root / name).exists() for name in (TEACHER_LOSS, CONSISTENCY_CSV, CONSISTENCY_JSON)):

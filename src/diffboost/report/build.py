@@ -105,14 +105,9 @@ def _consistency(run: Path) -> tuple[str, str] | None:
     """The teacher's label consistency of each fold's synthetic set (``synthetic/foldK/consistency.*``):
     per fold, per augmentation text and per strength (all folds pooled, and each fold's), as Markdown
     and HTML; None when no set was checked."""
-    from ..evaluation.consistency import LabelConsistency, load_consistency
+    from ..evaluation.consistency import LabelConsistency, load_fold_consistencies
 
-    checked = []
-    found = (run / "synthetic").glob("fold*/consistency.json")
-    for p in sorted(found, key=lambda p: (len(p.parent.name), p.parent.name)):  # fold2 before fold10
-        loaded = load_consistency(p.parent)
-        if loaded is not None:
-            checked.append((p.parent.name, *loaded))
+    checked = [(p.name, summary, rows) for p, summary, rows in load_fold_consistencies(run / "synthetic")]
     if not checked:
         return None
 
