@@ -12,10 +12,13 @@ STAMP  := $(VENV)/.diffboost-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-nnunet-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# nnU-Net v2 for its integration tests, without timm/torchvision (see requirements-nnunet-cpu.txt)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-nnunet-cpu.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4
 	touch $(STAMP)
 
 demo: setup

@@ -9,6 +9,7 @@ so they survive a resumed run) and the Table II rows.
     python bench/bench_run.py --data busi --preset cpu                  # about 2 h on 2 cores
     python bench/bench_run.py --data busi --preset cpu --out /work/runs/busi_cpu
     python bench/bench_run.py --data hippocampus --preset cpu           # with configs/hippocampus_cpu.yaml
+    python bench/bench_run.py --data busi-5fold --preset cpu --out runs/busi5   # configs/busi_cpu_5fold.yaml
 
 Each data set runs with the YAML of ``configs/`` named in SOURCES laid over the preset (the same
 as ``diffboost run --config``), so the shell command and this script train the same models.
@@ -30,6 +31,7 @@ from common import REPO, SHARED_DATA, need, report
 
 # data name -> (folder under ../shared/data, YAML laid over the preset or None)
 SOURCES = {"busi": ("BUSI", None),
+           "busi-5fold": ("BUSI", REPO / "configs" / "busi_cpu_5fold.yaml"),
            "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml")}
 
 
@@ -39,13 +41,14 @@ def _row(name: str, e: dict) -> dict:
         return None if v is None else round(v * scale, 2)
     gain, lesion = e.get("vs_none") or {}, e.get("lesion") or {}
     ci = gain.get("ci95") or [None, None]
+    folds = gain.get("ci95_folds") or [None, None]
     return {"strategy": name, "dice": r(e["dice"]["mean"], 100), "precision": r(e["precision"]["mean"], 100),
             "recall": r(e["recall"]["mean"], 100), "hd95": r(e["hd95"]["mean"]), "assd": r(e["assd"]["mean"]),
             "lesion dice": r(lesion.get("dice", {}).get("mean"), 100),
             "lesion hd95": r(lesion.get("hd95", {}).get("mean")),
             "fp rate empty %": r((e.get("empty") or {}).get("fp_rate"), 100),
-            "dDice vs none": r(gain.get("dice_diff")), "ci95 low": r(ci[0]), "ci95 high": r(ci[1]),
-            "p holm": gain.get("p_holm")}
+            "dDice vs none": r(gain.get("dice_diff")), "corrected ci95 low": r(ci[0]), "corrected ci95 high": r(ci[1]),
+            "fold-means ci95 low": r(folds[0]), "fold-means ci95 high": r(folds[1]), "p holm": gain.get("p_holm")}
 
 
 def main() -> None:

@@ -179,3 +179,19 @@ def train_tiny(data, epochs=(0,), **options):
     for e in epochs:
         _train_epoch(net, opt, loss_fn, data, cfg, augment, cfg.patch or 8, e)
     return net, labels
+
+
+def make_ddti(root: Path) -> Path:
+    """DDTI's public layout in small: cropped/NAME.png, mask/NAME.gif (0/255), diagnosis.csv; NAME is
+    CASE_IMAGE or CASE_IMAGE(NODULE), several images per case."""
+    from PIL import Image
+
+    names = ["5_1(1)", "5_1(2)", "5_2", "7_1", "7_2", "9_1", "11_1(1)", "11_1(2)", "12_1"]
+    diagnosis = ["4a", "4a", "4b", "None", "None", "3", "5", "5", "2"]
+    (root / "cropped").mkdir(parents=True)
+    (root / "mask").mkdir()
+    for i, name in enumerate(names):
+        save_png(root / "cropped" / f"{name}.png", gradient_image(40, 40, i))
+        Image.fromarray(disk(40, 40, 20, 15 + i, 6).astype(np.uint8) * 255).save(root / "mask" / f"{name}.gif")
+    (root / "diagnosis.csv").write_text("".join(f"{n},{d},1\n" for n, d in zip(names, diagnosis)))
+    return root

@@ -203,7 +203,7 @@ class _FakeAccelerator:
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, path: str):
+    def save_state(self, path: str, **kwargs):
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "model.safetensors").write_bytes(self.payload)
 

@@ -102,8 +102,8 @@ def test_training_resumes_exactly(tmp_path, tiny_set, monkeypatch):
     assert (tmp_path / "full" / "samples" / "step_0000006.png").exists()
     real_save = T._save_checkpoint
 
-    def interrupt_after_first(acc, out, step, limit):
-        real_save(acc, out, step, limit)
+    def interrupt_after_first(acc, out, step, limit, *token):
+        real_save(acc, out, step, limit, *token)
         if step == 3:
             raise KeyboardInterrupt
 

@@ -1,5 +1,6 @@
 """Export to nnU-Net v2 and MSD raw datasets: read back with the readers and against the schemas,
-and the split file's guarantee (synthetic cases only in the training part of their own fold)."""
+nnU-Net's own integrity check, the original sizes, and the split file's guarantees (validation from
+the training part, never a test case; synthetic cases only in the training part of their own fold)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from diffboost.config import PrepareConfig
 from diffboost.data.preparation import prepare
+from diffboost.data.io import read_image_2d
 from diffboost.data.preview import to_uint8
 from diffboost.data.readers import get_reader
 from diffboost.export import ExportConfig, export_dataset
@@ -29,8 +31,13 @@ def _check_splits(path, ps, names_by_case, syn_names):
     splits = json.loads((path / "splits_final.json").read_text())
     assert len(splits) == len(ps.folds)
     info = {c["name"]: c for c in json.loads((path / "diffboost_export.json").read_text())["cases"]}
+    tests = json.loads((path / "diffboost_export.json").read_text())["test_cases_per_fold"]
+    every_test = {n for c in ps.case_ids for n in names_by_case[c]}
+    assert set(n for v in tests.values() for n in v) == every_test  # each real case is tested by one fold
     for f, split in zip(ps.folds, splits):
-        assert sorted(split["val"]) == sorted(n for c in f.test for n in names_by_case[c])
+        assert sorted(split["val"]) == sorted(n for c in f.val for n in names_by_case[c])  # from the training part
+        assert sorted(tests[str(f.index)]) == sorted(n for c in f.test for n in names_by_case[c])
+        assert not set(tests[str(f.index)]) & (set(split["val"]) | set(split["train"]))  # the test fold is unseen
         assert not set(split["val"]) & syn_names  # never a synthetic case in validation
         syn_train = [n for n in split["train"] if n in syn_names]
         assert all(info[n]["synthetic_fold"] == f.index for n in syn_train)  # only its own fold's variants
@@ -59,13 +66,25 @@ def test_nnunet_export_round_trip_2d(run2d, tmp_path):
     refs = reader.scan()
     assert len(refs) == meta["numTraining"]
     info = {c["name"]: c for c in json.loads((path / "diffboost_export.json").read_text())["cases"]}
-    for ref in refs[:6]:
-        case = reader.load(ref)
+    seen = {"real": 0, "synthetic": 0}
+    for ref in refs:
         c = info[ref.case_id]
-        real = ps.indices([c["case_id"]])[0]
-        assert np.array_equal(case.mask, np.asarray(ps.masks[real]))
+        if seen["synthetic" if c["synthetic_fold"] is not None else "real"] >= 3:
+            continue
+        case = reader.load(ref)
+        row = ps.manifest[ps.indices([c["case_id"]])[0]]
+        # at the original size of the source image, with its original label
+        assert case.image.shape == (row["orig_height"], row["orig_width"]) != (ps.size, ps.size)
+        assert np.array_equal(case.mask, ps.original_mask(c["case_id"]))
         if c["synthetic_fold"] is None:
-            assert np.array_equal(case.image.astype(np.uint8), to_uint8(ps.images[real]))
+            assert np.array_equal(case.image, np.rint(read_image_2d(row["source_image"])))
+            seen["real"] += 1
+        else:
+            seen["synthetic"] += 1
+    assert seen == {"real": 3, "synthetic": 3}
+    real_names = sorted(n for n, c in info.items() if c["synthetic_fold"] is None)
+    assert sorted(p.name[: -len("_0000.png")] for p in (path / "imagesTs").iterdir()) == real_names
+    assert sorted(p.name[: -len(".png")] for p in (path / "labelsTs").iterdir()) == real_names
     syn_names = {n for n, c in info.items() if c["synthetic_fold"] is not None}
     names_by_case = {}
     for n, c in info.items():
@@ -108,6 +127,13 @@ def test_3d_sets_export_as_slices_or_volumes(tmp_path):
     reader = get_reader(vol, PrepareConfig(format="nnunet"))
     case = reader.load(reader.scan()[0])
     orig = ps.original_mask(case.ref.case_id)
+    assert case.image.shape == orig.shape and np.array_equal(case.mask, orig)  # the whole volume as it was
+    assert case.spacing == pytest.approx((0.5, 0.5, 3.0))
+    work = export_dataset(ps.root, tmp_path / "w", ExportConfig(volumes="volumes", dataset_id=5, name="Vol", size="working"),
+                          progress=False)
+    reader = get_reader(work, PrepareConfig(format="nnunet"))
+    case = reader.load(reader.scan()[0])
+    orig = ps.original_mask(case.ref.case_id)
     assert case.image.shape == (16, 16, orig.shape[2])  # in-plane at the working size, every slice kept
     assert case.spacing == pytest.approx((0.5 * orig.shape[0] / 16, 0.5 * orig.shape[1] / 16, 3.0))
     sl = export_dataset(ps.root, tmp_path / "s", ExportConfig(dataset_id=4, name="Sl"), progress=False)
@@ -125,6 +151,45 @@ def test_export_refuses_bad_options_and_keeps_nothing_half_written(run2d, tmp_pa
         export_dataset(root, tmp_path, ExportConfig(dataset_id=9, name="X", n=1), progress=False)
     with pytest.raises(FileNotFoundError, match="neither a prepared set"):
         export_dataset(tmp_path / "nowhere", tmp_path, ExportConfig(), progress=False)
+    with pytest.raises(ValueError, match="size"):
+        ExportConfig(size="half")
+
+
+def test_export_at_the_original_size_needs_the_unchanged_source(tmp_path, phantom_root):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(phantom_root, src)
+    ps = prepare(src, tmp_path / "prepared", PrepareConfig(size=32, folds=3), progress=False)
+    # a label fixed in the source after prepare: the export would pair the old label with it
+    case = ps.case_ids[0]
+    mask_file = ps.manifest[ps.indices([case])[0]]["source_mask"].split(";")[0]
+    from PIL import Image
+
+    arr = np.asarray(Image.open(mask_file)).copy()
+    arr[:4, :4] = 255 - arr[:4, :4]
+    Image.fromarray(arr).save(mask_file)
+    with pytest.raises(ValueError, match="changed since"):
+        export_dataset(ps.root, tmp_path / "out", ExportConfig(), progress=False)
+    assert not (tmp_path / "out" / "Dataset501_DiffBoost").exists()  # nothing half-written
+    shutil.rmtree(src)
+    with pytest.raises(FileNotFoundError, match="is not there"):
+        export_dataset(ps.root, tmp_path / "out", ExportConfig(), progress=False)
+    # the working size needs only the prepared set
+    assert (export_dataset(ps.root, tmp_path / "out", ExportConfig(size="working"), progress=False) / "dataset.json").exists()
+
+
+def test_nnunet_verifies_the_exported_dataset(run2d, tmp_path):
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (pip install 'diffboost[nnunet]')")
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    root, ps = run2d
+    path = export_dataset(root, tmp_path, ExportConfig(dataset_id=11, name="Verify", n=1), progress=False)
+    verify_dataset_integrity(str(path), num_processes=1)  # raises on any problem nnU-Net would trip over
+    splits = json.loads((path / "splits_final.json").read_text())
+    tests = json.loads((path / "diffboost_export.json").read_text())["test_cases_per_fold"]
+    for k, split in enumerate(splits):  # no case of a fold's test part is in its validation (or training) list
+        assert tests[str(k)] and not set(tests[str(k)]) & (set(split["val"]) | set(split["train"]))
 
 
 def test_export_command(run2d, tmp_path):

@@ -114,3 +114,46 @@ def test_detect_format_errors(tmp_path):
     (tmp_path / "odd" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="--format"):
         detect_format(tmp_path / "odd")
+
+
+def test_ddti_as_downloaded_groups_images_of_a_case_and_reads_its_categories(tmp_path):
+    import re
+
+    from builders import make_ddti
+
+    from diffboost.data.preparation import prepare
+
+    root = make_ddti(tmp_path / "DDTI")
+    assert detect_format(root) == "ddti"
+    refs = {r.case_id: r for r in get_reader(root, PrepareConfig()).scan()}
+    assert len(refs) == 9 and refs["5_1(2)"].group == "5" and refs["11_1(1)"].group == "11"
+    assert refs["5_2"].category == "TI-RADS 4b" and refs["7_1"].category == "TI-RADS not given"
+    case = get_reader(root, PrepareConfig()).load(refs["9_1"])
+    assert set(np.unique(case.mask)) == {0, 1} and case.mask.sum() > 50  # a GIF mask of 0/255
+    ps = prepare(root, tmp_path / "prepared", PrepareConfig(size=32, folds=3, duplicates=None), progress=False)
+    assert "US, Thyroid, TI-RADS 4a" in ps.meta["prompts"] and ps.meta["case_groups"]["with_several_images"] == 3
+    patient = lambda c: re.match(r"^([^_]+)_", c).group(1)  # noqa: E731
+    for f in ps.folds:  # every image of one case in one part of one fold
+        parts = [{patient(c) for c in getattr(f, p)} for p in ("train", "val", "test")]
+        assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    tested = [{patient(c) for c in f.test} for f in ps.folds]
+    assert sum(map(len, tested)) == len(set().union(*tested)) == 5  # each case tested by exactly one fold
+
+
+def test_folders_options_name_the_layout_and_refuse_ambiguous_files(tmp_path):
+    from builders import gradient_image, make_folders, save_png
+
+    root = make_folders(tmp_path / "f", n=4)
+    (root / "images").rename(root / "scans")
+    with pytest.raises(DataError, match="prepare.image_dir"):
+        get_reader(root, PrepareConfig(format="folders")).scan()
+    refs = get_reader(root, PrepareConfig(format="folders", image_dir="scans", case_pattern=r"^img(?P<case>\d)")).scan()
+    assert [r.group for r in refs] == ["0", "1", "2", "3"]
+    (root / "cats.csv").write_text("name,class\nimg0,a\nimg1,b\nimg2,a\n")
+    with pytest.raises(DataError, match="no row for img3"):
+        get_reader(root, PrepareConfig(format="folders", image_dir="scans", categories="cats.csv")).scan()
+    save_png(root / "scans" / "img1.jpg", gradient_image(30, 40, 9))  # x.png beside x.jpg: which is it?
+    with pytest.raises(DataError, match="two file types"):
+        get_reader(root, PrepareConfig(format="folders", image_dir="scans")).scan()
+    with pytest.raises(ValueError, match="needs a group"):
+        PrepareConfig(case_pattern="^img")

@@ -199,3 +199,18 @@ def test_hippocampus_segmentation_is_scored_on_whole_volumes_in_mm(hippocampus, 
     model_hd95 = [float(stored[c]["hd95"]) for c in test[:6]]
     assert np.mean(model_hd95) < 0.5 * np.mean(empty_hd95), (model_hd95, empty_hd95)
     assert s["metrics"]["dice"]["mean"] > 0.3
+
+
+def test_ddti_prepares_as_downloaded_with_every_case_in_one_fold(tmp_path):
+    import re
+
+    src = shared_path("DDTI")
+    ps = prepare(src, tmp_path / "prepared", PrepareConfig(size=64), progress=False)
+    assert ps.meta["format"] == "ddti" and ps.meta["num_cases"] == 531
+    assert ps.meta["case_groups"]["groups"] == len({re.match(r"^([^_]+)_", c).group(1) for c in ps.case_ids})
+    assert {p.split(", ")[1] for p in ps.meta["prompts"]} == {"Thyroid"} and "US, Thyroid, TI-RADS not given" in ps.meta["prompts"]
+    patient = lambda c: re.match(r"^([^_]+)_", c).group(1)  # noqa: E731
+    tested = [{patient(c) for c in f.test} for f in ps.folds]
+    assert sum(map(len, tested)) == len(set().union(*tested))  # no case in two test folds
+    for f in ps.folds:
+        assert not {patient(c) for c in f.train} & {patient(c) for c in f.test}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,7 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
     assert len(calls) == 1 and set(calls[0]["seconds"]) >= {"prepare", "fine-tune fold0", "compare", "report"}
     page = report.read_text()
     assert page.count("data:image/png;base64,") == 6 and "<table>" in page  # self-contained
-    assert "lesion Dice" in md and "FP rate on empty" in md and "ΔDice vs none [95% CI]" in md
+    assert "lesion Dice" in md and "FP rate on empty" in md and "ΔDice vs none [corrected 95% CI]" in md and "95% CI over fold means" in md
     for fig in ("boxplots", "boxplots_per_fold", "variants", "alpha_strip", "overlays", "curves"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
     saved = load_run_config(out / "run.yaml", "cpu")
@@ -94,7 +95,8 @@ def test_shipped_configs_load_over_the_cpu_preset():
         cfg = load_run_config(f, "cpu")
         for section, values in overlay.items():  # every option of the file reached the config
             for key, value in values.items():
-                assert getattr(getattr(cfg, section), key) == value, (f.name, section, key)
+                got = getattr(getattr(cfg, section), key)
+                assert (list(got) if isinstance(got, tuple) else got) == value, (f.name, section, key)
     hippo = load_run_config(files[[f.name for f in files].index("hippocampus_cpu.yaml")], "cpu")
     assert hippo.prepare.size == 64 and hippo.model.condition == preset("cpu").model.condition
 
@@ -208,8 +210,8 @@ def test_runs_killed_in_fine_tuning_and_in_generation_finish_equal_to_an_uninter
     b = tmp_path / "b"
     real_save = dtrain._save_checkpoint
 
-    def stop_after_first_checkpoint(acc, out, step, limit):
-        real_save(acc, out, step, limit)
+    def stop_after_first_checkpoint(acc, out, step, limit, *token):
+        real_save(acc, out, step, limit, *token)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dtrain, "_save_checkpoint", stop_after_first_checkpoint)
@@ -269,6 +271,13 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
         np.mean([res["dice"]["diffboost"]["0.0"]["per_run"][k] - dice("diffboost", k) for k in (0, 1)]))
     assert res["gain"]["0.0"]["over none"]["mean"] == pytest.approx(
         np.mean([res["dice"]["diffboost"]["0.0"]["per_run"][k] - dice("none", k) for k in (0, 1)]))
+    # the sweep chooses by validation Dice (each run's best_val_dice), never by the test Dice beside it
+    def val(v, k):
+        folder = out / ("seg" if v == "0.6" else "ablations/alpha/0.0") / "diffboost" / "seed0" / f"fold{k}"
+        return json.loads((folder / "summary.json").read_text())["best_val_dice"]
+
+    assert res["val_dice"]["diffboost"] == pytest.approx({v: np.mean([val(v, k) for k in (0, 1)]) for v in ("0.0", "0.6")})
+    assert res["chosen"] == max(("0.0", "0.6"), key=lambda v: res["val_dice"]["diffboost"][v])
     # another strategy with variants: diffboost+mirror is measured against mirror, in a file of its own
     with pytest.raises(ValueError, match="no variants to mix"):
         ablate(out, "alpha", [0.0], progress=False, strategy="mirror")
@@ -279,23 +288,48 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     assert res_m["gain"]["0.0"]["over the run's setting"] is None  # the comparison has no diffboost+mirror
     assert json.loads((out / "ablations" / "alpha_diffboost-mirror.json").read_text())["strategy"] == "diffboost+mirror"
     assert (out / "ablations" / "alpha" / "0.0" / "diffboost+mirror" / "seed0" / "fold1" / "summary.json").exists()
+    comparison_set = (out / "synthetic" / "fold0" / "images.npy").read_bytes()
     before = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
     res_n = ablate(out, "n", [1, 3], progress=False)
-    after = json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["num_variants"]
-    assert after == before // 2 * 3  # n = 3 only added the third variant of each image
+    grown = out / "ablations" / "n" / "synthetic" / "fold0"
+    after = json.loads((grown / "generation.json").read_text())["num_variants"]
+    assert after == before // 2 * 3  # n = 3 added the third variant of each image, in the ablation's own set
     assert set(res_n["dice"]["diffboost"]) == {"1", "3"}
-    # the comparison's diffboost runs trained on every variant there was: now that the set grew they are
-    # stale, and not silently reused
+    # the comparison is untouched: its set as it was, and its diffboost runs still current (reused, not retrained)
+    assert (out / "synthetic" / "fold0" / "images.npy").read_bytes() == comparison_set
     from diffboost.data.store import PreparedSet
     from diffboost.segmentation.trainer import train_seg
 
     seg = dataclasses.replace(load_run_config(out / "run.yaml").seg, aug="diffboost")
-    with pytest.raises(ValueError, match="synthetic_variants"):
-        train_seg(PreparedSet(out / "prepared"), 0, seg, out / "seg" / "diffboost" / "seed0" / "fold0", progress=False)
+    folder = out / "seg" / "diffboost" / "seed0" / "fold0"
+    done = (folder / "summary.json").read_text()
+    train_seg(PreparedSet(out / "prepared"), 0, seg, folder, progress=False)
+    assert (folder / "summary.json").read_text() == done
     write_report(out)
     md = (out / "report.md").read_text()
     assert "## Ablation: alpha" in md and "## Ablation: n" in md and (out / "figures" / "ablation_n.png").exists()
     assert "## Ablation: alpha (diffboost+mirror)" in md and "ΔDice over mirror" in md
+    assert f"{res['chosen']} (chosen)" in md and "validation Dice" in md
+    # the report is titled after its data set, whatever the ablations are called
+    name = Path(json.loads((out / "prepared" / "dataset.json").read_text())["source"]).name
+    page = (out / "report.html").read_text()
+    assert md.startswith(f"# DiffBoost report: {name}\n")
+    assert f"<title>DiffBoost report: {name}</title>" in page and f"<h1>DiffBoost report: {name}</h1>" in page
+    # ablations made from other settings than the run has now are not shown; a cosmetic change hides nothing
+    kept = (out / "run.yaml").read_text()
+    try:
+        changed = yaml.safe_load(kept)
+        changed["train"]["log_every"] = changed["train"]["log_every"] + 1
+        (out / "run.yaml").write_text(yaml.safe_dump(changed))
+        write_report(out)
+        assert "## Ablation: alpha" in (out / "report.md").read_text()
+        changed["seg"]["epochs"] += 1
+        (out / "run.yaml").write_text(yaml.safe_dump(changed))
+        write_report(out)
+        md = (out / "report.md").read_text()
+        assert "## Ablations not shown" in md and "alpha.json" in md and "## Ablation: alpha" not in md
+    finally:
+        (out / "run.yaml").write_text(kept)
 
 
 def test_generator_sweeps_make_their_own_variants(first_run):

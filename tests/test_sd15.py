@@ -164,3 +164,20 @@ def test_sd15_mask_condition_and_img2img(tiny_sd, tmp_path, monkeypatch):
     keep = (masks > 0).astype(np.float32)
     held = pipe(["US, Breast, benign"] * 2, cond, masks=masks, keep=keep, keep_strength=0.0, **kw)
     assert held.shape == a.shape and np.isfinite(held).all() and np.abs(held - a).mean() > 1e-4
+
+
+def test_sd15_loads_no_pickled_weights_unless_allowed(tiny_sd, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionPipeline
+
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.sd15 import load_sd15
+
+    pickled = tmp_path / "sd15_bin"
+    StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False,
+                                            local_files_only=True).save_pretrained(pickled, safe_serialization=False)
+    assert not list((pickled / "unet").glob("*.safetensors")) and list((pickled / "unet").glob("*.bin"))
+    monkeypatch.delenv("DIFFBOOST_ALLOW_PICKLE", raising=False)
+    with pytest.raises(ValueError, match="no .safetensors weights"):
+        load_sd15(ModelConfig(kind="sd15", pretrained=str(pickled), image_size=32))
+    monkeypatch.setenv("DIFFBOOST_ALLOW_PICKLE", "1")  # the user's explicit choice for a file they trust
+    assert load_sd15(ModelConfig(kind="sd15", pretrained=str(pickled), image_size=32)).vae is not None

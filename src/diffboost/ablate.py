@@ -3,7 +3,8 @@
 Sweeps an option of one strategy with variants (``diffboost`` unless ``--strategy`` names another,
 e.g. ``diffboost+classic``) with every other option as in ``DIR/run.yaml``, on the same folds and seeds: Algorithm 1's ``n``, ``alpha``, ``patch``, ``mix_prob``, the ``network``,
 the variant filters ``teacher_gate`` and ``pixel_filter``, reusing the generated variants (a larger
-``n`` than was generated only adds the missing ones); and the generator's image-to-image
+``n`` than was generated copies the comparison's set to ``DIR/ablations/n/synthetic/foldK`` and adds
+the missing variants there: an ablation writes only under ``ablations/``); and the generator's image-to-image
 ``strength`` and ``mask_strength`` (new variants from the run's models) and ``condition`` (``edges`` or ``edges+mask``:
 new diffusion models per fold, then their variants). For ``network`` the ``none`` baseline is
 trained with each backbone too (the paper's Fig. 7; for ``diffboost+classic``, ``classic``). Runs go to
@@ -12,19 +13,26 @@ trained with each backbone too (the paper's Fig. 7; for ``diffboost+classic``, `
 and ``.png`` hold the table and the plot: mean Dice with a band of ± one std over runs (fold x seed)
 against the baseline, and per value the paired gain over the baseline (the strategy without its
 variants: ``none`` for ``diffboost``, ``classic`` for ``diffboost+classic``) and over the run's own
-setting, each with its 95% t-interval over the runs.
+setting, each with the corrected repeated k-fold interval of :mod:`diffboost.evaluation.stats`.
+
+The sweep's choice (``chosen`` in the JSON, marked in the report) is the value with the highest
+validation Dice, each run's ``best_val_dice`` on its fold's validation part averaged over runs: the
+test Dice is shown beside it but never chooses, so the reported folds stay unseen by the selection.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
+from .config import to_dict
 from .runconfig import GENERATOR_SWEEPS, SWEEPABLE, check_strategy, check_values, load_run_config, parse_sweep
 from .utils.atomic import atomic_write_bytes, atomic_write_text
+from .utils.lock import locks_folder
 
 __all__ = ["SWEEPABLE", "ablate", "check_sweeps", "check_values", "parse_sweep"]
 
@@ -54,6 +62,43 @@ def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]], strategy: 
             raise ValueError(f"{run_dir / 'run.yaml'}: --sweep {e}") from None
 
 
+def prepared_identity(ps) -> str:
+    """The prepared set's content: a hash of its manifest, folds and label maps (what a sweep trains on)."""
+    from .utils.atomic import file_sha256
+
+    return file_sha256(ps.root / "manifest.csv")[:16] + file_sha256(ps.root / "folds.json")[:16] + \
+        file_sha256(ps.root / "originals.npz")[:16]
+
+
+def ablation_identity(cfg, ps) -> str:
+    """What an ablation's numbers depend on besides its own sweep: the prepared content and every option
+    that changes a result (cosmetic ones aside). The report shows only the ablations that match."""
+    from .run import _comparable, _hash
+
+    sections = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "model", "train", "generate", "seg")}
+    sections["compare"] = {"folds": to_dict(cfg.compare).get("folds"), "seeds": cfg.compare.seed_list(cfg.seg)}
+    return _hash([prepared_identity(ps), _comparable(sections)])
+
+
+def _own_stage(folder: Path, identity: dict) -> None:
+    """A folder an ablation trains into: stamped when new; made from other settings, it is refused
+    (nothing is deleted unasked)."""
+    from .run import _comparable, _stamp
+    from .utils.atomic import read_control
+
+    stamp = folder / "stage.json"
+    if stamp.exists():
+        old = read_control(stamp).get("identity") or {}
+        if _comparable(old) != _comparable(identity):
+            changed = sorted(k for k in set(old) | set(identity) if _comparable(old.get(k)) != _comparable(identity.get(k)))
+            raise ValueError(f"{folder}: made with other settings ({', '.join(changed)}); remove it to redo this "
+                             "ablation with the current ones")
+    elif (folder / "model").exists():
+        raise ValueError(f"{folder}: made before ablations recorded their settings; remove it to redo it")
+    else:
+        _stamp(folder, identity)
+
+
 def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value, progress: bool) -> str:
     """The synthetic sets of a generator sweep value, made (or completed) per fold: variants at another
     ``strength`` or ``mask_strength`` from the run's own diffusion models, or new models fine-tuned with
@@ -74,26 +119,37 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
             train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
             folder = base / "models" / f"fold{k}"
             model = folder / "model"
+            mcfg = dataclasses.replace(cfg.model, image_size=ps.size, condition=value)
+            _own_stage(folder, {"prepared": prepared_identity(ps), "fold": k, "model": to_dict(mcfg),
+                                "train": to_dict(train)})
             if not model.exists():  # resumes from its last checkpoint after an interruption
-                train_diffusion(ps, folder, ps.indices(f.train, training=True),
-                                dataclasses.replace(cfg.model, image_size=ps.size, condition=value), train,
+                train_diffusion(ps, folder, ps.indices(f.train, training=True), mcfg, train,
                                 resume="latest" if (folder / "checkpoints").exists() else None,
                                 val_indices=ps.indices(f.val, training=True), progress=progress)
         generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)
     return str(base / "synthetic" / "fold{fold}")
 
 
-def _gain(runs: list, reference: list | None) -> dict | None:
-    """Mean Dice gain (a fraction) of the finished ``runs`` over the ``reference`` runs of the same
-    (fold, seed), with its 95% interval; None when there is no reference."""
+def _gain(runs: list, reference: list | None, ratio: float) -> dict | None:
+    """Mean test Dice gain (a fraction) of the finished ``runs`` over the ``reference`` runs of the same
+    (fold, seed), with its corrected 95% interval and p (and the interval over fold means); None when
+    there is no reference."""
     from .segmentation.compare import paired, read_rows
 
     if reference is None:
         return None
-    p = paired(read_rows(runs), read_rows(reference))
-    return {"mean": p["dice_diff"] / 100, "low": p["ci95"][0] / 100, "high": p["ci95"][1] / 100}
+    p = paired(read_rows(runs), read_rows(reference), ratio)
+    return {"mean": p["dice_diff"] / 100, "low": p["ci95"][0] / 100, "high": p["ci95"][1] / 100, "p": p["p"],
+            "folds_low": p["ci95_folds"][0] / 100, "folds_high": p["ci95_folds"][1] / 100}
 
 
+def choose(val_dice: dict[str, float]) -> str | None:
+    """The value with the highest validation Dice (the first such in sweep order); None without any."""
+    finite = {v: d for v, d in val_dice.items() if d is not None and np.isfinite(d)}
+    return max(finite, key=lambda v: finite[v]) if finite else None
+
+
+@locks_folder("run_dir")
 def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True, n_jobs: int | None = None,
            strategy: str = "diffboost") -> dict:
     """Train the sweep of ``strategy`` (``n_jobs`` runs at once; default ``compare.jobs`` of the run) and
@@ -110,13 +166,18 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
         raise ValueError(f"{run_dir / 'run.yaml'}: {e}") from None
     check_values(cfg.seg, param, values, ps.size, cfg)
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
-    if param == "n" and strategy.startswith("diffboost"):  # reuse what exists: generation only adds the missing variants
+    more_variants = None  # n above the comparison's: a set of the ablation's own, never the comparison's
+    if param == "n" and strategy.startswith("diffboost") and max(values) > cfg.generate.n:
+        more_variants = str(run_dir / "ablations" / "n" / "synthetic" / "fold{fold}")
         for k in folds:
             model = run_dir / "models" / f"fold{k}" / "model"
             if not model.exists():
                 raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
-            generate(model, ps, run_dir / "synthetic" / f"fold{k}", k,
-                     dataclasses.replace(cfg.generate, n=max(max(values), cfg.generate.n)), progress=progress)
+            target = Path(more_variants.format(fold=k))
+            if not target.exists():  # start from a copy of the comparison's variants: only the missing are drawn
+                shutil.copytree(run_dir / "synthetic" / f"fold{k}", target,
+                                ignore=shutil.ignore_patterns("consistency*", "teacher_loss*", "quality*"))
+            generate(model, ps, target, k, dataclasses.replace(cfg.generate, n=max(values)), progress=progress)
     strategies = [reference, strategy] if param == "network" else [strategy]
     seeds = cfg.compare.seed_list(cfg.seg)
     jobs, where, default = [], [], {}  # default: the value is the run's own setting
@@ -126,6 +187,8 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
                 own = v == getattr(cfg.model if param == "condition" else cfg.generate, param)
                 syn = None if own else _generator_sweep(run_dir, cfg, ps, folds, param, v, progress)
                 seg = dataclasses.replace(cfg.seg, aug=s, synthetic=syn)
+            elif more_variants is not None and v > cfg.generate.n:
+                seg = dataclasses.replace(cfg.seg, aug=s, n=v, synthetic=more_variants)
             else:
                 seg = dataclasses.replace(cfg.seg, aug=s, **{param: v})
             same_as_compare = seg == dataclasses.replace(cfg.seg, aug=s)
@@ -142,16 +205,27 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
     summaries = run_jobs(ps, jobs, n_jobs or cfg.compare.jobs, progress=progress, replace_stale=True)
     swept: dict[tuple[str, str], list[SegJob]] = {}  # (strategy, value): its runs, fold x seed
     dice: dict[tuple[str, str], list[float]] = {}
+    val: dict[tuple[str, str], list[float]] = {}
     for job, summary, w in zip(jobs, summaries, where):
         swept.setdefault(w, []).append(job)
         dice.setdefault(w, []).append(summary["metrics"]["dice"]["mean"])
+        val.setdefault(w, []).append(float(summary.get("best_val_dice", float("nan"))))
+    from .evaluation.stats import holdout_ratio
+
+    ratio = holdout_ratio([ps.fold(k) for k in folds])
     results: dict = {"param": param, "values": values, "strategy": strategy, "reference": reference,
-                     "folds": folds, "seeds": seeds, "dice": {}, "baseline": None, "gain": {}}
+                     "folds": folds, "seeds": seeds, "dice": {}, "val_dice": {}, "baseline": None, "gain": {},
+                     "test_train_ratio": ratio, "identity": ablation_identity(cfg, ps)}
     for s in strategies:
         for v in values:
             runs = dice[(s, str(v))]
             results["dice"].setdefault(s, {})[str(v)] = {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
                                                           "per_run": runs}
+            results["val_dice"].setdefault(s, {})[str(v)] = float(np.mean(val[(s, str(v))]))
+    # the sweep's choice: by Dice on each fold's validation part (which chose every checkpoint too), never
+    # by the test Dice shown beside it
+    results["chosen"] = choose(results["val_dice"][strategy])
+    results["chosen_by"] = "validation Dice (mean over runs of best_val_dice, each fold's validation part)"
 
     def compared_runs(s: str) -> list[SegJob] | None:
         """The comparison's own runs of ``s``; None while one of them is missing."""
@@ -164,9 +238,9 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
         mine = swept[(strategy, str(v))]
         # for network, the reference trained with the same backbone
         ref = swept[(reference, str(v))] if param == "network" else ref_runs
-        results["gain"][str(v)] = {f"over {reference}": _gain(mine, ref),
+        results["gain"][str(v)] = {f"over {reference}": _gain(mine, ref, ratio),
                                    # the run's own setting: no gain over itself
-                                   "over the run's setting": None if default[str(v)] else _gain(mine, own_runs)}
+                                   "over the run's setting": None if default[str(v)] else _gain(mine, own_runs, ratio)}
     if param != "network" and ref_runs is not None:
         results["baseline"] = float(np.mean([json.loads((j.out / "summary.json").read_text())["metrics"]["dice"]["mean"]
                                              for j in ref_runs]))

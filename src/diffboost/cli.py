@@ -26,11 +26,12 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import DataError
+        from .errors import ControlFileError, DataError
+        from .utils.lock import FolderBusy
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileExistsError, FileNotFoundError, ValueError) as e:
+        except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, ControlFileError) as e:
             console.print(f"[bold red]error:[/] {_escape(str(e))}")
             raise typer.Exit(2) from None
 
@@ -59,7 +60,7 @@ def prepare(
     source: Path = typer.Argument(..., help="Dataset folder: BUSI, images/+masks/, MSD task, nnU-Net raw, or a modality/organ/category corpus."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the prepared set to."),
     config: Optional[Path] = typer.Option(None, help="YAML config (its 'prepare:' section); options given here override it."),
-    format: Optional[str] = typer.Option(None, "--format", help="auto | busi | folders | msd | nnunet | corpus"),
+    format: Optional[str] = typer.Option(None, "--format", help="auto | busi | ddti | folders | msd | nnunet | corpus"),
     size: Optional[int] = typer.Option(None, help="Square working size in pixels (default 128)."),
     slices: Optional[str] = typer.Option(None, help="3D: slices used for training: foreground (paper) | all. Every slice is stored for whole-volume evaluation."),
     axis: Optional[int] = typer.Option(None, help="3D: slicing axis (default: the through-plane axis)."),
@@ -78,6 +79,11 @@ def prepare(
     seed: Optional[int] = typer.Option(None, help="Seed of the fold split."),
     duplicates: Optional[float] = typer.Option(None, help="Near-duplicate threshold (2D thumbnail correlation, default 0.92): each group stays in one fold. 1 = exact copies only."),
     no_duplicates: bool = typer.Option(False, "--no-duplicates", help="Do not look for near-duplicates."),
+    image_dir: Optional[str] = typer.Option(None, help="Folders layouts: the image folder (default: images/, image/, imgs/ or cropped/)."),
+    mask_dir: Optional[str] = typer.Option(None, help="Folders layouts: the mask folder (default: masks/, labels/, mask/ or label/)."),
+    case_pattern: Optional[str] = typer.Option(None, help="Regex on the file stem whose group 'case' (or first group) names the patient: "
+                                                          "its images stay in one fold (DDTI: '^(?P<case>[^_]+)_')."),
+    categories: Optional[str] = typer.Option(None, help="CSV of NAME,CATEGORY rows: the category goes into the prompt."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or inconsistent files with a warning (listed in dataset.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -93,6 +99,7 @@ def prepare(
         "label_map": parse_label_map(labels), "window": _parse_pair(window, "window"),
         "percentiles": _parse_pair(percentiles, "percentiles"), "edges": edges, "hed_weights": hed_weights,
         "folds": folds, "val_fraction": val_fraction, "seed": seed, "duplicates": duplicates,
+        "image_dir": image_dir, "mask_dir": mask_dir, "case_pattern": case_pattern, "categories": categories,
     }
     values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
     values.update({k: v for k, v in updates.items() if v is not None})
@@ -450,20 +457,70 @@ def export(
     volumes: str = typer.Option("slices", help="3D sets: slices (one case per slice) | volumes (re-stacked)."),
     n: Optional[int] = typer.Option(None, "-n", help="Variants per image to export (default: all)."),
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folders ('{fold}' is filled in)."),
+    size: str = typer.Option("original", help="original (real cases re-read at their size and spacing, variants "
+                                              "resized to them) | working (the prepared size)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Export real training cases and their synthetic variants as an nnU-Net v2 or MSD raw dataset,
-    with splits_final.json keeping synthetic cases out of every validation fold."""
+    """Export real cases and their synthetic variants as an nnU-Net v2 or MSD raw dataset: splits_final.json
+    validates each fold on its validation part (never its test fold, never a synthetic case), the test
+    cases go to imagesTs with their labels in labelsTs."""
     from .export import ExportConfig, export_dataset
 
     cfg = ExportConfig(to=to, dataset_id=dataset_id, name=name, file_ending=file_ending, volumes=volumes, n=n,
-                       synthetic=synthetic)
+                       synthetic=synthetic, size=size)
     path = export_dataset(source, out, cfg, overwrite=overwrite, progress=not quiet)
     import json
 
     meta = json.loads((path / "dataset.json").read_text())
     console.print(f"wrote {meta['numTraining']} cases to {path} (splits_final.json beside dataset.json)")
+
+
+# ---- nnU-Net v2 ----------------------------------------------------------------------------------
+
+nnunet_app = typer.Typer(no_args_is_help=True, help="Train nnU-Net v2 with DiffBoost's Algorithm 1 (nnUNetTrainerDiffBoost).")
+app.add_typer(nnunet_app, name="nnunet")
+
+
+def _need_nnunet():
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        raise ValueError("nnU-Net v2 is not installed: pip install 'diffboost[nnunet]'") from None
+
+
+@nnunet_app.command("train")
+@friendly_errors
+def nnunet_train(
+    dataset: str = typer.Argument(..., help="nnU-Net dataset id or name (exported by `diffboost export`, then planned "
+                                            "and preprocessed with nnUNetv2_plan_and_preprocess)."),
+    configuration: str = typer.Argument("2d", help="A 2D configuration (2d)."),
+    fold: str = typer.Argument("0", help="The fold of splits_final.json (copy the exported one into nnUNet_preprocessed)."),
+    device: str = typer.Option("cuda", help="cuda | cpu | mps."),
+    alpha: Optional[float] = typer.Option(None, help="Probability that a cell shows the real image (default 0.6)."),
+    patch: Optional[int] = typer.Option(None, help="Cell size in pixels (default: 64 px at 384 px, scaled)."),
+    mix_prob: Optional[float] = typer.Option(None, help="Share of samples mixed (default 1)."),
+    epochs: Optional[int] = typer.Option(None, help="nnU-Net's epochs (default 1000)."),
+    iterations: Optional[int] = typer.Option(None, help="Training iterations per epoch (default 250)."),
+    val_iterations: Optional[int] = typer.Option(None, help="Validation iterations per epoch (default 50)."),
+    resume: bool = typer.Option(False, "--continue", help="Continue from the fold's latest checkpoint."),
+):
+    """nnU-Net's own training with nnUNetTrainerDiffBoost: each real case mixed patch-wise with one of its
+    synthetic variants, before nnU-Net's augmentation; then nnU-Net's validation."""
+    _need_nnunet()
+    from .integrations.nnunet import MIXING_FILE, train
+
+    out = train(dataset, configuration, fold, device=device, continue_training=resume, epochs=epochs,
+                iterations=iterations, val_iterations=val_iterations, alpha=alpha, patch=patch, mix_prob=mix_prob)
+    console.print(f"trained {out} (mixing counts in {out / MIXING_FILE})")
+
+
+@nnunet_app.command("trainer-dir")
+def nnunet_trainer_dir():
+    """Print the folder to put in nnUNet_extTrainer, so that `nnUNetv2_train ... -tr nnUNetTrainerDiffBoost` finds it."""
+    from pathlib import Path as _Path
+
+    typer.echo(_Path(__file__).parent / "integrations" / "nnunet_trainers")
 
 
 # ---- fidelity and the Pix2Pix baseline ----------------------------------------------------------
@@ -681,7 +738,10 @@ def ablate(
     for name, values in sweeps:
         res = run_ablate(run_dir, name, values, progress=not quiet, n_jobs=jobs, strategy=strategy)
         for s, per in res["dice"].items():
-            console.print(f"{name} ({s}): " + ", ".join(f"{v}: {d['mean']:.4f}" for v, d in per.items()))
+            console.print(f"{name} ({s}) test Dice: " + ", ".join(f"{v}: {d['mean']:.4f}" for v, d in per.items()))
+        val = res["val_dice"][strategy]
+        console.print(f"{name} ({strategy}) validation Dice: " + ", ".join(f"{v}: {d:.4f}" for v, d in val.items())
+                      + f"; chosen by validation Dice: {name}={res['chosen']}")
         for v, g in res["gain"].items():
             shown = [f"{k} {d['mean'] * 100:+.2f} [{d['low'] * 100:+.2f}, {d['high'] * 100:+.2f}]"
                      for k, d in g.items() if d is not None]

@@ -33,7 +33,7 @@ class PromptConfig:
 class PrepareConfig:
     """Options of ``diffboost prepare``."""
 
-    format: str = "auto"  # auto | busi | folders | msd | nnunet | corpus
+    format: str = "auto"  # auto | busi | ddti | folders | msd | nnunet | corpus
     size: int = 128  # square working size in pixels
     slices: Literal["foreground", "all"] = "foreground"  # 3D: which slices the training stages use
     axis: int | None = None  # 3D: slicing axis; None = the through-plane (largest-spacing) axis
@@ -50,6 +50,13 @@ class PrepareConfig:
     seed: int = 0
     skip_bad: bool = False
     preview_cases: int = 8
+    # folders layouts (e.g. DDTI's cropped/ + mask/): the image and mask folders (None: detected), a regex
+    # whose group ``case`` (or first group) names the patient / examination an image belongs to (its images
+    # stay in one fold; None: each image its own case), and a CSV of NAME,CATEGORY rows for the prompt
+    image_dir: str | None = None
+    mask_dir: str | None = None
+    case_pattern: str | None = None
+    categories: str | None = None
 
     def __post_init__(self):
         if isinstance(self.prompt, dict):
@@ -78,6 +85,16 @@ class PrepareConfig:
             raise ValueError(f"folds must be at least 2, got {self.folds}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.case_pattern is not None:
+            import re
+
+            try:
+                rx = re.compile(self.case_pattern)
+            except re.error as e:
+                raise ValueError(f"case_pattern {self.case_pattern!r} is not a regular expression ({e})") from None
+            if rx.groups < 1:
+                raise ValueError(f"case_pattern {self.case_pattern!r} needs a group naming the case, e.g. "
+                                 "'^(?P<case>[^_]+)_'")
 
 
 def to_dict(cfg: Any) -> dict:

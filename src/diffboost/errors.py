@@ -12,3 +12,13 @@ class DataError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ControlFileError(RuntimeError):
+    """A file that controls resume (``stage.json``, ``run.json``, ``identity.json``, ...) cannot be read.
+    Not a ValueError: no caller mistakes it for "other settings" and replaces finished work."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {problem}; this file controls what a rerun reuses, so nothing was changed. "
+                         "Restore it, or remove its folder to redo that stage")

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 from .config import save_yaml, to_dict
+from .utils.atomic import read_control, write_control
+from .utils.lock import locks_folder
 from .runconfig import (PRESETS, AblateConfig, CompareConfig, PretrainConfig, RunConfig, config_yaml,
                         generates_variants, load_run_config, preset)
 
@@ -32,10 +34,39 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# options that change how a stage reports or checkpoints, not what it makes: a stage made with other
+# values of these is the same stage (a resume may change them)
+COSMETIC = frozenset({"log_every", "checkpoint_every", "checkpoints_limit", "validate_every", "max_minutes",
+                      "preview_cases", "skip_bad"})
+
+
+def _comparable(obj):
+    """An identity without its cosmetic options (at any depth)."""
+    if isinstance(obj, dict):
+        return {k: _comparable(v) for k, v in obj.items() if k not in COSMETIC}
+    if isinstance(obj, list):
+        return [_comparable(v) for v in obj]
+    return obj
+
+
+# prepare options added after runs were made: left out of the identity while unset, so that a run made
+# before they existed keeps its identity (and its stages) exactly
+LATER_PREPARE_OPTIONS = ("image_dir", "mask_dir", "case_pattern", "categories")
+
+
+def prepare_identity(prepare) -> dict:
+    d = to_dict(prepare)
+    for k in LATER_PREPARE_OPTIONS:
+        if d.get(k) is None:
+            d.pop(k, None)
+    return d
+
+
 def _fresh(folder: Path, identity: dict) -> bool:
-    """True when ``folder`` was made from ``identity``; otherwise it is removed (stale) -> False."""
+    """True when ``folder`` was made from ``identity`` (cosmetic options aside); otherwise it is removed
+    (stale) -> False."""
     stamp = folder / "stage.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("identity") == identity:
+    if stamp.exists() and _comparable(read_control(stamp).get("identity")) == _comparable(identity):
         return True
     if folder.exists():
         shutil.rmtree(folder)
@@ -45,15 +76,16 @@ def _fresh(folder: Path, identity: dict) -> bool:
 def _stamp(folder: Path, identity: dict) -> None:
     """Record what ``folder`` is made from (each stage's own files record its wall time)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "stage.json").write_text(json.dumps({"identity": identity}, indent=1))
+    write_control(folder / "stage.json", {"identity": identity})
 
 
+@locks_folder("out")
 def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True) -> Path:
     """Run every stage into ``out``; return the report's path."""
     from .ablate import ablate
     from .data.preparation import prepare
     from .data.store import PreparedSet
-    from .diffusion.train import train_diffusion
+    from .diffusion.train import finished_training, train_diffusion
     from .evaluation.consistency import consistency_for_run
     from .generation.generate import generate
     from .report import write_report
@@ -76,7 +108,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    prep_id = {"source": str(Path(data).resolve()), "prepare": to_dict(cfg.prepare)}
+    prep_id = {"source": str(Path(data).resolve()), "prepare": prepare_identity(cfg.prepare)}
     if main and (not _fresh(out / "prepared", prep_id) or not (out / "prepared" / "dataset.json").exists()):
         for stale in ("pretrain", "models", "synthetic", "seg", "compare"):  # all of it depends on the data
             shutil.rmtree(out / stale, ignore_errors=True)
@@ -132,7 +164,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
             shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
             _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
         barrier()
-        if not (model_dir / "model").exists():
+        if not finished_training(model_dir / "model"):  # new, interrupted, or stopped by train.max_minutes
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,
@@ -178,7 +210,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     if main:
         def save_times() -> dict:
             rounded = {k: round(v, 1) for k, v in times.items()}
-            (out / "times.json").write_text(json.dumps(rounded, indent=1))
+            write_control(out / "times.json", rounded)
             return rounded
 
         save_times()  # before the report, which shows them

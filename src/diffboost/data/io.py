@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ALL_SUFFIXES = IMAGE_SUFFIXES + NIFTI_SUFFIXES
 

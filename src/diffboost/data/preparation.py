@@ -54,6 +54,7 @@ class _Collector:
         self.rows: list[dict] = []
         self.originals: dict[str, np.ndarray] = {}
         self.cases: dict[str, str] = {}  # case id -> category
+        self.groups: dict[str, list[str]] = {}  # patient / examination -> its case ids (kept in one fold)
 
     def add(self, case: Case) -> None:
         cfg, ref = self.cfg, case.ref
@@ -82,6 +83,8 @@ class _Collector:
         if self.has_masks:
             self.originals[ref.case_id] = mask.astype(np.uint8)
         self.cases[ref.case_id] = category
+        if ref.group is not None:
+            self.groups.setdefault(ref.group, []).append(ref.case_id)
 
     def _add_slice(self, img2d, m2d, k, axis, spacing, common, ndim) -> None:
         size = self.cfg.size
@@ -139,6 +142,26 @@ def prepare(
     return PreparedSet(out)
 
 
+def merge_groups(groups: list[list[str]]) -> list[list[str]]:
+    """Groups that share a case, merged (a near-duplicate pair across two patients joins them)."""
+    parent: dict[str, str] = {}
+
+    def find(c: str) -> str:
+        while parent.setdefault(c, c) != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for g in groups:
+        for c in g[1:]:
+            parent[find(c)] = find(g[0])
+        find(g[0])
+    merged: dict[str, list[str]] = {}
+    for c in parent:
+        merged.setdefault(find(c), []).append(c)
+    return [sorted(m) for m in merged.values() if len(m) > 1]
+
+
 def _near_duplicates(cfg: PrepareConfig, col: _Collector) -> dict:
     """Near-duplicate groups of a 2D set (each kept inside one fold); 3D volumes are not compared."""
     from .duplicates import near_duplicate_groups
@@ -166,11 +189,13 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         np.savez_compressed(tmp / "originals.npz", **col.originals)
     case_ids = list(col.cases)
     dups = _near_duplicates(cfg, col)
+    patients = [g for g in col.groups.values() if len(g) > 1]
+    together = merge_groups(dups["groups"] + patients)
     folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids],
-                          dups["groups"]) if len(case_ids) >= cfg.folds else []
+                          together) if len(case_ids) >= cfg.folds else []
     (tmp / "folds.json").write_text(json.dumps(
         {"k": cfg.folds, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
-         "by": "case, stratified by category, near-duplicate groups kept together",
+         "by": "case, stratified by category, near-duplicate groups and the images of one patient kept together",
          "folds": [f.to_dict() for f in folds]}, indent=1))
     save_yaml(cfg, tmp / "config.yaml", section="prepare")
     images = np.load(tmp / "images.npy", mmap_mode="r")
@@ -195,6 +220,9 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "is_3d": any(r["slice_axis"] >= 0 for r in col.rows),
         "prompts": sorted({r["prompt"] for r in col.rows}),
         "near_duplicates": dups,
+        "case_groups": {"pattern": getattr(reader, "case_pattern", None), "groups": len(col.groups),
+                        "with_several_images": len(patients), "images_in_them": sum(map(len, patients))}
+        if col.groups else None,
         "skipped": reader.skipped,
         "config": to_dict(cfg),
         "seconds": round(elapsed, 2),

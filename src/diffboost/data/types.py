@@ -18,6 +18,7 @@ class CaseRef:
     category: str | None = None
     modality: str | None = None
     organ: str | None = None
+    group: str | None = None  # the patient / examination: cases of one group stay in one fold
 
 
 @dataclass

@@ -5,16 +5,30 @@ The SD UNet, VAE and CLIP text encoder are loaded from a local folder (diffusers
 UNet (``ControlNetModel.from_unet``; ``edges+mask`` gives it one conditioning channel per label more
 than the edge map) or from a local ControlNet. Grey images go in as three equal
 channels; the decoded RGB is averaged over channels (the paper's cross-channel average).
-Nothing is downloaded.
+Nothing is downloaded, and nothing is unpickled: every part loads from safetensors, unless the
+environment sets ``DIFFBOOST_ALLOW_PICKLE=1`` for a checkpoint that has only ``.bin`` / ``.ckpt`` weights
+(a pickle can run code when it is loaded: only for files you trust).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .models import EdgeTextDenoiser, ModelConfig
 from .pipeline import DiffBoostPipeline
 from .text import TextEncoder
+
+
+def allow_pickle() -> bool:
+    """Whether the user let non-safetensors weights load (``DIFFBOOST_ALLOW_PICKLE=1``)."""
+    return os.environ.get("DIFFBOOST_ALLOW_PICKLE", "") in ("1", "true", "yes")
+
+
+def _safetensors_only(path: Path, what: str):
+    """One clear error when a part has no safetensors weights and pickles are not allowed."""
+    return ValueError(f"{path}: {what} has no .safetensors weights; diffboost loads no pickled weights by default "
+                      "(they can run code). Convert it to safetensors, or set DIFFBOOST_ALLOW_PICKLE=1 if you trust it")
 
 
 def _load_parts(path: Path):
@@ -23,8 +37,13 @@ def _load_parts(path: Path):
     if path.is_dir():
         if not (path / "unet").is_dir() or not (path / "vae").is_dir():
             raise FileNotFoundError(f"{path}: not a diffusers Stable Diffusion folder (needs unet/, vae/, text_encoder/, tokenizer/)")
-        sd = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
-                                                     local_files_only=True, use_safetensors=None)
+        try:
+            sd = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
+                                                         local_files_only=True, use_safetensors=not allow_pickle() or None)
+        except (OSError, EnvironmentError) as e:
+            if not allow_pickle() and "safetensors" in str(e).lower():
+                raise _safetensors_only(path, "the Stable Diffusion checkpoint") from None
+            raise
     elif path.suffix == ".safetensors":
         try:
             sd = StableDiffusionPipeline.from_single_file(str(path), local_files_only=True)
@@ -49,7 +68,13 @@ def load_sd15(cfg: ModelConfig) -> DiffBoostPipeline:
     unet, vae = sd.unet.requires_grad_(False), sd.vae.requires_grad_(False)
     sd.text_encoder.requires_grad_(False)
     if cfg.controlnet:
-        controlnet = ControlNetModel.from_pretrained(cfg.controlnet, local_files_only=True)
+        try:
+            controlnet = ControlNetModel.from_pretrained(cfg.controlnet, local_files_only=True,
+                                                         use_safetensors=not allow_pickle() or None)
+        except (OSError, EnvironmentError) as e:
+            if not allow_pickle() and "safetensors" in str(e).lower():
+                raise _safetensors_only(Path(cfg.controlnet), "the ControlNet") from None
+            raise
         n = controlnet.config.conditioning_channels
         if cfg.condition == "edges+mask" and n != cfg.condition_channels:
             raise ValueError(f"{cfg.controlnet}: condition 'edges+mask' needs a ControlNet with "

@@ -44,7 +44,7 @@ class TextEncoder(torch.nn.Module):
             shown = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()  # a local load of a few MB: no per-tensor bar
             try:
-                model = AutoModel.from_pretrained(enc_dir)
+                model = AutoModel.from_pretrained(enc_dir, use_safetensors=True)  # no pickled weights
                 tokenizer = AutoTokenizer.from_pretrained(tok_dir)
             finally:
                 if shown:

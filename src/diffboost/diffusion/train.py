@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.lock import locks_folder
 from ..conditioning.augment_text import PHRASES, apply_phrase
 from ..config import save_yaml
 from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
@@ -218,12 +220,23 @@ def snr_weights(noise_sched, t: torch.Tensor, gamma: float) -> torch.Tensor:
     raise ValueError(f"snr_gamma: no Min-SNR weighting for prediction type {kind!r}")
 
 
+def finished_training(model_dir: str | Path) -> bool:
+    """Whether ``model_dir`` (a training folder's ``model/``) holds a model trained for all its steps:
+    a run stopped by ``train.max_minutes`` saves one with ``steps_done < steps``."""
+    info = Path(model_dir) / "training.json"
+    if not info.exists():
+        return Path(model_dir).exists()  # a model saved by another tool: taken as it is
+    d = json.loads(info.read_text())
+    return int(d.get("steps_done", d.get("steps", 0))) >= int(d.get("steps", 0))
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     """The newest ``checkpoints/step_*`` (call after ``recover_artifacts`` on the main process)."""
     ckpts = sorted((out / "checkpoints").glob("step_*"))
     return ckpts[-1] if ckpts else None
 
 
+@locks_folder("out")
 def train_diffusion(
     prepared,
     out: str | Path,
@@ -276,21 +289,36 @@ def train_diffusion(
     ema = EMAModel(params, decay=tcfg.ema_decay)
     state = _Step()
     net, opt, sched = acc.prepare(net, opt, sched)
-    acc.register_for_checkpointing(ema, state)
+    # the EMA weights and the step counter are saved beside accelerate's state as safetensors + JSON
+    # (_save_training_state), not registered with accelerate, which would pickle them
     pipe.to(acc.device)
     ema.to(acc.device)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         recover_artifact(out / "model")  # a kill while swapping a new version in leaves the previous one aside
         recover_artifacts(out / "checkpoints")
+        # temporary checkpoint folders of writers that died mid-save (the folder lock says none is alive)
+        for leftover in (out / "checkpoints").glob(".step_*.tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         save_yaml({"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
                    "init": str(init) if init else None, "samples": len(indices)}, out / "config.yaml")
     acc.wait_for_everyone()
+    ckpt = None
     if resume:
         ckpt = _latest_checkpoint(out) if resume == "latest" else Path(resume)
-        if ckpt is None:
+        if ckpt is None and resume != "latest":
             raise FileNotFoundError(f"{out}: no checkpoint to resume from (checkpoints/step_*)")
-        acc.load_state(str(ckpt))
+        # "latest" with no finished checkpoint (a kill during the first save leaves only its temporary
+        # folder): nothing to resume, the training starts from step 0
+    if ckpt is not None:
+        legacy = _pickled_training_state(Path(ckpt))  # refused unless the user allows pickles
+        if legacy:  # an older checkpoint: accelerate unpickles the EMA and step it registered then
+            acc.register_for_checkpointing(ema, state)
+        acc.load_state(str(ckpt))  # model weights from safetensors; optimizer, scheduler, RNG with weights_only
+        if legacy:
+            acc._custom_objects.clear()  # saved from now on as safetensors + JSON
+        else:
+            _load_training_state(Path(ckpt), ema, state)
         ema.to(acc.device)  # custom objects come back on the CPU (found by bench/gpu_check.py on an H200)
     log_path = out / "loss.csv"
     if acc.is_main_process:
@@ -302,8 +330,13 @@ def train_diffusion(
                       enabled=progress and acc.is_main_process)
     t_last, seen = time.perf_counter(), 0
     t_start = t_last
+    token = _writer_token(acc)
     while state.step < tcfg.steps:
         if tcfg.max_minutes is not None and time.perf_counter() - t_start > 60 * tcfg.max_minutes:
+            # out of time: a checkpoint at the stop, so that the next call resumes from here; model/ below
+            # records steps_done < steps and `run` resumes it rather than taking it as final
+            if state.step % tcfg.checkpoint_every != 0:
+                _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit, token, ema, state)
             break
         step = state.step
         rng = np.random.default_rng([tcfg.seed, step, acc.process_index])
@@ -346,7 +379,7 @@ def train_diffusion(
                                                   f"{ips:.2f}", f"{loss_v:.6f}"])
                 t_last, seen = now, 0
         if state.step % tcfg.checkpoint_every == 0 or state.step == tcfg.steps:
-            _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit)
+            _save_checkpoint(acc, out, state.step, tcfg.checkpoints_limit, token, ema, state)
         if val_indices and acc.is_main_process and (state.step % tcfg.validate_every == 0 or state.step == tcfg.steps):
             with _ema_weights(ema, params):
                 _validation_grid(pipe, prepared, val_indices, tcfg, labels,
@@ -382,15 +415,72 @@ class _ema_weights:
         self.ema.restore(self.params)
 
 
-def _save_checkpoint(acc, out: Path, step: int, limit: int) -> None:
+def _writer_token(acc) -> str:
+    """A name this invocation's processes share and no other writer uses: the main process's pid."""
+    from accelerate.utils import broadcast_object_list
+
+    token = [f"{os.getpid()}"]
+    if acc.num_processes > 1:
+        broadcast_object_list(token)
+    return token[0]
+
+
+def _save_training_state(folder: Path, ema, state: _Step) -> None:
+    """The EMA weights (safetensors) and counters (JSON) of a checkpoint: nothing to unpickle on resume."""
+    from safetensors.torch import save_file
+
+    sd = dict(ema.state_dict())
+    shadow = sd.pop("shadow_params")
+    save_file({f"shadow.{i:05d}": t.detach().to("cpu").contiguous() for i, t in enumerate(shadow)},
+              str(folder / EMA_FILE))
+    (folder / STATE_FILE).write_text(json.dumps({"step": state.step, "ema": sd}, indent=1))
+
+
+def _load_training_state(folder: Path, ema, state: _Step) -> None:
+    """Counterpart of :func:`_save_training_state`."""
+    from safetensors.torch import load_file
+
+    if not (folder / STATE_FILE).exists():
+        raise FileNotFoundError(f"{folder}: a checkpoint without its EMA weights and step ({STATE_FILE})")
+    meta = json.loads((folder / STATE_FILE).read_text())
+    tensors = load_file(str(folder / EMA_FILE))
+    ema.load_state_dict({**meta["ema"], "shadow_params": [tensors[k] for k in sorted(tensors)]})
+    state.step = int(meta["step"])
+
+
+def _pickled_training_state(folder: Path) -> bool:
+    """Whether a checkpoint keeps its EMA and step as accelerate's pickles (``custom_checkpoint_*.pkl``,
+    an older diffboost), which are loaded only with ``DIFFBOOST_ALLOW_PICKLE=1``. Pickles beside this
+    version's own files were put there by someone else: refused, never loaded."""
+    pickles = sorted(folder.glob("custom_checkpoint_*.pkl"))
+    if not pickles:
+        return False
+    if (folder / STATE_FILE).exists():
+        raise ValueError(f"{folder}: holds {', '.join(p.name for p in pickles)}, which diffboost never writes beside "
+                         f"{STATE_FILE}; they were not loaded. Remove them to resume")
+    from .sd15 import allow_pickle
+
+    if not allow_pickle():
+        raise ValueError(f"{folder}: made by an older diffboost, it keeps the EMA weights and step as pickles "
+                         "(custom_checkpoint_*.pkl), which can run code when loaded; set DIFFBOOST_ALLOW_PICKLE=1 to "
+                         "resume from it if you trust this folder")
+    return True
+
+
+EMA_FILE, STATE_FILE = "ema.safetensors", "training_state.json"
+
+
+def _save_checkpoint(acc, out: Path, step: int, limit: int, token: str = "0", ema=None, state=None) -> None:
     ckdir = out / "checkpoints"
-    tmp = ckdir / f".step_{step:07d}.tmp"  # one name every process writes its part to
+    tmp = ckdir / f".step_{step:07d}.tmp-{token}"  # every process of this invocation writes its part here
     if acc.is_main_process:
         ckdir.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a save that a kill interrupted
+        shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    acc.save_state(str(tmp), safe_serialization=True)
     acc.wait_for_everyone()
+    if acc.is_main_process and ema is not None:
+        _save_training_state(tmp, ema, state)
     if acc.is_main_process:
         commit_artifact(tmp, ckdir / f"step_{step:07d}")  # a checkpoint of this step stays until then
         for old in sorted(ckdir.glob("step_*"))[:-limit] if limit > 0 else []:

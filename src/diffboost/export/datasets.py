@@ -1,19 +1,29 @@
-"""Export a prepared set and its synthetic variants as an nnU-Net v2 or MSD raw dataset.
+"""Export a prepared set and its synthetic variants as an nnU-Net v2 or MSD raw dataset that nnU-Net
+evaluates honestly.
 
-Everything is written at the working size of the prepared set (the synthetic images exist only
-there): real images from ``images.npy`` (rescaled from [-1, 1] to 0..255), labels from
-``masks.npy``, synthetic variants with the label of their real image.
+Sizes. Real images and labels are written at their original size and spacing (``size="original"``,
+the default): the images are read again from the prepared set's source (which must still be where
+``prepare`` found it, and hold the same labels), the labels come from the prepared set's
+``originals.npz``. A synthetic variant exists only at the working size; it is resized (bilinear) to
+the original size of its source image and mapped back to that image's intensity window (the
+percentile clip ``prepare`` applied), and keeps its real image's original label. ``size="working"``
+writes everything at the working size instead (real images from ``images.npy``).
 
-``splits_final.json`` (nnU-Net's format: a list of ``{"train": [...], "val": [...]}``, one per fold of
-the prepared set) keeps the prepared set's folds: fold K validates on the real cases of its test part
-and trains on the real cases of its training and validation parts plus the synthetic variants made by
-fold K's diffusion model. A synthetic case is therefore never in any validation list, and never in a
-fold other than its own. nnU-Net reads the file from ``nnUNet_preprocessed/DatasetXXX_NAME/``: copy it
-there after ``nnUNetv2_plan_and_preprocess``.
+Folds. ``splits_final.json`` (nnU-Net's format: a list of ``{"train": [...], "val": [...]}``, one per fold
+of the prepared set) keeps the prepared set's folds without ever validating on a test fold: fold K
+trains on the real cases of its training part plus the synthetic variants made by fold K's diffusion
+model, and validates on the real cases of its validation part (drawn from the training cases, as
+``prepare`` made it). nnU-Net uses that validation fold for ``checkpoint_best``,
+``find_best_configuration`` and postprocessing, so none of them sees a test case. The test cases are
+written again to ``imagesTs/`` with their reference labels in ``labelsTs/`` (a folder nnU-Net does not
+read: evaluate with ``nnUNetv2_evaluate_folder labelsTs PREDICTIONS``); ``diffboost_export.json`` lists
+each fold's test cases. A synthetic case is never in any validation list nor in another fold.
+nnU-Net reads ``splits_final.json`` from ``nnUNet_preprocessed/DatasetXXX_NAME/``: copy it there after
+``nnUNetv2_plan_and_preprocess``.
 
-3D sets export as 2D slices (``volumes="slices"``, one case per slice) or as re-stacked volumes
-(``volumes="volumes"``: the in-plane spacing is scaled to the working size; a synthetic volume is its
-real volume with every training slice replaced by that slice's variant).
+3D sets export as 2D slices (``volumes="slices"``, one case per slice) or as volumes
+(``volumes="volumes"``: a synthetic volume is its real volume with every training slice replaced by
+that slice's variant).
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.preview import to_uint8
 from ..data.store import PreparedSet
 from ..utils.atomic import atomic_dir
 from ..utils.progress import progress_iter
@@ -43,12 +52,15 @@ class ExportConfig:
     volumes: str = "slices"  # 3D sets: slices | volumes
     n: int | None = None  # variants per image to export; None = all
     synthetic: str | None = None  # '{fold}' template; None = PREPARED/../synthetic/fold{fold}
+    size: str = "original"  # original (real cases as read, variants resized to them) | working
 
     def __post_init__(self):
         if self.to not in ("nnunet", "msd"):
             raise ValueError(f"--to must be 'nnunet' or 'msd', got {self.to!r}")
         if self.volumes not in ("slices", "volumes"):
             raise ValueError(f"volumes must be 'slices' or 'volumes', got {self.volumes!r}")
+        if self.size not in ("original", "working"):
+            raise ValueError(f"size must be 'original' or 'working', got {self.size!r}")
         if not 0 <= self.dataset_id <= 999:
             raise ValueError(f"dataset id must be in 0..999, got {self.dataset_id}")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
@@ -68,13 +80,69 @@ class _Unit:
     """One exported case: arrays to write and where it belongs."""
 
     name: str
-    image: np.ndarray  # float32 in [-1, 1], 2D [H, W] or 3D
+    image: np.ndarray  # 2D [H, W] or 3D, in the exported intensity units
     label: np.ndarray
     spacing: tuple[float, ...]
     case_id: str
     fold: int | None = None  # the fold whose training part a synthetic unit belongs to
     variant: int | None = None
     slice_index: int | None = None
+
+
+class _RealCases:
+    """Each case's real image, label, spacing and intensity window at the exported size."""
+
+    def __init__(self, ps: PreparedSet, original: bool):
+        self.ps, self.original = ps, original
+        self._reader = self._refs = None
+        if original:
+            from ..config import PrepareConfig, load_section
+            from ..data.readers import get_reader
+
+            source = Path(str(ps.meta.get("source", "")))
+            if not source.is_dir():
+                raise FileNotFoundError(
+                    f"{ps.root}: its source {source} is not there; exporting at the original size reads the real "
+                    "images again (move the data back, or export with size: working)")
+            self.cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
+            self._reader = get_reader(source, self.cfg)
+            self._refs = {r.case_id: r for r in self._reader.scan()}
+
+    def case(self, case_id: str, rows: list[dict], volumes: bool):
+        """``(image, label, spacing, (lo, hi))``: 2D, or 3D for a volume (whole, or stacked slices when
+        ``volumes``); ``lo, hi``: the intensities that [-1, 1] stands for."""
+        if self.original:
+            ref = self._refs.get(case_id)
+            if ref is None:
+                raise ValueError(f"{self.ps.meta['source']}: case {case_id!r} of {self.ps.root} is no longer in the source")
+            case = self._reader.load(ref)
+            label = self.ps.original_mask(case_id)
+            if case.mask is not None and (case.mask.shape != label.shape or not np.array_equal(case.mask, label)):
+                raise ValueError(f"{ref.masks[0] if ref.masks else ref.image}: the label of case {case_id!r} changed "
+                                 f"since {self.ps.root} was prepared; prepare again before exporting")
+            window = self.cfg.window if self.cfg.window is not None else tuple(
+                float(v) for v in np.percentile(case.image, self.cfg.percentiles))
+            return case.image.astype(np.float32), label, tuple(float(s) for s in case.spacing), window
+        # the working size: [-1, 1] written as 0..255
+        images, masks = self.ps.images, self.ps.masks
+        idx = [r["index"] for r in rows]
+        grey = lambda i: (np.asarray(images[i], np.float32) + 1) * 127.5  # noqa: E731
+        if rows[0]["slice_axis"] < 0:
+            return grey(idx[0]), np.asarray(masks[idx[0]]), _slice_spacing(rows[0], self.ps.size), (0.0, 255.0)
+        axis = rows[0]["slice_axis"]
+        image = np.stack([grey(i) for i in idx], axis=axis)
+        label = np.stack([np.asarray(masks[i]) for i in idx], axis=axis)
+        return image, label, _volume_spacing(rows[0], self.ps.size), (0.0, 255.0)
+
+    def variant(self, plane: np.ndarray, row: dict, window: tuple[float, float]) -> np.ndarray:
+        """A working-size variant in [-1, 1] at the exported size and intensity units of its real slice."""
+        from ..data.preprocess import resize_image
+
+        plane = np.asarray(plane, np.float32)
+        if self.original:
+            plane = resize_image(plane, (row["orig_height"], row["orig_width"]))
+        lo, hi = window
+        return (lo + (np.clip(plane, -1, 1) + 1) / 2 * (hi - lo)).astype(np.float32)
 
 
 def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None = None,
@@ -91,45 +159,52 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
     ending = ".nii.gz" if cfg.to == "msd" else (cfg.file_ending or (".nii.gz" if volumes else ".png"))
     folder = f"Dataset{cfg.dataset_id:03d}_{cfg.name}" if cfg.to == "nnunet" else f"Task{cfg.dataset_id:02d}_{cfg.name}"
     synthetic = _synthetic_sets(ps, cfg)
-    units, real_of_case = _units(ps, synthetic, volumes, cfg.n)
+    real = _RealCases(ps, cfg.size == "original")  # checks the source before anything is written
+    target = Path(out) / folder
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite to replace it")
+    units, real_of_case = _units(ps, real, synthetic, volumes, cfg.n, progress)
     names = [u.name for u in units]
     if len(set(names)) != len(names):
         raise ValueError(f"{ps.root}: two cases map to the same exported name; rename the cases")
-    splits = []
-    for f in ps.folds:
-        train = [n for c in (*f.train, *f.val) for n in real_of_case[c]]
-        train += [u.name for u in units if u.fold == f.index]
-        splits.append({"train": train, "val": [n for c in f.test for n in real_of_case[c]]})
-    target = Path(out) / folder
+    splits = [{"train": [n for c in f.train for n in real_of_case[c]] + [u.name for u in units if u.fold == f.index],
+               "val": [n for c in f.val for n in real_of_case[c]]} for f in ps.folds]
+    tests = {str(f.index): [n for c in f.test for n in real_of_case[c]] for f in ps.folds}
+    test_names = set(n for v in tests.values() for n in v)
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+            (tmp / sub).mkdir()
         for u in progress_iter(units, f"export {cfg.to}", enabled=progress):
             stem = f"{u.name}_0000" if cfg.to == "nnunet" else u.name
-            _write(tmp / "imagesTr" / f"{stem}{ending}", to_uint8(u.image) if ending == ".png" else u.image.astype(np.float32),
-                   u.spacing, cfg.to == "msd")
-            _write(tmp / "labelsTr" / f"{u.name}{ending}", u.label.astype(np.uint8), u.spacing, cfg.to == "msd")
+            parts = [("imagesTr", "labelsTr")] + ([("imagesTs", "labelsTs")] if u.name in test_names else [])
+            for images, labels in parts:
+                _write(tmp / images / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
+                _write(tmp / labels / f"{u.name}{ending}", u.label.astype(np.uint8), u.spacing, cfg.to == "msd")
         labels = ps.label_names
+        description = _description(ps, synthetic, cfg.size)
         if cfg.to == "nnunet":
             meta = {"channel_names": {"0": "zscore"},
                     "labels": {("background" if k == 0 else v): k for k, v in sorted(labels.items())},
-                    "numTraining": len(units), "file_ending": ending, "name": cfg.name,
-                    "description": _description(ps, synthetic)}
+                    "numTraining": len(units), "file_ending": ending, "name": cfg.name, "description": description}
         else:
-            meta = {"name": cfg.name, "description": _description(ps, synthetic), "tensorImageSize": "3D",
+            meta = {"name": cfg.name, "description": description, "tensorImageSize": "3D",
                     "reference": "", "licence": "see the source dataset", "release": "",
                     "modality": {"0": _modality(ps)},
                     "labels": {str(k): ("background" if k == 0 else v) for k, v in sorted(labels.items())},
-                    "numTraining": len(units), "numTest": 0,
+                    "numTraining": len(units), "numTest": len(test_names),
                     "training": [{"image": f"./imagesTr/{u.name}{ending}", "label": f"./labelsTr/{u.name}{ending}"}
-                                 for u in units], "test": []}
+                                 for u in units],
+                    "test": [f"./imagesTs/{n}{ending}" for n in sorted(test_names)]}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
         (tmp / "splits_final.json").write_text(json.dumps(splits, indent=1))
         (tmp / "diffboost_export.json").write_text(json.dumps({
-            "prepared": str(ps.root.resolve()), "format": cfg.to, "working_size": ps.size,
+            "prepared": str(ps.root.resolve()), "format": cfg.to, "size": cfg.size, "working_size": ps.size,
             "volumes": "volumes" if volumes else "slices", "synthetic": {str(k): str(s.root) for k, s in synthetic.items()},
+            "test_cases_per_fold": tests,
+            "evaluate": "nnUNetv2_evaluate_folder labelsTs PREDICTIONS_OF_FOLD_K -djfile dataset.json -pfile plans.json "
+                        "(the predictions of fold K's model on test_cases_per_fold[K] only)",
             "cases": [{"name": u.name, "case_id": u.case_id, "synthetic_fold": u.fold, "variant": u.variant,
-                       "slice_index": u.slice_index} for u in units]}, indent=1))
+                       "slice_index": u.slice_index, "shape": list(u.image.shape)} for u in units]}, indent=1))
     return target
 
 
@@ -154,57 +229,59 @@ def _synthetic_sets(ps: PreparedSet, cfg: ExportConfig) -> dict:
     return found
 
 
-def _units(ps: PreparedSet, synthetic: dict, volumes: bool, n: int | None):
+def _variants_of(syn, rows: list[int], n: int | None) -> list[int]:
+    ordered = sorted(rows, key=lambda j: syn.manifest[j]["variant"])
+    return ordered if n is None else ordered[:n]
+
+
+def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n: int | None, progress: bool):
     """The exported cases, and for each real case id the names of its real units."""
     units: list[_Unit] = []
     real_of_case: dict[str, list[str]] = {}
-    images, masks = ps.images, ps.masks
-    for case in ps.case_ids:
-        idx = ps.indices([case])
-        rows = [ps.manifest[i] for i in idx]
+    for case in progress_iter(ps.case_ids, "read cases", enabled=progress):
+        rows = sorted((ps.manifest[i] for i in ps.indices([case])), key=lambda r: r["slice_index"])
         base = _safe(case)
-        if volumes:
-            axis = rows[0]["slice_axis"]
-            order = np.argsort([r["slice_index"] for r in rows])
-            idx = [idx[k] for k in order]
-            rows = [rows[k] for k in order]
-            img = np.stack([np.asarray(images[i], np.float32) for i in idx], axis=axis)
-            lab = np.stack([np.asarray(masks[i]) for i in idx], axis=axis)
-            vsp = _volume_spacing(rows[0], ps.size)
-            units.append(_Unit(base, img, lab, vsp, case))
+        image, label, spacing, window = real.case(case, rows, volumes)
+        axis = rows[0]["slice_axis"]
+        if axis < 0:  # a 2D case: one image, each variant replaces it whole
+            units.append(_Unit(base, image, label, spacing, case))
             real_of_case[case] = [base]
             for k, syn in synthetic.items():
-                by_real = syn.by_real
-                if not all(i in by_real for i in idx if ps.manifest[i]["train"]):
-                    continue
-                train_slices = [i for i in idx if ps.manifest[i]["train"]]
-                if not train_slices:
-                    continue
-                count = min(len(by_real[i]) for i in train_slices)
-                for v in range(count if n is None else min(n, count)):
-                    planes = [np.asarray(syn.images[_variant_row(syn, by_real[i], v)], np.float32)
-                              if ps.manifest[i]["train"] else np.asarray(images[i], np.float32) for i in idx]
-                    units.append(_Unit(f"{base}_syn_f{k}_v{v}", np.stack(planes, axis=axis), lab, vsp, case, k, v))
+                for v, j in enumerate(_variants_of(syn, syn.by_real.get(rows[0]["index"], []), n)):
+                    units.append(_Unit(f"{base}_syn_f{k}_v{v}", real.variant(syn.images[j], rows[0], window),
+                                       label, spacing, case, k, v))
             continue
-        names = []
-        for i, r in zip(idx, rows):
-            name = base if r["slice_axis"] < 0 else f"{base}_z{r['slice_index']:03d}"
-            spacing = _slice_spacing(r, ps.size)
-            z = None if r["slice_axis"] < 0 else r["slice_index"]
-            units.append(_Unit(name, np.asarray(images[i], np.float32), np.asarray(masks[i]), spacing, case, slice_index=z))
+        if volumes:  # a synthetic volume: the real one with each training slice replaced by its variant
+            units.append(_Unit(base, image, label, spacing, case))
+            real_of_case[case] = [base]
+            train = [r for r in rows if r["train"]]
+            for k, syn in synthetic.items():
+                if not train or not all(r["index"] in syn.by_real for r in train):
+                    continue
+                per = {r["index"]: _variants_of(syn, syn.by_real[r["index"]], n) for r in train}
+                for v in range(min(len(p) for p in per.values())):
+                    vol = image.copy()
+                    for r in train:
+                        plane = real.variant(syn.images[per[r["index"]][v]], r, window)
+                        index = [slice(None)] * vol.ndim
+                        index[axis] = r["slice_index"]
+                        vol[tuple(index)] = plane
+                    units.append(_Unit(f"{base}_syn_f{k}_v{v}", vol, label, spacing, case, k, v))
+            continue
+        names = []  # a 3D case as 2D slices
+        sp = tuple(s for a, s in enumerate(spacing) if a != axis) if real.original else _slice_spacing(rows[0], ps.size)
+        for r in rows:
+            z = r["slice_index"]
+            name = f"{base}_z{z:03d}"
+            plane, lab = np.take(image, z, axis=axis), np.take(label, z, axis=axis)
+            units.append(_Unit(name, plane, lab, sp, case, slice_index=z))
             names.append(name)
             for k, syn in synthetic.items():
-                for v, row in enumerate(sorted(syn.by_real.get(i, []), key=lambda j: syn.manifest[j]["variant"])):
-                    if n is not None and v >= n:
-                        break
-                    units.append(_Unit(f"{name}_syn_f{k}_v{v}", np.asarray(syn.images[row], np.float32),
-                                       np.asarray(masks[i]), spacing, case, k, v, z))
+                for v, j in enumerate(_variants_of(syn, syn.by_real.get(r["index"], []), n)):
+                    units.append(_Unit(f"{name}_syn_f{k}_v{v}", real.variant(syn.images[j], r, window), lab, sp,
+                                       case, k, v, z))
         real_of_case[case] = names
     return units, real_of_case
-
-
-def _variant_row(syn, rows: list[int], v: int) -> int:
-    return sorted(rows, key=lambda j: syn.manifest[j]["variant"])[v]
 
 
 def _slice_spacing(row: dict, size: int) -> tuple[float, float]:
@@ -220,16 +297,27 @@ def _volume_spacing(row: dict, size: int) -> tuple[float, ...]:
     return tuple(sp)
 
 
-def _write(path: Path, arr: np.ndarray, spacing: tuple[float, ...], force_3d: bool) -> None:
+def _png_array(arr: np.ndarray, path: Path) -> np.ndarray:
+    """An image as 8-bit (or 16-bit) grey for a PNG: the original units, rounded."""
+    v = np.rint(np.asarray(arr, np.float64))
+    if v.min() >= 0 and v.max() <= 255:
+        return v.astype(np.uint8)
+    if v.min() >= 0 and v.max() <= 65535:
+        return v.astype(np.uint16)
+    raise ValueError(f"{path.name}: intensities {v.min():g}..{v.max():g} do not fit a PNG; export with file ending .nii.gz")
+
+
+def _write(path: Path, arr: np.ndarray, spacing: tuple[float, ...], force_3d: bool, image: bool = False) -> None:
     if path.name.endswith(".png"):
         from PIL import Image
 
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        Image.fromarray(_png_array(arr, path) if image else arr).save(buf, format="PNG")
         path.write_bytes(buf.getvalue())
         return
     import nibabel as nib
 
+    arr = arr.astype(np.float32) if image else arr
     if force_3d and arr.ndim == 2:  # MSD holds volumes: a 2D image is a one-slice volume, whose
         # slice is at least as thick as its pixels are wide, so readers take the last axis as through-plane
         arr, spacing = arr[..., None], (*spacing, max(spacing))
@@ -247,6 +335,7 @@ def _modality(ps: PreparedSet) -> str:
     return first.split(",")[0].strip() or "image"
 
 
-def _description(ps: PreparedSet, synthetic: dict) -> str:
-    return (f"diffboost export of {ps.meta.get('source')} at {ps.size} px: real cases and "
+def _description(ps: PreparedSet, synthetic: dict, size: str) -> str:
+    where = "their original size" if size == "original" else f"the working size {ps.size} px"
+    return (f"diffboost export of {ps.meta.get('source')} at {where}: real cases and "
             f"{sum(len(s) for s in synthetic.values())} synthetic variants from folds {sorted(synthetic)}")

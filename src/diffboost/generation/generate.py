@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.lock import locks_folder
 from ..conditioning.augment_text import DEFAULT_TEXTS
 from ..data.store import PreparedSet
-from ..utils.atomic import recover_artifact
+from ..utils.atomic import read_control, recover_artifact, write_control
 from ..utils.progress import progress_iter
 from .synthetic import SyntheticSet, check_set_folder, variant_seed, write_synthetic_set
 
@@ -95,6 +97,7 @@ def _key(item: dict) -> str:
     return f"{item['real_index']:07d}_{item['variant']:04d}"
 
 
+@locks_folder("out")
 def generate(
     model: str | Path,
     prepared: str | Path | PreparedSet,
@@ -136,7 +139,7 @@ def generate(
         return SyntheticSet(out)  # complete already: nothing to do (its metadata and timing stay as they are)
     if state.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        (work / "identity.json").write_text(json.dumps(identity, indent=1))
+        write_control(work / "identity.json", identity)
         _unpack_existing(out, work)
     state.wait_for_everyone()
 
@@ -221,7 +224,7 @@ def mask_labels(pipe, ps: PreparedSet) -> list[int] | None:
 
 
 def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")  # a name of this writer's own
     np.save(tmp, arr)
     tmp.rename(path)
 
@@ -229,7 +232,7 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
 def _check_compatible(out: Path, identity: dict) -> None:
     for f in (out / "generation.json", out / ".work" / "identity.json"):
         if f.exists():
-            old = json.loads(f.read_text())
+            old = read_control(f)  # unreadable: an error of its own, never taken for other settings
             old = {**IDENTITY_DEFAULTS, **old.get("identity", old)}
             diff = sorted(k for k in identity if old.get(k) != identity[k])
             if diff:

@@ -17,7 +17,7 @@ import yaml
 
 from ..data.store import PreparedSet
 from ..generation.synthetic import CONSISTENCY_CSV
-from ..utils.atomic import atomic_write_bytes, atomic_write_text
+from ..utils.atomic import atomic_write_bytes, atomic_write_text, read_control
 from . import figures
 
 def _versions() -> dict[str, str]:
@@ -72,16 +72,15 @@ def _cells_html(heads: list[str], rows: list[list[tuple[str, bool]]]) -> str:
 def _table(result: dict) -> tuple[str, str]:
     """Table II, the lesion / empty-case table and the contrasts, as Markdown and as HTML (best per
     column in bold)."""
-    from ..segmentation.compare import contrast_lines, lesion_cells, markdown_tables, table_cells
+    from ..segmentation.compare import STATS_NOTE, contrast_lines, lesion_cells, markdown_tables, table_cells
 
     table, unit = result["table"], result.get("unit", "px")
     where = "mm" if unit == "mm" else "pixels of the original image"
     n_folds, n_seeds = len(result.get("folds", [])), len(result.get("seeds", [0]))
     htm = (_cells_html(*table_cells(table, unit))
            + f"<p>All test cases of {n_folds} folds x {n_seeds} seeds, mean ± std over cases; Dice, Precision, Recall "
-           f"in %; HD95, ASSD in {where}. Dice over folds: mean ± std of the fold means. ΔDice: difference to none in "
-           "Dice points, mean over runs (fold x seed) with its 95% t-interval. p: paired Wilcoxon over cases, "
-           "Holm-corrected over the strategies.</p>"
+           f"in %; HD95, ASSD in {where}. Dice over folds: mean ± std of the fold means. "
+           + html.escape(STATS_NOTE.replace("`", "")) + "</p>"
            + "<h3>Lesion cases and empty references</h3>" + _cells_html(*lesion_cells(table, unit))
            + "<p>Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
            "(normal images; for volumes, slices without foreground) predicted with any foreground.</p>")
@@ -261,8 +260,17 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
     if cv is not None:
         add("Training curves", "Diffusion fine-tuning loss per fold; validation Dice per epoch (fold 0), which "
             "chooses each segmenter's checkpoint.", fig=cv, fig_name="curves")
+    current, stale = None, []
+    if (run / "run.yaml").exists() and list((run / "ablations").glob("*.json")):
+        from ..ablate import ablation_identity
+        from ..runconfig import load_run_config
+
+        current = ablation_identity(load_run_config(run / "run.yaml"), ps)
     for f in sorted((run / "ablations").glob("*.json")):
         ab = json.loads(f.read_text())
+        if ab.get("identity") != current:  # made from other settings or data than the run has now
+            stale.append(f.name)
+            continue
         strategy, reference = ab.get("strategy", "diffboost"), ab.get("reference", "none")
         gains = ab.get("gain") or {}
         kinds = [g for g in (f"over {reference}", "over the run's setting")
@@ -272,19 +280,33 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             d = (gains.get(str(v)) or {}).get(g)
             return "–" if d is None else f"{d['mean'] * 100:+.2f} [{d['low'] * 100:+.2f}, {d['high'] * 100:+.2f}]"
 
+        val = (ab.get("val_dice") or {}).get(strategy) or {}
+        chosen = ab.get("chosen")
         head = [ab["param"], *(f"{s} Dice (mean ± std over runs)" for s in ab["dice"]),
-                *(f"{strategy} ΔDice {g} [95% CI]" for g in kinds)]
-        body = [[str(v), *(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}" for d in ab["dice"].values()),
-                 *(gain(v, g) for g in kinds)] for v in ab["values"]]
+                *([f"{strategy} validation Dice"] if val else []),
+                *(f"{strategy} ΔDice {g} [corrected 95% CI]" for g in kinds)]
+        body = [[str(v) + (" (chosen)" if str(v) == chosen else ""),
+                 *(f"{d[str(v)]['mean'] * 100:.2f} ± {d[str(v)]['std'] * 100:.2f}" for d in ab["dice"].values()),
+                 *([f"{val[str(v)] * 100:.2f}"] if val else []), *(gain(v, g) for g in kinds)] for v in ab["values"]]
         sentences = [f"Baseline ({reference}): {ab['baseline'] * 100:.2f}."] if ab.get("baseline") is not None else []
+        if chosen is not None:
+            sentences.append(f"Chosen: {ab['param']} = {chosen}, by validation Dice (each fold's validation part); "
+                             "the test Dice beside it does not choose.")
+        elif not val:
+            sentences.append("Made before sweeps recorded validation Dice: no value is chosen (rerun `diffboost ablate`).")
         if kinds:
-            sentences.append("Gains are paired over the same fold x seed runs, with Student's t interval over them; "
-                             f"the run's setting is {strategy} as trained in the comparison.")
+            sentences.append("Gains are paired over the same fold x seed runs, with the corrected repeated k-fold "
+                             f"interval (seeds averaged per fold); the run's setting is {strategy} as trained in the "
+                             "comparison.")
         note = " ".join(sentences)
-        title = ab["param"] if strategy == "diffboost" else f"{ab['param']} ({strategy})"
-        add(f"Ablation: {title}", _md_rows(head, body) + (f"\n\n{note}" if note else ""),
+        sweep = ab["param"] if strategy == "diffboost" else f"{ab['param']} ({strategy})"
+        add(f"Ablation: {sweep}", _md_rows(head, body) + (f"\n\n{note}" if note else ""),
             _html_rows(head, body) + (f"<p>{html.escape(note)}</p>" if note else ""),
             f.with_suffix(".png").read_bytes() if f.with_suffix(".png").exists() else None, f"ablation_{f.stem}")
+    if stale:
+        add("Ablations not shown", f"{len(stale)} ablation table(s) were made from other settings or data than "
+            f"this run has now (or before ablations recorded them): {', '.join(stale)}. Rerun `diffboost ablate` "
+            "to bring them up to date.")
     prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
                                                  "num_training_samples", "cases_per_category", "near_duplicates")},
@@ -294,7 +316,7 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         prov["segmentation_config"] = result.get("config")
         prov["segmentation_seeds"] = result.get("seeds")
     if (run / "times.json").exists():
-        prov["wall_seconds_of_the_last_run_call"] = json.loads((run / "times.json").read_text())
+        prov["wall_seconds_of_the_last_run_call"] = read_control(run / "times.json")
     if (run / "run.yaml").exists():
         prov["run_config"] = yaml.safe_load((run / "run.yaml").read_text())
     if (run / "pretrain" / "task_overlap.json").exists():

@@ -12,9 +12,12 @@ runs are reused; ``jobs`` runs them in parallel, see :mod:`.jobs`), then writes 
 Statistics, each strategy against ``none`` (and the contrasts in :data:`CONTRASTS`):
 
 - the Dice difference in points, averaged over runs (fold x seed, paired: same folds, same seeds)
-  with its 95% t-interval over the runs;
-- a paired Wilcoxon test over test cases (each case's Dice averaged over seeds), Holm-corrected over
-  all strategies compared with ``none``;
+  with the corrected repeated k-fold t-test's 95% interval and p-value (seeds averaged within a
+  fold, variance x (1/k + n_test/n_train), see :mod:`diffboost.evaluation.stats`), and beside it the
+  plain t-interval over the fold means;
+- Holm's correction over every comparison of the table (the ``vs none`` rows and the contrasts);
+- descriptive only, never a claim: the naive t-interval over runs and a paired Wilcoxon test over
+  test cases, which ignore that runs share folds and training data;
 - lesion metrics: Dice / HD95 / ASSD over the cases whose reference is not empty, and the
   false-positive rate on empty references (normal images; for volumes, the slices without
   foreground): the share predicted with any foreground.
@@ -33,7 +36,7 @@ import numpy as np
 
 from ..data.store import PreparedSet
 from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
-from ..evaluation.stats import holm, mean_ci, wilcoxon_p
+from ..evaluation.stats import corrected_interval, fold_interval, holdout_ratio, holm, run_interval, wilcoxon_p
 from ..utils.atomic import atomic_write_text
 from .config import DEFAULT_COMPARE, SegConfig, parse_strategy
 from .jobs import SegJob, run_folder, run_jobs
@@ -64,6 +67,7 @@ def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg:
     summaries = run_jobs(ps, todo, jobs, progress=progress, replace_stale=replace_stale)
     rows = read_rows(todo)
     return write_tables(rows, strategies, out / "compare", unit="mm" if ps.meta.get("is_3d") else "px",
+                        test_train_ratio=holdout_ratio([ps.fold(k) for k in folds]),
                         extra={"folds": folds, "seeds": seeds, "config": cfg.identity(),
                                "prepared": str(ps.root.resolve()),
                                "train_seconds": {f"{j.cfg.aug}/seed{j.cfg.seed}/fold{j.fold}": s["train_seconds"]
@@ -106,25 +110,55 @@ def _mean_dice(rows: list[dict], key) -> dict:
     return {k: float(np.mean(v)) for k, v in groups.items()}
 
 
-def paired(rows_a: list[dict], rows_b: list[dict]) -> dict:
-    """Strategy A against B on the runs and cases both have: the mean Dice difference in points
-    over runs (fold x seed) with its 95% interval, the relative gain, and the case-level Wilcoxon p."""
-    run_a, run_b = _mean_dice(rows_a, _run_key), _mean_dice(rows_b, _run_key)
-    keys = sorted(set(run_a) & set(run_b))
-    diffs = [100 * (run_a[k] - run_b[k]) for k in keys]
-    d, lo, hi = mean_ci(diffs)
+def paired(rows_a: list[dict], rows_b: list[dict], test_train_ratio: float | None = None) -> dict:
+    """Strategy A against B on the runs and cases both have: the mean Dice difference in points over
+    runs (fold x seed) with its corrected 95% interval (``ci95``, :func:`~diffboost.evaluation.stats.corrected_interval`)
+    and its p-value, the t-interval over the fold means beside it (``ci95_folds``), the relative gain,
+    and, descriptive only, the naive interval over runs and the per-case Wilcoxon p.
+    ``test_train_ratio``: n_test / n_train of the folds; None takes it from the rows (every fold present)."""
+    ratio = rows_ratio(rows_a + rows_b) if test_train_ratio is None else float(test_train_ratio)
+    stats = run_stats(_mean_dice(rows_a, _run_key), _mean_dice(rows_b, _run_key), ratio)
     case = lambda r: (r["fold"], r["case_id"])  # noqa: E731  (a case's Dice averaged over seeds)
     case_a, case_b = _mean_dice(rows_a, case), _mean_dice(rows_b, case)
     cases = sorted(set(case_a) & set(case_b))
     a = [case_a[c] for c in cases]
     b = [case_b[c] for c in cases]
     base = float(np.mean(b)) if b else float("nan")
-    return {"dice_diff": d, "ci95": [lo, hi], "runs": len(keys), "per_run": diffs,
-            "relative": (float(np.mean(a)) - base) / base if b and base > 0 else float("nan"),
-            "p": wilcoxon_p(a, b), "cases": len(cases)}
+    stats["descriptive"]["wilcoxon_cases_p"] = wilcoxon_p(a, b)
+    return {**stats, "relative": (float(np.mean(a)) - base) / base if b and base > 0 else float("nan"),
+            "cases": len(cases)}
 
 
-def summarise(rows: list[dict], strategies: list[str]) -> dict:
+def run_stats(run_a: dict, run_b: dict, test_train_ratio: float) -> dict:
+    """The statistics of two strategies' mean Dice per run, ``{(fold, seed): dice}`` (fractions), on the
+    runs both have: the difference in points with its corrected interval and p, the interval over
+    fold means, and the naive interval over runs (descriptive)."""
+    keys = sorted(set(run_a) & set(run_b))
+    diffs = {k: 100 * (run_a[k] - run_b[k]) for k in keys}
+    ratio = float(test_train_ratio)
+    if not np.isfinite(ratio) and len({k for k, _ in keys}) > 1:
+        raise ValueError(f"the folds' n_test / n_train is needed for the corrected interval, got {test_train_ratio}")
+    corrected = corrected_interval(diffs, ratio if np.isfinite(ratio) else 0.0)  # one fold: unbounded anyway
+    by_fold, naive = fold_interval(diffs), run_interval(list(diffs.values()))
+    return {"dice_diff": corrected.mean, "ci95": [corrected.low, corrected.high], "p": corrected.p,
+            "df": corrected.df, "ci95_folds": [by_fold.low, by_fold.high], "test_train_ratio": ratio,
+            "runs": len(keys), "folds": len({k for k, _ in keys}), "per_run": [diffs[k] for k in keys],
+            "descriptive": {"ci95_runs_uncorrected": [naive.low, naive.high]}}
+
+
+def rows_ratio(rows: list[dict]) -> float:
+    """n_test / n_train from per-case rows that hold every fold's test cases (their union is the data
+    set); nan with fewer than two folds."""
+    by_fold: dict[int, set] = defaultdict(set)
+    for r in rows:
+        by_fold[int(r["fold"])].add(r["case_id"])
+    total = len(set().union(*by_fold.values())) if by_fold else 0
+    if len(by_fold) < 2:
+        return float("nan")
+    return holdout_ratio([{"test": len(c), "train": total - len(c), "val": 0} for c in by_fold.values()])
+
+
+def summarise(rows: list[dict], strategies: list[str], test_train_ratio: float | None = None) -> dict:
     """strategy -> all-case metrics (mean, std, per fold), lesion metrics, false-positive rate on
     empty references, Dice per run and per fold, and the paired statistics against ``none``."""
     table: dict = {}
@@ -152,25 +186,38 @@ def summarise(rows: list[dict], strategies: list[str]) -> dict:
     if base:
         for s, rs in by.items():
             if s != "none" and rs:
-                table[s]["vs_none"] = paired(rs, base)
-        adjusted = holm({s: e["vs_none"]["p"] for s, e in table.items() if "vs_none" in e})
-        for s, p in adjusted.items():
-            table[s]["vs_none"]["p_holm"] = p
+                table[s]["vs_none"] = paired(rs, base, test_train_ratio)
     return table
 
 
-def contrasts(rows: list[dict], strategies: list[str]) -> dict:
+def contrasts(rows: list[dict], strategies: list[str], test_train_ratio: float | None = None) -> dict:
     """The pairs of :data:`CONTRASTS` whose two strategies were both compared: ``"A vs B" -> paired``."""
     by = {s: [r for r in rows if r["strategy"] == s] for s in strategies}
-    return {f"{a} vs {b}": paired(by[a], by[b]) for a, b in CONTRASTS if by.get(a) and by.get(b)}
+    return {f"{a} vs {b}": paired(by[a], by[b], test_train_ratio) for a, b in CONTRASTS if by.get(a) and by.get(b)}
+
+
+def holm_family(table: dict, pairs: dict) -> None:
+    """Holm's correction over every comparison of one table (each strategy vs ``none`` and each
+    contrast), written into each as ``p_holm``."""
+    family = {f"{s} vs none": e["vs_none"] for s, e in table.items() if "vs_none" in e}
+    family.update(pairs)
+    for name, p in holm({k: d["p"] for k, d in family.items()}).items():
+        family[name]["p_holm"] = p
 
 
 # ---- tables -------------------------------------------------------------------------------------
 
+def _interval(lo: float, hi: float) -> str:
+    return "[−∞, +∞]" if not np.isfinite(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+
+
 def _ci(d: dict) -> str:
-    lo, hi = d["ci95"]
-    interval = "" if not np.isfinite(lo) else f" [{lo:+.2f}, {hi:+.2f}]"
-    return f"{d['dice_diff']:+.2f}{interval}"
+    """``+4.19 [-0.96, +9.34]``: the difference with its corrected interval."""
+    return f"{d['dice_diff']:+.2f} {_interval(*d['ci95'])}"
+
+
+def _p(d: dict) -> str:
+    return f"{d.get('p_holm', d['p']):.3g}"
 
 
 def _best(values: dict, higher: bool) -> float | None:
@@ -181,12 +228,13 @@ def _best(values: dict, higher: bool) -> float | None:
 def table_cells(table: dict, unit: str = "px") -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Table II's header and rows as text cells with a "best in its column" flag: mean ± std over all
     test cases per metric (region metrics in %), Dice mean ± std over folds, the Dice difference to
-    ``none`` in points with its 95% interval over runs, and the Holm-corrected Wilcoxon p.
+    ``none`` in points with its corrected 95% interval, the t-interval over fold means, and the
+    corrected test's p-value, Holm-adjusted over the table.
     Rendered by :func:`markdown_table` and by the HTML report."""
     best = {m: _best({s: e[m]["mean"] for s, e in table.items()}, HIGHER_IS_BETTER[m]) for m in METRICS}
     heads = ["strategy"] + [f"{HEADERS[m]} {'↑' if HIGHER_IS_BETTER[m] else '↓'}"
                             + (f" ({unit})" if m in ("hd95", "assd") else "") for m in METRICS]
-    heads += ["Dice over folds", "ΔDice vs none [95% CI]", "p (Wilcoxon, Holm)"]
+    heads += ["Dice over folds", "ΔDice vs none [corrected 95% CI]", "95% CI over fold means", "p (corrected, Holm)"]
     rows = []
     for s, e in table.items():
         cells = [(s, False)]
@@ -198,7 +246,8 @@ def table_cells(table: dict, unit: str = "px") -> tuple[list[str], list[list[tup
         cells.append(("—" if not folds else f"{folds['mean'] * 100:.2f} ± {folds['std'] * 100:.2f}", False))
         vs = e.get("vs_none")
         cells.append(("—" if vs is None else _ci(vs), False))
-        cells.append(("—" if vs is None else f"{vs.get('p_holm', vs['p']):.3g}", False))
+        cells.append(("—" if vs is None else _interval(*vs["ci95_folds"]), False))
+        cells.append(("—" if vs is None else _p(vs), False))
         rows.append(cells)
     return heads, rows
 
@@ -235,10 +284,16 @@ def contrast_lines(result: dict) -> list[str]:
     vs = result["table"].get("diffboost", {}).get("vs_none")
     items = ([("diffboost vs none", vs)] if vs else []) + list(result.get("contrasts", {}).items())
     for name, d in items:
-        runs = d["runs"]
-        lines.append(f"{name}: {_ci(d)} Dice points (mean over {runs} runs, fold x seed, with the 95% interval), "
-                     f"Wilcoxon p {d['p']:.3g} over {d['cases']} cases.")
+        lines.append(f"{name}: {_ci(d)} Dice points (mean over {d['runs']} runs, {d.get('folds', '?')} folds; corrected "
+                     f"95% interval), over fold means {_interval(*d['ci95_folds'])}, p {d['p']:.3g} (Holm {_p(d)}).")
     return lines
+
+
+STATS_NOTE = ("ΔDice: difference to `none` in Dice points, mean over runs (fold x seed), with the 95% interval of "
+              "the corrected repeated k-fold t-test (each fold's seeds averaged, the variance of the fold means x "
+              "(1/k + n_test/n_train), t with k − 1 degrees of freedom: runs that share a fold or training data are "
+              "not independent); beside it the plain t-interval over the fold means. p: the corrected test's, "
+              "Holm-adjusted over every comparison of the table.")
 
 
 def _md(heads: list[str], rows: list[list[tuple[str, bool]]]) -> str:
@@ -259,9 +314,8 @@ def markdown_tables(result: dict) -> str:
     where = "mm" if unit == "mm" else "pixels of the original image"
     text = [markdown_table(result["table"], unit),
             f"All test cases of {len(folds)} folds x {len(seeds)} seeds; mean ± std over cases; Dice, Precision, "
-            f"Recall in %; HD95 and ASSD in {where}. Dice over folds: mean ± std of the fold means. ΔDice: "
-            "difference to `none` in Dice points, mean over runs (fold x seed) with its 95% t-interval. p: paired "
-            "Wilcoxon over cases (Dice averaged over seeds), Holm-corrected over the strategies. Empty references "
+            f"Recall in %; HD95 and ASSD in {where}. Dice over folds: mean ± std of the fold means. {STATS_NOTE} "
+            "Empty references "
             "are scored as defined in `diffboost.evaluation.metrics`, never dropped.\n",
             _md(*lesion_cells(result["table"], unit)),
             "Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
@@ -273,9 +327,13 @@ def markdown_tables(result: dict) -> str:
 
 
 def write_tables(rows: list[dict], strategies: list[str], out: Path, unit: str = "px",
-                 extra: dict | None = None) -> dict:
+                 extra: dict | None = None, test_train_ratio: float | None = None) -> dict:
+    """Write ``out/{cases.csv, table.csv, table.md, table.json}`` and return the result;
+    ``test_train_ratio``: n_test / n_train of the folds (None: from the rows, see :func:`paired`)."""
     out.mkdir(parents=True, exist_ok=True)
-    table = summarise(rows, strategies)
+    table = summarise(rows, strategies, test_train_ratio)
+    pairs = contrasts(rows, strategies, test_train_ratio)
+    holm_family(table, pairs)
     buf = io.StringIO()
     if rows:
         fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -287,15 +345,16 @@ def write_tables(rows: list[dict], strategies: list[str], out: Path, unit: str =
     w = csv.writer(buf)
     w.writerow(["strategy", "cases"] + [f"{m}_{k}" for m in METRICS for k in ("mean", "std")]
                + [f"lesion_{m}_mean" for m in LESION_METRICS] + ["fp_rate_empty", "dice_diff_vs_none", "ci95_low",
-                                                                 "ci95_high", "p_holm_vs_none"])
+                                                                 "ci95_high", "ci95_folds_low", "ci95_folds_high",
+                                                                 "p_holm_vs_none"])
     for s, e in table.items():
         vs = e.get("vs_none") or {}
         w.writerow([s, e["cases"]] + [f"{e[m][k]:.6g}" for m in METRICS for k in ("mean", "std")]
                    + [f"{e['lesion'][m]['mean']:.6g}" for m in LESION_METRICS] + [f"{e['empty']['fp_rate']:.6g}"]
-                   + ([f"{vs['dice_diff']:.6g}", f"{vs['ci95'][0]:.6g}", f"{vs['ci95'][1]:.6g}", f"{vs['p_holm']:.6g}"]
-                      if vs else ["", "", "", ""]))
+                   + ([f"{v:.6g}" for v in (vs["dice_diff"], *vs["ci95"], *vs["ci95_folds"], vs["p_holm"])]
+                      if vs else [""] * 6))
     atomic_write_text(out / "table.csv", buf.getvalue())
-    result = {"unit": unit, "table": table, "contrasts": contrasts(rows, strategies), **(extra or {})}
+    result = {"unit": unit, "table": table, "contrasts": pairs, **(extra or {})}
     result.setdefault("folds", sorted({int(r["fold"]) for r in rows}))
     result.setdefault("seeds", sorted({int(r.get("seed", 0)) for r in rows}))
     atomic_write_text(out / "table.md", markdown_tables(result))

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..utils.lock import locks_folder
 from ..config import save_yaml
 from ..data.store import PreparedSet, group_rows
-from ..utils.atomic import artifact_dir, atomic_write_text, recover_artifact
+from ..utils.atomic import artifact_dir, atomic_write_text, read_control, recover_artifact, write_control
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
@@ -132,6 +133,7 @@ def labels_of(ps: PreparedSet) -> list[int]:
     return sorted(k for k in ps.label_names if k != 0) or [1]
 
 
+@locks_folder("out")
 def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | None = None,
               out: str | Path | None = None, progress: bool = True, replace_stale: bool = False) -> dict:
     """Train, select on validation, evaluate on test; return the summary. A finished run with the
@@ -200,7 +202,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     else:
         save_yaml({"seg": cfg, "run": identity}, out / "config.yaml")
         (out / "log.csv").unlink(missing_ok=True)
-        (out / "run.json").write_text(json.dumps(identity, indent=1))
+        write_control(out / "run.json", identity)
     augment = BatchAugmenter(classical, cfg.aug_prob, cfg.seed)
     patch = cfg.patch or default_patch(size)
     bar = ProgressBar(f"{cfg.aug} fold {fold}", cfg.epochs, counters["epoch"],
@@ -364,7 +366,7 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     run = out / "run.json"
     if not run.exists():
         return None
-    old = json.loads(run.read_text())
+    old = read_control(run)
     # a run recorded before an option existed ran with that option's default
     old.setdefault("config", {}).setdefault("batch_dice", False)  # before the option: Dice per image
     every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all

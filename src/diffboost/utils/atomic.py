@@ -163,8 +163,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (mode 0666 & ~umask)."""
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (mode 0666 & ~umask);
+    ``durable`` also flushes the file and then its folder to disk (for the files that control resume)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -172,15 +173,52 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), file_mode())
             f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_control(path: str | Path, obj) -> None:
+    """A JSON file that controls resume (``stage.json``, ``run.json``, ...): atomic and durable."""
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str), durable=True)
+
+
+def read_control(path: str | Path):
+    """Read a control file written by :func:`write_control`; a truncated or corrupt one is one
+    :class:`~diffboost.errors.ControlFileError` naming it, never a bare JSONDecodeError."""
+    import json
+
+    from ..errors import ControlFileError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ControlFileError(path, f"is not text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ControlFileError(path, f"is not valid JSON ({e.msg} at line {e.lineno}, truncated?)") from None
 
 
 def file_sha256(path: str | Path) -> str:

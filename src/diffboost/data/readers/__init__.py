@@ -10,11 +10,12 @@ from ...errors import DataError
 from .base import Reader
 from .busi import BusiReader, find_busi_root
 from .corpus import CorpusReader, corpus_files
-from .folders import FoldersReader, find_mask_dir
+from .folders import DDTIReader, FoldersReader, find_image_dir, find_mask_dir
 from .msd import MSDReader, NnUNetReader
 
 READERS: dict[str, type[Reader]] = {
     "busi": BusiReader,
+    "ddti": DDTIReader,
     "folders": FoldersReader,
     "msd": MSDReader,
     "nnunet": NnUNetReader,
@@ -25,7 +26,7 @@ _NNUNET_FILE = re.compile(r"_\d{4}\.[A-Za-z.]+$")
 
 
 def detect_format(root: str | Path) -> str:
-    """Name the layout of ``root``: busi, msd, nnunet, folders or corpus."""
+    """Name the layout of ``root``: busi, ddti, msd, nnunet, folders or corpus."""
     root = Path(root)
     if not root.exists():
         raise DataError(root, "not found")
@@ -38,7 +39,9 @@ def detect_format(root: str | Path) -> str:
         if not names:
             raise DataError(root / "imagesTr", "empty folder")
         return "nnunet" if any(_NNUNET_FILE.search(n) for n in names) else "msd"
-    if (root / "images").is_dir() and find_mask_dir(root) is not None:
+    if (root / "cropped").is_dir() and (root / "mask").is_dir() and (root / "diagnosis.csv").is_file():
+        return "ddti"
+    if find_image_dir(root) is not None and find_mask_dir(root) is not None:
         return "folders"
     if find_busi_root(root) is not None:
         return "busi"
