@@ -77,12 +77,22 @@ def test_a_changed_option_recomputes_only_what_depends_on_it(first_run, phantom_
     run(phantom_root, out, _cfg(), progress=False)
     assert trained == []  # nothing changed: nothing retrained
     assert len((out / "run_calls.jsonl").read_text().splitlines()) == 2  # each finished call is recorded
-    run(phantom_root, out, _cfg(generate={"n": 2}), progress=False)
+    # more variants: the diffboost runs trained on the old set are refused, named, until asked to redo them
+    with pytest.raises(ValueError, match=r"synthetic_variants.*--redo seg"):
+        run(phantom_root, out, _cfg(generate={"n": 2}), progress=False)
+    assert trained == [] and (out / "seg" / "diffboost" / "seed0" / "fold0" / "summary.json").exists()  # nothing deleted
+    run(phantom_root, out, _cfg(generate={"n": 2}), progress=False, redo=["seg"])
     assert sorted(set(trained)) == ["diffboost"] and len(trained) == 2  # new variants: only diffboost, per fold
     assert json.loads((out / "synthetic" / "fold0" / "generation.json").read_text())["n"] == 2
     trained.clear()
-    run(phantom_root, out, _cfg(generate={"n": 2}, seg={"epochs": 2}), progress=False)
+    run(phantom_root, out, _cfg(generate={"n": 2}, seg={"epochs": 2}), progress=False, redo=["seg"])
     assert sorted(trained) == sorted(["none", "mirror", "diffboost"] * 2 * 2)  # 3 strategies x 2 folds x 2 epochs
+    # a changed diffusion option: refused with the stage and the option named, nothing deleted
+    from diffboost.stages import StaleStage
+
+    with pytest.raises(StaleStage, match=r"finetune stage .*\(train changed\).*--redo finetune"):
+        run(phantom_root, out, _cfg(generate={"n": 2}, seg={"epochs": 2}, train={"steps": 7}), progress=False)
+    assert (out / "models" / "fold0" / "model").exists()
 
 
 def test_shipped_configs_load_over_the_cpu_preset():
@@ -187,7 +197,7 @@ def test_sd15_gets_its_own_learning_rate_unless_one_is_set(tmp_path, monkeypatch
     (sd / "unet").mkdir(parents=True)
     (sd / "model_index.json").write_text("{}")
     seen = []
-    monkeypatch.setattr(run_module, "run", lambda data, out, cfg, progress=True: seen.append(cfg) or out / "report.html")
+    monkeypatch.setattr(run_module, "run", lambda data, out, cfg, progress=True, **k: seen.append(cfg) or out / "report.html")
     for extra, lr in (([], 1e-5), (["--config", str(tmp_path / "lr.yaml")], 2e-5)):
         (tmp_path / "lr.yaml").write_text("train:\n  learning_rate: 2.0e-5\n")
         r = CliRunner().invoke(app, ["run", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "gpu",
@@ -254,7 +264,7 @@ def test_ablation_sweeps_reuse_variants_and_reach_the_report(first_run, phantom_
     with pytest.raises(ValueError, match="NAME=V1"):  # a typo in a run config fails before any training
         _cfg(ablate={"sweeps": ["alhpa=0,1"]})
     # sweeps in the run config run after the comparison (as `make demo` does); the run is otherwise unchanged
-    run(phantom_root, out, _cfg(generate={"n": 2}, ablate={"sweeps": ["alpha=0,0.6"]}), progress=False)
+    run(phantom_root, out, _cfg(generate={"n": 2}, ablate={"sweeps": ["alpha=0,0.6"]}), progress=False, redo=["seg"])
     res = json.loads((out / "ablations" / "alpha.json").read_text())
     assert set(res["dice"]["diffboost"]) == {"0.0", "0.6"} and res["baseline"] is not None
     # alpha = 0.6 is the comparison's own setting: its runs are reused, not trained again

@@ -103,16 +103,78 @@ def test_a_time_budget_leaves_a_model_that_resumes_to_the_end(tiny, tmp_path):
     assert [int(r.split(",")[0]) for r in rows][-1] == 8
 
 
-def test_cosmetic_options_do_not_make_a_stage_stale(tmp_path):
-    from diffboost.run import _fresh, _stamp
+def test_cosmetic_options_do_not_make_a_stage_stale_and_a_real_change_is_refused(tmp_path):
+    from diffboost.stages import StaleStage, check_stage, stamp
 
     stage = tmp_path / "models" / "fold0"
     made = {"fold": 0, "train": {"steps": 2500, "log_every": 10, "checkpoint_every": 500, "max_minutes": None}}
-    _stamp(stage, made)
+    stamp(stage, made)
     (stage / "work.txt").write_text("hours of it")
     resumed = {"fold": 0, "train": {"steps": 2500, "log_every": 50, "checkpoint_every": 100, "max_minutes": 90}}
-    assert _fresh(stage, resumed) and (stage / "work.txt").exists()
-    assert not _fresh(stage, {"fold": 0, "train": {"steps": 5000, "log_every": 10}})  # a real change still redoes it
+    assert check_stage(stage, "finetune", resumed, set()) and (stage / "work.txt").exists()
+    with pytest.raises(StaleStage, match=r"\(train changed\); nothing was deleted.*--redo finetune"):
+        check_stage(stage, "finetune", {"fold": 0, "train": {"steps": 5000}}, set())
+    assert (stage / "work.txt").exists()
+    assert not check_stage(stage, "finetune", {"fold": 0, "train": {"steps": 5000}}, {"finetune"})  # asked for
+    assert not stage.exists()
+
+
+def test_a_stage_of_an_older_diffboost_is_recognised_without_its_paths(tmp_path):
+    from diffboost.stages import check_stage
+    from diffboost.utils.atomic import write_control
+
+    stage = tmp_path / "prepared"
+    stage.mkdir()
+    write_control(stage / "stage.json", {"identity": {"source": "/data/old/place/BUSI", "prepare": {"size": 128}}})
+    legacy = {"source": "/data/new/place/BUSI", "prepare": {"size": 128}}  # the data moved since
+    assert check_stage(stage, "prepare", {"source": "ab12", "prepare": {"size": 128}}, set(), legacy)
+    assert read_control(stage / "stage.json")["v"] == 2  # upgraded: content from now on
+
+
+def test_redo_names_a_stage_and_everything_after_it():
+    from diffboost.stages import redo_set
+
+    assert redo_set(["generate"]) == {"generate", "seg"} and redo_set(["all"]) == redo_set(["prepare"])
+    with pytest.raises(ValueError, match="not a stage"):
+        redo_set(["segmentation"])
+
+
+def test_a_moved_run_resumes_without_recomputing_and_a_fixed_mask_is_refused(tmp_path, phantom_root, monkeypatch):
+    import shutil
+
+    from PIL import Image
+
+    import diffboost.diffusion.train as dtrain
+    import diffboost.segmentation.trainer as strainer
+    from diffboost.run import RunConfig, run
+    from diffboost.stages import StaleStage
+
+    cfg = {"prepare": {"size": 32}, "model": {"channels": [8, 16, 32], "attention": [False, True, True]},
+           "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "validate_every": 2, "warmup_steps": 1},
+           "generate": {"n": 1, "steps": 2, "batch_size": 8},
+           "seg": {"channels": [8, 16, 32], "epochs": 1, "batch_size": 4},
+           "compare": {"augs": ["none", "diffboost"], "folds": [0]}, "ablate": {"sweeps": []}}
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    run(data, tmp_path / "a", RunConfig.from_dict(cfg), progress=False)
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    shutil.move(data, tmp_path / "data2")
+    trained = []
+    monkeypatch.setattr(dtrain, "train_diffusion", lambda *a, **k: pytest.fail("retrained the diffusion model"))
+    real_epoch = strainer._train_epoch
+    monkeypatch.setattr(strainer, "_train_epoch", lambda *a, **k: trained.append(a[4].aug) or real_epoch(*a, **k))
+    cosmetic = {**cfg, "train": {**cfg["train"], "log_every": 1, "checkpoint_every": 1},
+                "prepare": {**cfg["prepare"], "format": "busi", "preview_cases": 2}}  # `auto` found busi
+    run(tmp_path / "data2", tmp_path / "moved", RunConfig.from_dict(cosmetic), progress=False)
+    assert trained == []  # moved run, moved data, the detected format named, cosmetic options: nothing recomputed
+    # a mask fixed in place in the source: the stages made from the old one are refused, with the reason
+    mask = sorted((tmp_path / "data2").rglob("*_mask.png"))[0]
+    arr = np.asarray(Image.open(mask)).copy()
+    arr[:3, :3] = 255 - arr[:3, :3]
+    Image.fromarray(arr).save(mask)
+    with pytest.raises(StaleStage, match=r"prepare stage was made from other inputs or options \(source changed\)"):
+        run(tmp_path / "data2", tmp_path / "moved", RunConfig.from_dict(cosmetic), progress=False)
+    assert (tmp_path / "moved" / "models" / "fold0" / "model").exists() and trained == []
 
 
 class _Planted:

@@ -63,17 +63,17 @@ def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]], strategy: 
 
 
 def prepared_identity(ps) -> str:
-    """The prepared set's content: a hash of its manifest, folds and label maps (what a sweep trains on)."""
-    from .utils.atomic import file_sha256
+    """The prepared set's content (what a sweep trains on)."""
+    from .stages import prepared_fingerprint
 
-    return file_sha256(ps.root / "manifest.csv")[:16] + file_sha256(ps.root / "folds.json")[:16] + \
-        file_sha256(ps.root / "originals.npz")[:16]
+    return prepared_fingerprint(ps)
 
 
 def ablation_identity(cfg, ps) -> str:
     """What an ablation's numbers depend on besides its own sweep: the prepared content and every option
     that changes a result (cosmetic ones aside). The report shows only the ablations that match."""
-    from .run import _comparable, _hash
+    from .stages import comparable as _comparable
+    from .stages import digest as _hash
 
     sections = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "model", "train", "generate", "seg")}
     sections["compare"] = {"folds": to_dict(cfg.compare).get("folds"), "seeds": cfg.compare.seed_list(cfg.seg)}
@@ -83,7 +83,8 @@ def ablation_identity(cfg, ps) -> str:
 def _own_stage(folder: Path, identity: dict) -> None:
     """A folder an ablation trains into: stamped when new; made from other settings, it is refused
     (nothing is deleted unasked)."""
-    from .run import _comparable, _stamp
+    from .stages import comparable as _comparable
+    from .stages import stamp as _stamp
     from .utils.atomic import read_control
 
     stamp = folder / "stage.json"

@@ -27,11 +27,12 @@ def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .errors import ControlFileError, DataError
+        from .stages import StaleStage
         from .utils.lock import FolderBusy
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, ControlFileError) as e:
+        except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, ControlFileError, StaleStage) as e:
             console.print(f"[bold red]error:[/] {_escape(str(e))}")
             raise typer.Exit(2) from None
 
@@ -680,9 +681,14 @@ def run_cmd(
     allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Pretrain even when the corpus holds cases of --data (leaks its test folds; the report says so)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated segmentation seeds (compare.seeds)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (compare.jobs); one torch thread each on a CPU."),
+    redo: Optional[list[str]] = typer.Option(None, "--redo", help="Redo a stage made from other inputs or options, and every "
+                                                                  "later one: prepare | pretrain | finetune | generate | seg | all. "
+                                                                  "Without it such a stage is refused and nothing is deleted."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo every stage that does not match (= --redo all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """prepare -> (pretrain) -> fine-tune and generate per fold -> compare -> report, resumable."""
+    """prepare -> (pretrain) -> fine-tune and generate per fold -> compare -> report, resumable: finished
+    stages are reused; one made from other inputs or options is refused unless --redo names it."""
     from .runconfig import load_run_config
     from .run import run as run_all
 
@@ -696,7 +702,7 @@ def run_cmd(
     if seeds or jobs:
         cfg.compare = dataclasses.replace(cfg.compare, seeds=_int_list(seeds, "--seeds") or cfg.compare.seeds,
                                           jobs=jobs or cfg.compare.jobs)
-    report = run_all(data, out, cfg, progress=not quiet)
+    report = run_all(data, out, cfg, progress=not quiet, redo=redo or (), overwrite=overwrite)
     console.print(f"report: {report} (and {report.with_suffix('.md')}); config: {out / 'run.yaml'}")
 
 

@@ -7,8 +7,9 @@ options, YAML sections) saved as ``DIR/run.yaml``.
 
 Re-running continues where a run stopped (diffusion training resumes from its last checkpoint,
 generation completes missing variants, segmentation resumes at its last epoch, finished folds are
-reused). Each stage records what it was made from in ``stage.json``; a stage whose inputs or
-options changed is redone and so is everything downstream of it, nothing else.
+reused). Each stage records what it was made from (:mod:`diffboost.stages`: contents, not paths); a
+stage whose inputs or options changed is refused with the reason, and nothing is deleted, unless
+``redo`` names it (then it and everything downstream of it is redone, nothing else).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from .config import save_yaml, to_dict
-from .utils.atomic import read_control, write_control
+from .stages import StaleStage, digest, stamp
+from .utils.atomic import write_control
 from .utils.lock import locks_folder
 from .runconfig import (PRESETS, AblateConfig, CompareConfig, PretrainConfig, RunConfig, config_yaml,
                         generates_variants, load_run_config, preset)
@@ -31,22 +33,8 @@ __all__ = ["PRESETS", "AblateConfig", "CompareConfig", "PretrainConfig", "RunCon
 
 
 def _hash(obj) -> str:
+    """The digest a run of before identity version 2 recorded as a stage's upstream."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# options that change how a stage reports or checkpoints, not what it makes: a stage made with other
-# values of these is the same stage (a resume may change them)
-COSMETIC = frozenset({"log_every", "checkpoint_every", "checkpoints_limit", "validate_every", "max_minutes",
-                      "preview_cases", "skip_bad"})
-
-
-def _comparable(obj):
-    """An identity without its cosmetic options (at any depth)."""
-    if isinstance(obj, dict):
-        return {k: _comparable(v) for k, v in obj.items() if k not in COSMETIC}
-    if isinstance(obj, list):
-        return [_comparable(v) for v in obj]
-    return obj
 
 
 # prepare options added after runs were made: left out of the identity while unset, so that a run made
@@ -62,26 +50,14 @@ def prepare_identity(prepare) -> dict:
     return d
 
 
-def _fresh(folder: Path, identity: dict) -> bool:
-    """True when ``folder`` was made from ``identity`` (cosmetic options aside); otherwise it is removed
-    (stale) -> False."""
-    stamp = folder / "stage.json"
-    if stamp.exists() and _comparable(read_control(stamp).get("identity")) == _comparable(identity):
-        return True
-    if folder.exists():
-        shutil.rmtree(folder)
-    return False
-
-
-def _stamp(folder: Path, identity: dict) -> None:
-    """Record what ``folder`` is made from (each stage's own files record its wall time)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_control(folder / "stage.json", {"identity": identity})
-
-
 @locks_folder("out")
-def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True) -> Path:
-    """Run every stage into ``out``; return the report's path."""
+def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progress: bool = True,
+        redo=(), overwrite: bool = False) -> Path:
+    """Run every stage into ``out``; return the report's path. A stage made from other inputs or options
+    than now is refused (:class:`~diffboost.stages.StaleStage`, nothing deleted) unless ``redo`` names it
+    or an earlier stage (``prepare``, ``pretrain``, ``finetune``, ``generate``, ``seg``, ``all``), or
+    ``overwrite``; see :mod:`diffboost.stages`."""
+    from .stages import STAGES, check_stage, listing_fingerprint, prepared_fingerprint, redo_set, source_fingerprint
     from .ablate import ablate
     from .data.preparation import prepare
     from .data.store import PreparedSet
@@ -100,25 +76,37 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     # its share) and meet at a barrier before they read what the main process wrote
     main = distributed()[0] == 0
     progress = progress and main
+    redo = set(STAGES) if overwrite else redo_set(redo)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "run.yaml")
     # the learning rate the model kind trains with (sd15: 1e-5), so a stage's identity names it
     train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
     times: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    prep_id = {"source": str(Path(data).resolve()), "prepare": prepare_identity(cfg.prepare)}
-    if main and (not _fresh(out / "prepared", prep_id) or not (out / "prepared" / "dataset.json").exists()):
-        for stale in ("pretrain", "models", "synthetic", "seg", "compare"):  # all of it depends on the data
-            shutil.rmtree(out / stale, ignore_errors=True)
-        shutil.rmtree(out / "prepared", ignore_errors=True)
-        prepare(data, out / "prepared", cfg.prepare, progress=progress)
-        _stamp(out / "prepared", prep_id)
+    legacy_prep = {"source": str(Path(data).resolve()), "prepare": prepare_identity(cfg.prepare)}
+    if main:
+        # identities of content: the source files' hash, not where they are (a moved run or data folder
+        # is reused; a mask fixed in place is not)
+        from .data.readers import detect_format
+
+        prepared_as = prepare_identity(cfg.prepare)
+        if prepared_as.get("format") == "auto":  # `auto` and the format it detects are the same preparation
+            prepared_as["format"] = detect_format(data)
+        prep_id = {"source": source_fingerprint(data, cfg.prepare), "prepare": prepared_as}
+        fresh = check_stage(out / "prepared", "prepare", prep_id, redo, legacy_prep)
+        if fresh and not (out / "prepared" / "dataset.json").exists():
+            raise StaleStage(f"{out / 'prepared'}: stamped but without dataset.json; rerun with --redo prepare")
+        if not fresh:
+            if "prepare" in redo:  # asked for: everything made from the old data goes with it
+                for stale in ("pretrain", "models", "synthetic", "seg", "compare", "ablations"):
+                    shutil.rmtree(out / stale, ignore_errors=True)
+            prepare(data, out / "prepared", cfg.prepare, progress=progress)
+            stamp(out / "prepared", prep_id)
     barrier()
     ps = PreparedSet(out / "prepared")
     times["prepare"] = time.perf_counter() - t0
-    upstream = _hash(prep_id)
+    upstream, legacy_upstream = prepared_fingerprint(ps), _hash(legacy_prep)
 
     init = None
     if cfg.pretrain.corpus:
@@ -126,12 +114,16 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         from .utils.atomic import recover_artifact
 
         t0 = time.perf_counter()
-        pre_id = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
-                  "train": to_dict(train), "size": ps.size}
+        from .data.readers.corpus import corpus_files
+
+        legacy_pre = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
+                      "train": to_dict(train), "size": ps.size}
+        pre_id = {**legacy_pre, "corpus": listing_fingerprint(corpus_files(Path(cfg.pretrain.corpus)))}
         pre = out / "pretrain"
-        if main and not _fresh(pre, pre_id):
-            _stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
+        if main and not check_stage(pre, "pretrain", pre_id, redo, legacy_pre):
+            stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
         if main:
+            save_yaml(cfg, out / "run.yaml")  # the checks so far passed: what the pretraining runs with
             recover_artifact(pre / "model")  # a kill while the model was swapped in leaves it aside
         barrier()
         overlap_record = pre / "task_overlap.json"  # the report shows it
@@ -150,20 +142,23 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
             if found["files"] and not cfg.pretrain.allow_task_overlap:
                 raise overlap_error(found["corpus"], found["task"], found["files"])
         init = pre / "model"
-        upstream = _hash([upstream, pre_id])
+        upstream, legacy_upstream = digest([upstream, pre_id]), _hash([legacy_upstream, legacy_pre])
         times["pretrain"] = time.perf_counter() - t0
 
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
     needs_synthetic = generates_variants(cfg)
+    if main:  # every fold's fine-tuning checked before any trains: a refusal comes before the hours of work
+        for k in folds if needs_synthetic else []:
+            ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(train)}
+            if not check_stage(out / "models" / f"fold{k}", "finetune", ft_id, redo,
+                               {**ft_id, "upstream": legacy_upstream}):
+                stamp(out / "models" / f"fold{k}", ft_id)  # before training: an interrupted fine-tuning resumes
+        save_yaml(cfg, out / "run.yaml")  # after the checks: a refused resume leaves the old run.yaml
+    barrier()
     for k in folds if needs_synthetic else []:
         f = ps.fold(k)
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
-        ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(train)}
-        if main and not _fresh(model_dir, ft_id):  # new, or made from other inputs: start over
-            shutil.rmtree(out / "synthetic" / f"fold{k}", ignore_errors=True)
-            _stamp(model_dir, ft_id)  # before training: an interrupted fine-tuning resumes
-        barrier()
         if not finished_training(model_dir / "model"):  # new, interrupted, or stopped by train.max_minutes
             train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
@@ -173,7 +168,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         # other or more variants make the segmenters trained on them stale: train_seg sees it
         generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
-                 replace_stale=True)
+                 replace_stale="generate" in redo)
         times[f"generate fold{k}"] = time.perf_counter() - t0
 
     # label consistency: each fold's `none` segmenter (first seed) checks its synthetic set. The teacher
@@ -184,14 +179,14 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     teacher_first = needs_synthetic and (filters or (swept and "none" not in cfg.compare.augs))
     if teacher_first:
         t0 = time.perf_counter()
-        compare(ps, ["none"], cfg.seg, out, folds, progress=progress, replace_stale=True,
+        compare(ps, ["none"], cfg.seg, out, folds, progress=progress, replace_stale="seg" in redo,
                 seeds=seeds if "none" in cfg.compare.augs else seeds[:1], jobs=cfg.compare.jobs)
         times["compare none (teacher)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)  # the main process computes
         times["label consistency"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale=True,
+    compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale="seg" in redo,
             seeds=seeds, jobs=cfg.compare.jobs)
     times["compare"] = time.perf_counter() - t0
     if needs_synthetic and not teacher_first:  # folds without a `none` run are skipped

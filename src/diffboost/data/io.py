@@ -50,11 +50,19 @@ def read_image_2d(path: str | Path) -> np.ndarray:
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                if im.mode == "CMYK":  # not RGB: PIL's own conversion, not RGB weights on C, M, Y
+                    im = im.convert("RGB")
+                if im.mode in ("LA", "La", "PA"):  # grey + alpha: the grey channel
+                    im = im.getchannel(0)
                 arr = np.asarray(im)
+                if arr.ndim == 3 and arr.shape[-1] == 4:  # RGBA: fully transparent pixels are background
+                    arr = np.where(arr[..., 3:4] == 0, 0, arr)
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Exception as e:  # PIL / tifffile raise many types on corrupt files
         raise DataError(path, f"cannot read image ({type(e).__name__}: {e})") from None
+    if arr.size == 0 or 0 in arr.shape:
+        raise DataError(path, f"empty image (shape {arr.shape})")
     arr = np.squeeze(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].astype(np.float32) @ _LUMA
@@ -85,13 +93,35 @@ def read_nifti(path: str | Path, canonical: bool = True) -> tuple[np.ndarray, tu
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as e:
         raise DataError(path, f"cannot read NIfTI ({type(e).__name__}: {e})") from None
+    if arr.size == 0 or 0 in arr.shape:
+        raise DataError(path, f"empty volume (shape {arr.shape})")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         n = int((~np.isfinite(arr)).sum())
         raise DataError(path, f"volume contains {n} NaN/Inf values")
     spacing = zooms[: min(arr.ndim, 3)]
-    if any(s <= 0 for s in spacing):
-        raise DataError(path, f"invalid voxel spacing {spacing}")
+    if any(not np.isfinite(s) or s <= 0 for s in spacing):
+        raise DataError(path, f"invalid voxel spacing {spacing} (pixdim in the header)")
+    if arr.ndim == 3 and arr.shape[2] == 1:  # a 2D image stored as (X, Y, 1): a 2D case, not 1-pixel strips
+        arr, spacing = arr[..., 0], spacing[:2]
     return arr, spacing
+
+
+def nifti_affine(path: str | Path) -> np.ndarray:
+    """The voxel-to-world affine of a NIfTI file, after the same reorientation :func:`read_nifti` applies."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if img.ndim >= 3:
+        img = nib.as_closest_canonical(img)
+    return np.asarray(img.affine, np.float64)
+
+
+def check_same_grid(image: str | Path, label: str | Path) -> None:
+    """A NIfTI label must lie on its image's grid: the same affine (orientation, spacing, origin)."""
+    a, b = nifti_affine(image), nifti_affine(label)
+    if not np.allclose(a, b, atol=1e-3, rtol=1e-4):
+        raise DataError(label, f"its affine (orientation / position / spacing) differs from its image's ({Path(image).name}): "
+                               "a flipped, shifted or resampled label; resample it onto the image grid")
 
 
 def read_any(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:

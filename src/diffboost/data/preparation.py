@@ -30,6 +30,7 @@ from .preprocess import (
     resize_mask,
     through_plane_axis,
 )
+from .io import is_nifti
 from .preview import preview_png
 from .readers import get_reader
 from .store import MANIFEST_FIELDS, PreparedSet
@@ -55,6 +56,7 @@ class _Collector:
         self.originals: dict[str, np.ndarray] = {}
         self.cases: dict[str, str] = {}  # case id -> category
         self.groups: dict[str, list[str]] = {}  # patient / examination -> its case ids (kept in one fold)
+        self.physical = False  # whether any spacing came from a NIfTI header (mm)
 
     def add(self, case: Case) -> None:
         cfg, ref = self.cfg, case.ref
@@ -85,6 +87,7 @@ class _Collector:
         self.cases[ref.case_id] = category
         if ref.group is not None:
             self.groups.setdefault(ref.group, []).append(ref.case_id)
+        self.physical = self.physical or is_nifti(ref.image)
 
     def _add_slice(self, img2d, m2d, k, axis, spacing, common, ndim) -> None:
         size = self.cfg.size
@@ -124,6 +127,12 @@ def prepare(
     t0 = time.perf_counter()
     reader = get_reader(source, cfg)
     refs = reader.scan()
+    for ref in refs:  # a name that cannot be written into the manifest fails now, not after every case is read
+        for p in (ref.image, *ref.masks):
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(ascii(str(p)), "the file name is not valid UTF-8; rename it") from None
     collector = _Collector(cfg, edge_detector(cfg), reader.has_masks)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for ref in progress_iter(refs, f"prepare {reader.name}", enabled=progress):
@@ -218,6 +227,8 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "num_training_samples": sum(r["train"] for r in col.rows),
         "cases_per_category": categories,
         "is_3d": any(r["slice_axis"] >= 0 for r in col.rows),
+        # distances are in mm when the spacing came from NIfTI headers (2D NIfTI too), else in pixels
+        "spacing_unit": "mm" if col.physical else "px",
         "prompts": sorted({r["prompt"] for r in col.rows}),
         "near_duplicates": dups,
         "case_groups": {"pattern": getattr(reader, "case_pattern", None), "groups": len(col.groups),

@@ -234,10 +234,11 @@ def _check_compatible(out: Path, identity: dict) -> None:
         if f.exists():
             old = read_control(f)  # unreadable: an error of its own, never taken for other settings
             old = {**IDENTITY_DEFAULTS, **old.get("identity", old)}
-            diff = sorted(k for k in identity if old.get(k) != identity[k])
+            # where the prepared set lies is no setting (the model's hash and the fold say what was made)
+            diff = sorted(k for k in identity if k != "prepared" and old.get(k) != identity[k])
             if diff:
-                raise ValueError(f"{out}: holds variants made with other settings ({', '.join(diff)}); "
-                                 "choose another --out or remove it")
+                raise ValueError(f"{out}: holds variants made with other settings ({', '.join(diff)}); nothing was "
+                                 "deleted. Choose another --out or remove it (diffboost run: --redo generate)")
 
 
 def _unpack_existing(out: Path, work: Path) -> None:

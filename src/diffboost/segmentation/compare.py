@@ -66,7 +66,8 @@ def compare(prepared: str | Path | PreparedSet, strategies=DEFAULT_COMPARE, cfg:
             for s in strategies for seed in seeds for k in folds]
     summaries = run_jobs(ps, todo, jobs, progress=progress, replace_stale=replace_stale)
     rows = read_rows(todo)
-    return write_tables(rows, strategies, out / "compare", unit="mm" if ps.meta.get("is_3d") else "px",
+    unit = ps.meta.get("spacing_unit") or ("mm" if ps.meta.get("is_3d") else "px")
+    return write_tables(rows, strategies, out / "compare", unit=unit,
                         test_train_ratio=holdout_ratio([ps.fold(k) for k in folds]),
                         extra={"folds": folds, "seeds": seeds, "config": cfg.identity(),
                                "prepared": str(ps.root.resolve()),

@@ -360,6 +360,14 @@ def _variants_of(syn_path: Path) -> dict | None:
     return {"identity": d.get("identity"), "num_variants": d.get("num_variants")}
 
 
+def _placeless(identity: dict) -> dict:
+    """A run's identity without the absolute paths it records (the prepared set, the synthetic set): their
+    contents are in it already (the variants' identity and count), so a moved folder is the same run."""
+    d = {k: v for k, v in identity.items() if k not in ("prepared", "synthetic")}
+    d["config"] = {k: v for k, v in (identity.get("config") or {}).items() if k != "synthetic"}
+    return d
+
+
 def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict | None:
     """The summary of a finished run with these settings; None to (re)start; an error when ``out``
     holds a run with other settings."""
@@ -372,16 +380,15 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all
     old["config"] = drop_unused({**every_option, "aug": "none", **old["config"]})
     old.setdefault("synthetic_variants", identity["synthetic_variants"])  # recorded before this was kept
-    if old != identity and replace_stale:
+    old, new = _placeless(old), _placeless(identity)  # where the data lies is no setting: a moved run is reused
+    if old != new and replace_stale:
         shutil.rmtree(out)
         return None
-    if old != identity:
-        diff = sorted(k for k in set(old["config"]) | set(identity["config"])
-                      if old["config"].get(k) != identity["config"].get(k))
-        diff += [k for k in ("prepared", "fold", "synthetic", "synthetic_variants", "teacher", "size")
-                 if old.get(k) != identity.get(k)]
-        raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); "
-                         "choose another --out or remove it")
+    if old != new:
+        diff = sorted(k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k))
+        diff += [k for k in ("fold", "synthetic_variants", "teacher", "size") if old.get(k) != new.get(k)]
+        raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); nothing was "
+                         "deleted. Choose another --out or remove it (diffboost run: --redo seg)")
     summary = out / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ...errors import DataError
 from ..io import IMAGE_SUFFIXES, read_image_2d
 from ..types import Case, CaseRef
 from .base import Reader
@@ -45,6 +46,9 @@ class BusiReader(Reader):
                 m = _MASK.match(p.stem)
                 if m:
                     masks.setdefault(m["name"], []).append(p)
+                elif p.stem in images:  # x.png beside x.jpg: which one is the image?
+                    raise DataError(p, f"a second image file for {p.stem} (beside {images[p.stem].name}): which one "
+                                       "is the image is ambiguous; remove the copy")
                 else:
                     images[p.stem] = p
             for stem, img in images.items():

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..io import ALL_SUFFIXES, is_nifti, read_any, split_suffix
+from ..io import ALL_SUFFIXES, check_same_grid, is_nifti, read_any, split_suffix
 from ..labels import apply_label_map
 from ..types import Case, CaseRef
 from .base import Reader
@@ -81,6 +81,10 @@ class FoldersReader(Reader):
     default_categories: str | None = None
     modality: str | None = None
     organ: str | None = None
+
+    def __init__(self, root, cfg):
+        super().__init__(root, cfg)
+        self._nifti_labels: set[int] = set()
 
     def category_text(self, value: str) -> str:
         return value
@@ -166,7 +170,24 @@ class FoldersReader(Reader):
             image = select_channel(image, self.cfg.channel, ref.image)
         if mask.shape != image.shape:
             raise DataError(mpath, f"mask size {mask.shape} differs from its image size {image.shape}")
+        if is_nifti(ref.image):
+            check_same_grid(ref.image, mpath)
+        if self.cfg.label_map is None:  # the labels of a NIfTI mask become the set's labels: 1..K
+            values = sorted(int(v) for v in np.unique(np.rint(mask)) if v != 0)
+            if values == [255]:
+                raise DataError(mpath, "the mask holds 0/255; pass --labels 255=1 (or save it as 0/1)")
+            if values and values != list(range(1, values[-1] + 1)) and not set(values) <= self._nifti_labels:
+                raise DataError(mpath, f"the mask holds label(s) {values[:8]}, not 1..K; pass --labels to map them "
+                                       "('1,2' merges, '1=1,3=2' renumbers)")
+            self._nifti_labels.update(values)
         return Case(ref, image.astype(np.float32), apply_label_map(mask, self.cfg.label_map, None, mpath), spacing)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """One foreground label, or the labels 1..K the NIfTI masks hold (known once they are read)."""
+        if self.cfg.label_map is None and len(self._nifti_labels) > 1:
+            return {0: "background", **{k: f"label {k}" for k in sorted(self._nifti_labels)}}
+        return super().label_names
 
 
 def select_channel(volume: np.ndarray, channel: int | None, path: Path, names: dict | None = None) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from ..io import read_any, split_suffix
+from ..io import check_same_grid, is_nifti, read_any, split_suffix
 from ..labels import apply_label_map, output_label_names
 from ..types import Case, CaseRef
 from .base import Reader
@@ -88,8 +88,7 @@ class MSDReader(Reader):
         refs = []
         for e in entries:
             try:
-                img = self.root / e["image"]
-                lab = self.root / e["label"]
+                img, lab = _inside(self.root, e["image"], self.json_path), _inside(self.root, e["label"], self.json_path)
             except (TypeError, KeyError):
                 raise DataError(self.json_path, f"training entry without image/label: {e!r}") from None
             if not img.exists():
@@ -112,8 +111,19 @@ class MSDReader(Reader):
         mask, _ = read_any(ref.masks[0])
         if mask.shape != image.shape:
             raise DataError(ref.masks[0], f"label size {mask.shape} differs from its image size {image.shape}")
+        if is_nifti(ref.image) and is_nifti(ref.masks[0]):
+            check_same_grid(ref.image, ref.masks[0])
         mask = apply_label_map(mask, self.cfg.label_map, self._declared(), ref.masks[0])
         return Case(ref, image.astype(np.float32), mask, spacing[: image.ndim])
+
+
+def _inside(root: Path, relative: str, json_path: Path) -> Path:
+    """A dataset.json path, which must stay inside the dataset (no absolute path, no '..')."""
+    rel = Path(str(relative))
+    if rel.is_absolute() or ".." in rel.parts:
+        raise DataError(json_path, f"lists {relative!r}, a path outside the dataset folder; dataset.json paths must "
+                                   "be relative to it (./imagesTr/NAME.nii.gz)")
+    return root / rel
 
 
 def _parse_labels(labels: dict, path: Path) -> dict[int, str]:
@@ -174,5 +184,7 @@ class NnUNetReader(MSDReader):
         mask, _ = read_any(ref.masks[0])
         if mask.shape != image.shape:
             raise DataError(ref.masks[0], f"label size {mask.shape} differs from its image size {image.shape}")
+        if is_nifti(ref.image) and is_nifti(ref.masks[0]):
+            check_same_grid(ref.image, ref.masks[0])
         mask = apply_label_map(mask, self.cfg.label_map, self._declared(), ref.masks[0])
         return Case(ref, image.astype(np.float32), mask, spacing[: image.ndim])
