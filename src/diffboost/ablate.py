@@ -62,22 +62,16 @@ def check_sweeps(run_dir: str | Path, sweeps: list[tuple[str, list]], strategy: 
             raise ValueError(f"{run_dir / 'run.yaml'}: --sweep {e}") from None
 
 
-def prepared_identity(ps) -> str:
-    """The prepared set's content (what a sweep trains on)."""
-    from .stages import prepared_fingerprint
-
-    return prepared_fingerprint(ps)
-
-
 def ablation_identity(cfg, ps) -> str:
     """What an ablation's numbers depend on besides its own sweep: the prepared content and every option
     that changes a result (cosmetic ones aside). The report shows only the ablations that match."""
     from .stages import comparable as _comparable
     from .stages import digest as _hash
+    from .stages import prepared_fingerprint
 
     sections = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "model", "train", "generate", "seg")}
     sections["compare"] = {"folds": to_dict(cfg.compare).get("folds"), "seeds": cfg.compare.seed_list(cfg.seg)}
-    return _hash([prepared_identity(ps), _comparable(sections)])
+    return _hash([prepared_fingerprint(ps), _comparable(sections)])
 
 
 def _own_stage(folder: Path, identity: dict) -> None:
@@ -106,6 +100,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     another ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
     from .diffusion.train import train_diffusion
     from .generation.generate import generate
+    from .stages import prepared_fingerprint
 
     base = run_dir / "ablations" / param / str(value)
     own_models = param != "condition"  # strength, mask_strength: new variants from the run's models
@@ -121,7 +116,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
             folder = base / "models" / f"fold{k}"
             model = folder / "model"
             mcfg = dataclasses.replace(cfg.model, image_size=ps.size, condition=value)
-            _own_stage(folder, {"prepared": prepared_identity(ps), "fold": k, "model": to_dict(mcfg),
+            _own_stage(folder, {"prepared": prepared_fingerprint(ps), "fold": k, "model": to_dict(mcfg),
                                 "train": to_dict(train)})
             if not model.exists():  # resumes from its last checkpoint after an interruption
                 train_diffusion(ps, folder, ps.indices(f.train, training=True), mcfg, train,
