@@ -215,10 +215,12 @@ def _model_cfg(config: Optional[Path], **overrides):
 @app.command()
 @friendly_errors
 def pretrain(
-    corpus: Path = typer.Argument(..., help="A RadImageNet-style corpus (modality/organ/category/*.png) or any prepared set."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, loss.csv, model/)."),
-    config: Optional[Path] = typer.Option(None, help="YAML config with 'model:' and 'train:' sections."),
-    size: int = typer.Option(128, help="Working size when the corpus still has to be prepared."),
+    corpus: Path = typer.Argument(..., help="A RadImageNet-style corpus (modality/organ/category/*.png) or a prepared corpus."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder (prepared/, checkpoints, samples, loss.csv, model/)."),
+    preset: Optional[str] = typer.Option(None, help="Take the model, training options, size and pretraining steps of a "
+                                                     "preset (demo | cpu | gpu); --config lays its sections over it."),
+    config: Optional[Path] = typer.Option(None, help="YAML config with 'model:' and 'train:' sections (and 'pretrain:', 'prepare:' with --preset)."),
+    size: Optional[int] = typer.Option(None, help="Working size when the corpus still has to be prepared (default 128, or the preset's)."),
     control: Optional[str] = typer.Option(None, help="Edge injection: concat (default, cheap) | controlnet."),
     kind: Optional[str] = typer.Option(None, help="small (from scratch) | sd15 (needs --pretrained)."),
     pretrained: Optional[str] = typer.Option(None, help="sd15: local Stable Diffusion 1.5 folder or .safetensors file."),
@@ -226,36 +228,57 @@ def pretrain(
     batch_size: Optional[int] = typer.Option(None),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     mixed_precision: Optional[str] = typer.Option(None, help="no | fp16 | bf16 (GPU)."),
-    resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
-    task: Optional[Path] = typer.Option(None, help="The prepared set the model will be fine-tuned and evaluated on: a corpus holding its cases (same file, bytes or image) is refused."),
+    task: Optional[Path] = typer.Option(None, help="The prepared set the model will be fine-tuned and evaluated on: a corpus holding its cases (same file, bytes, image or a near-duplicate) is refused."),
     allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Pretrain even on a corpus that holds cases of --task (or on a task's prepared set): leaks its test folds."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo a pretraining that OUT holds with other options or another corpus."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Stage 1: pretrain the text + edge conditioned diffusion model on a radiology corpus (soft edges)."""
-    from .config import PrepareConfig
+    """Stage 1: pretrain the text + edge conditioned diffusion model on a radiology corpus (soft edges).
+    Interrupted, the same command resumes from the last checkpoint without preparing the corpus again."""
     from .data.overlap import check_task_overlap
-    from .data.preparation import prepare as run_prepare
+    from .data.readers.corpus import corpus_files
     from .data.store import PreparedSet
-    from .diffusion.train import train_diffusion
+    from .diffusion.pretrain import pretrain as run_pretrain
+    from .diffusion.pretrain import pretraining_configs, prepared_corpus
+    from .config import to_dict
+    from .stages import StaleStage, check_stage, listing_fingerprint, prepared_fingerprint, stamp
 
-    if (corpus / "dataset.json").exists() and (corpus / "manifest.csv").exists():
+    fraction = 1.0
+    if preset:
+        from .runconfig import load_run_config
+
+        rc = load_run_config(config, preset)
+        base_model, base_train = rc.model, dataclasses.replace(rc.train, steps=rc.pretrain.steps)
+        size, fraction = size or rc.prepare.size, rc.pretrain.max_timestep_fraction
+        overrides = {"control": control, "kind": kind, "pretrained": pretrained}
+        base_model = dataclasses.replace(base_model, **{k: v for k, v in overrides.items() if v is not None})
+        overrides = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "mixed_precision": mixed_precision}
+        base_train = dataclasses.replace(base_train, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        base_model = _model_cfg(config, control=control, kind=kind, pretrained=pretrained)
+        base_train = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
+                                mixed_precision=mixed_precision)
+        fraction = base_train.max_timestep_fraction  # the config's (default 1: every noise level)
+    size = size or 128
+    is_prepared = (corpus / "dataset.json").exists() and (corpus / "manifest.csv").exists()
+    if is_prepared:
         ps = PreparedSet(corpus)
         if task is None and ps.meta.get("has_masks", True) and not allow_task_overlap:
             raise ValueError(f"{corpus}: is a task's prepared set (masks and case-wise test folds); pretraining on it "
                              "leaks its test folds into the model. Pretrain on a separate corpus (name the task with "
                              "--task to check it), or pass --allow-task-overlap")
-    elif (out / "prepared" / "dataset.json").exists():
-        ps = PreparedSet(out / "prepared")
-    else:
-        ps = run_prepare(corpus, out / "prepared", PrepareConfig(size=size), progress=not quiet)
+    mcfg, tcfg = pretraining_configs(base_model, base_train, PreparedSet(corpus).size if is_prepared else size, fraction)
+    what = prepared_fingerprint(PreparedSet(corpus)) if is_prepared else listing_fingerprint(corpus_files(corpus))
+    identity = {"corpus": what, "size": mcfg.image_size, "model": to_dict(mcfg), "train": to_dict(tcfg)}
+    try:
+        if not check_stage(out, "pretrain", identity, {"pretrain"} if overwrite else set()):
+            stamp(out, identity)  # before training: an interrupted pretraining resumes
+    except StaleStage as e:
+        raise StaleStage(str(e).split(" Rerun with")[0] + " Rerun with --overwrite to redo it, or use another --out") from None
+    ps = prepared_corpus(corpus, out / "prepared", mcfg.image_size, progress=not quiet)
     if task is not None:
-        out.mkdir(parents=True, exist_ok=True)
         check_task_overlap(ps, PreparedSet(task), allow_task_overlap, record=out / "task_overlap.json")
-    mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
-    tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
-                      mixed_precision=mixed_precision, condition="edges")
-    indices = [r["index"] for r in ps.manifest if r["train"]]
-    model = train_diffusion(ps, out, indices, mcfg, tcfg, resume=resume, progress=not quiet)
+    model = run_pretrain(corpus, out, mcfg, tcfg, size=mcfg.image_size, progress=not quiet)
     console.print(f"model: {model}")
 
 
@@ -275,15 +298,20 @@ def finetune(
     lr: Optional[float] = typer.Option(None, "--lr"),
     mixed_precision: Optional[str] = typer.Option(None),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Start from a model whose pretraining corpus holds cases of this set (or cannot be checked): leaks its test folds."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Stage 2: fine-tune on the training cases of one fold, condition = edges + mask boundary."""
     from .data.store import PreparedSet
+    from .diffusion.pretrain import check_init_corpus
     from .diffusion.train import train_diffusion
 
     ps = PreparedSet(prepared)
     f = ps.fold(fold)
     out = out or prepared.parent / "models" / f"fold{fold}"
+    if init is not None:  # the pretraining corpus must not hold cases of this set (any fold)
+        out.mkdir(parents=True, exist_ok=True)
+        check_init_corpus(init, ps, allow_task_overlap, record=out / "task_overlap.json")
     mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
     tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
                       mixed_precision=mixed_precision, condition="condition")
@@ -677,7 +705,8 @@ def run_cmd(
     preset_name: str = typer.Option("cpu", "--preset", help="demo | cpu | gpu."),
     config: Optional[Path] = typer.Option(None, help="YAML with sections prepare/pretrain/model/train/generate/seg/compare, laid over the preset."),
     pretrained: Optional[str] = typer.Option(None, help="A local Stable Diffusion 1.5 folder: use the sd15 model."),
-    corpus: Optional[str] = typer.Option(None, help="A radiology corpus to pretrain on first."),
+    corpus: Optional[str] = typer.Option(None, help="A radiology corpus to pretrain on first (inside the run)."),
+    init: Optional[str] = typer.Option(None, "--init", help="A model `diffboost pretrain` made (its model/ folder): fine-tune every fold from it, without pretraining again (pretrain.model)."),
     allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Pretrain even when the corpus holds cases of --data (leaks its test folds; the report says so)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated segmentation seeds (compare.seeds)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (compare.jobs); one torch thread each on a CPU."),
@@ -695,8 +724,9 @@ def run_cmd(
     cfg = load_run_config(config, preset_name)
     if pretrained:
         cfg.model = dataclasses.replace(cfg.model, kind="sd15", pretrained=pretrained)  # validated again
-    if corpus:
-        cfg.pretrain.corpus = corpus
+    if corpus or init:
+        cfg.pretrain = dataclasses.replace(cfg.pretrain, corpus=corpus or cfg.pretrain.corpus,
+                                           model=init or cfg.pretrain.model)  # validated again
     if allow_task_overlap:
         cfg.pretrain.allow_task_overlap = True
     if seeds or jobs:

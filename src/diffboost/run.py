@@ -109,14 +109,15 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     init = None
     if cfg.pretrain.corpus:
         from .data.overlap import check_task_overlap, overlap_error
+        from .data.readers.corpus import corpus_files
+        from .diffusion.pretrain import CORPUS_RECORD, prepared_corpus, pretrain, pretraining_configs
         from .utils.atomic import recover_artifact
 
         t0 = time.perf_counter()
-        from .data.readers.corpus import corpus_files
-
         legacy_pre = {"corpus": cfg.pretrain.corpus, "steps": cfg.pretrain.steps, "model": to_dict(cfg.model),
                       "train": to_dict(train), "size": ps.size}
-        pre_id = {**legacy_pre, "corpus": listing_fingerprint(corpus_files(Path(cfg.pretrain.corpus)))}
+        pre_id = {**legacy_pre, "corpus": listing_fingerprint(corpus_files(Path(cfg.pretrain.corpus))),
+                  "max_timestep_fraction": cfg.pretrain.max_timestep_fraction}
         pre = out / "pretrain"
         if main and not check_stage(pre, "pretrain", pre_id, redo, legacy_pre):
             stamp(pre, pre_id)  # before training: an interrupted pretraining resumes
@@ -125,16 +126,16 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
             recover_artifact(pre / "model")  # a kill while the model was swapped in leaves it aside
         barrier()
         overlap_record = pre / "task_overlap.json"  # the report shows it
-        if not (pre / "model").exists():
-            if main:
-                prepare(cfg.pretrain.corpus, out / "pretrain_corpus", dataclasses.replace(cfg.prepare, format="corpus"),
-                        overwrite=True, progress=progress)
+        if not (pre / "model" / CORPUS_RECORD).exists():
+            if main:  # prepared once, outside the stage folder; a resumed pretraining reuses it
+                prepared_corpus(cfg.pretrain.corpus, out / "pretrain_corpus", ps.size, progress, cfg.prepare)
             barrier()
-            corpus = PreparedSet(out / "pretrain_corpus")
-            check_task_overlap(corpus, ps, cfg.pretrain.allow_task_overlap, record=overlap_record if main else None)
-            tcfg = dataclasses.replace(train, steps=cfg.pretrain.steps, condition="edges")
-            train_diffusion(corpus, pre, [r["index"] for r in corpus.manifest], dataclasses.replace(cfg.model, image_size=ps.size),
-                            tcfg, resume="latest" if (pre / "checkpoints").exists() else None, progress=progress)
+            corpus = prepared_corpus(cfg.pretrain.corpus, out / "pretrain_corpus", ps.size, False, cfg.prepare)
+            check_task_overlap(corpus, ps, cfg.pretrain.allow_task_overlap, record=overlap_record if main else None,
+                               threshold=cfg.pretrain.near_duplicate_threshold)
+            mcfg, tcfg = pretraining_configs(cfg.model, dataclasses.replace(train, steps=cfg.pretrain.steps), ps.size,
+                                             cfg.pretrain.max_timestep_fraction)
+            pretrain(corpus.root, pre, mcfg, tcfg, progress=progress)
         elif overlap_record.exists():  # pretrained already: what its check found must still be allowed
             found = json.loads(overlap_record.read_text())
             if found["files"] and not cfg.pretrain.allow_task_overlap:
@@ -142,6 +143,18 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         init = pre / "model"
         upstream, legacy_upstream = digest([upstream, pre_id]), _hash([legacy_upstream, legacy_pre])
         times["pretrain"] = time.perf_counter() - t0
+    elif cfg.pretrain.model:  # a model `diffboost pretrain` made: checked, never trained again
+        from .diffusion.pipeline import model_hash
+        from .diffusion.pretrain import check_init_corpus, check_init_model
+
+        init = Path(cfg.pretrain.model).expanduser()
+        check_init_model(init, cfg.model, ps.size)
+        if main:  # its corpus must hold no case of the task; the record is what the report shows
+            (out / "pretrain").mkdir(exist_ok=True)
+            check_init_corpus(init, ps, cfg.pretrain.allow_task_overlap, record=out / "pretrain" / "task_overlap.json",
+                              threshold=cfg.pretrain.near_duplicate_threshold)
+        barrier()
+        upstream = legacy_upstream = digest([upstream, {"init": model_hash(init)}])
 
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
     needs_synthetic = generates_variants(cfg)

@@ -84,7 +84,7 @@ def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunC
             elif param == "condition":
                 if v not in CONDITIONS:
                     raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")
-                if cfg is not None and cfg.pretrain.corpus and v != cfg.model.condition:
+                if cfg is not None and (cfg.pretrain.corpus or cfg.pretrain.model) and v != cfg.model.condition:
                     raise ValueError("the models are fine-tuned from a pretrained model of another condition")
             else:
                 s = dataclasses.replace(seg, **{param: v})
@@ -117,11 +117,26 @@ class CompareConfig:
 
 @dataclass
 class PretrainConfig:
-    corpus: str | None = None  # a RadImageNet-style corpus; None = fine-tune from scratch
+    corpus: str | None = None  # a RadImageNet-style corpus to pretrain on first, inside the run
+    # or a model `diffboost pretrain` made already (its model/ folder): every fold is fine-tuned from it
+    model: str | None = None
     steps: int = 20000
-    # a corpus holding cases of the task (same file, same bytes or same prepared image) is refused: it
-    # leaks the test folds into the model; true lets it through and the report says so
+    max_timestep_fraction: float = 1.0  # pretraining covers every noise level: its model serves any fine-tuning
+    # a corpus holding cases of the task (same file, same bytes, same prepared image, or a near-duplicate:
+    # thumbnail correlation >= near_duplicate_threshold; null = not looked for) is refused: it leaks the
+    # test folds into the model; true lets it through and the report says so
     allow_task_overlap: bool = False
+    near_duplicate_threshold: float | None = 0.92
+
+    def __post_init__(self):
+        if self.corpus and self.model:
+            raise ValueError("pretrain: give a corpus to pretrain on or a pretrained model to start from, not both")
+        self.max_timestep_fraction = float(self.max_timestep_fraction)
+        if not 0 < self.max_timestep_fraction <= 1:
+            raise ValueError(f"pretrain.max_timestep_fraction must be in (0, 1], got {self.max_timestep_fraction}")
+        if self.near_duplicate_threshold is not None and not 0 < float(self.near_duplicate_threshold) <= 1:
+            raise ValueError(f"pretrain.near_duplicate_threshold must be in (0, 1] or null, "
+                             f"got {self.near_duplicate_threshold}")
 
 
 @dataclass
@@ -223,6 +238,8 @@ PRESETS: dict[str, dict] = {
             # and 0.5 segment alike on both; 0.3 keeps the label better than 0.5 (teacher consistency 0.82
             # vs 0.70 on BUSI, 0.97 vs 0.93 on hippocampus)
             "model": {"condition": "edges+mask"},
+            # `diffboost pretrain --preset cpu`: 5000 steps on the shared corpus, about 50 min on one core
+            "pretrain": {"steps": 5000},
             "train": {"steps": 2500, "batch_size": 8, "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
             "generate": {"n": 3, "steps": 15, "strength": 0.3},
             "seg": {"network": "res_unet", "channels": [16, 32, 64, 128, 256], "epochs": 30, "batch_size": 16,

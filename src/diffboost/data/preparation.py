@@ -46,12 +46,46 @@ def edge_detector(cfg: PrepareConfig) -> Callable[[np.ndarray], np.ndarray]:
     return soft_edges
 
 
-class _Collector:
-    """Accumulates samples, rows and original masks while cases stream in."""
+class _NpyAppender:
+    """One ``.npy`` array written item by item: the items go to a raw file as they come, and ``close``
+    puts the header (now that the count is known) in front of them. Memory stays at one item, so a
+    corpus of a million images prepares like one of a hundred."""
 
-    def __init__(self, cfg: PrepareConfig, edges: Callable[[np.ndarray], np.ndarray], has_masks: bool):
+    def __init__(self, path: Path, dtype):
+        self.path, self.dtype, self.shape, self.count = path, np.dtype(dtype), None, 0
+        self.raw = path.with_suffix(".raw")
+        self.f = open(self.raw, "wb")
+
+    def append(self, item: np.ndarray) -> None:
+        item = np.ascontiguousarray(item, self.dtype)
+        if self.shape is None:
+            self.shape = item.shape
+        elif item.shape != self.shape:
+            raise ValueError(f"{self.path.name}: item of shape {item.shape} after items of shape {self.shape}")
+        self.f.write(item.tobytes())
+        self.count += 1
+
+    def close(self) -> None:
+        import shutil
+
+        self.f.close()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.count, *(self.shape or ()))}
+        with open(self.path, "wb") as out, open(self.raw, "rb") as raw:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, 16 << 20)
+        self.raw.unlink()
+
+
+_ARRAY_TYPES = {"images": np.float16, "masks": np.uint8, "edges": np.uint8, "conditions": np.uint8}
+
+
+class _Collector:
+    """Streams samples to the arrays' files and keeps rows and original masks while cases come in."""
+
+    def __init__(self, cfg: PrepareConfig, edges: Callable[[np.ndarray], np.ndarray], has_masks: bool, folder: Path):
         self.cfg, self.edges, self.has_masks = cfg, edges, has_masks
-        self.arrays: dict[str, list[np.ndarray]] = {"images": [], "masks": [], "edges": [], "conditions": []}
+        self.arrays = {name: _NpyAppender(folder / f"{name}.npy", dtype) for name, dtype in _ARRAY_TYPES.items()}
         self.rows: list[dict] = []
         self.originals: dict[str, np.ndarray] = {}
         self.cases: dict[str, str] = {}  # case id -> category
@@ -96,10 +130,10 @@ class _Collector:
         e = np.clip(self.edges(img), 0, 1)
         c = task_condition(e, m if self.has_masks else None)
         fg = int(np.count_nonzero(m2d))
-        self.arrays["images"].append(img.astype(np.float16))
-        self.arrays["masks"].append(m.astype(np.uint8))
-        self.arrays["edges"].append(np.rint(e * 255).astype(np.uint8))
-        self.arrays["conditions"].append(np.rint(c * 255).astype(np.uint8))
+        self.arrays["images"].append(img)
+        self.arrays["masks"].append(m)
+        self.arrays["edges"].append(np.rint(e * 255))
+        self.arrays["conditions"].append(np.rint(c * 255))
         train = ndim == 2 or self.cfg.slices == "all" or fg > 0 or not self.has_masks
         self.rows.append({
             **common, "index": len(self.rows), "slice_index": k, "slice_axis": axis,
@@ -133,8 +167,9 @@ def prepare(
                 str(p).encode("utf-8")
             except UnicodeEncodeError:
                 raise DataError(ascii(str(p)), "the file name is not valid UTF-8; rename it") from None
-    collector = _Collector(cfg, edge_detector(cfg), reader.has_masks)
+    detector = edge_detector(cfg)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        collector = _Collector(cfg, detector, reader.has_masks, tmp)
         for ref in progress_iter(refs, f"prepare {reader.name}", enabled=progress):
             try:
                 case = reader.load(ref)
@@ -171,25 +206,27 @@ def merge_groups(groups: list[list[str]]) -> list[list[str]]:
     return [sorted(m) for m in merged.values() if len(m) > 1]
 
 
-def _near_duplicates(cfg: PrepareConfig, col: _Collector) -> dict:
-    """Near-duplicate groups of a 2D set (each kept inside one fold); 3D volumes are not compared."""
+def _near_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray) -> dict:
+    """Near-duplicate groups of a labelled 2D set (each kept inside one fold); 3D volumes and unlabelled
+    corpora (no test folds to protect; pretraining reads all of it) are not compared."""
     from .duplicates import near_duplicate_groups
 
     info = {"threshold": cfg.duplicates, "method": "32x32 thumbnail correlation (diffboost.data.duplicates)",
             "groups": []}
     is_2d = all(r["slice_axis"] < 0 for r in col.rows)
-    if cfg.duplicates is None or not is_2d:
-        info["note"] = "off" if cfg.duplicates is None else "not applied to 3D volumes"
+    if cfg.duplicates is None or not is_2d or not col.has_masks:
+        info["note"] = ("off" if cfg.duplicates is None else "not applied to 3D volumes" if not is_2d else
+                        "not applied to an unlabelled corpus (no test folds to keep apart)")
         return info
     ids = [r["case_id"] for r in col.rows]
-    info["groups"] = near_duplicate_groups(ids, np.stack(col.arrays["images"]), cfg.duplicates)
+    info["groups"] = near_duplicate_groups(ids, images, cfg.duplicates)
     info["cases_in_groups"] = sum(len(g) for g in info["groups"])
     return info
 
 
 def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector, elapsed: float) -> None:
-    for name, items in col.arrays.items():
-        np.save(tmp / f"{name}.npy", np.stack(items))
+    for appender in col.arrays.values():
+        appender.close()
     with open(tmp / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
         w.writeheader()
@@ -197,7 +234,8 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
     if col.originals:
         np.savez_compressed(tmp / "originals.npz", **col.originals)
     case_ids = list(col.cases)
-    dups = _near_duplicates(cfg, col)
+    images = np.load(tmp / "images.npy", mmap_mode="r")
+    dups = _near_duplicates(cfg, col, images)
     patients = [g for g in col.groups.values() if len(g) > 1]
     together = merge_groups(dups["groups"] + patients)
     folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids],
@@ -207,7 +245,6 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
          "by": "case, stratified by category, near-duplicate groups and the images of one patient kept together",
          "folds": [f.to_dict() for f in folds]}, indent=1))
     save_yaml(cfg, tmp / "config.yaml", section="prepare")
-    images = np.load(tmp / "images.npy", mmap_mode="r")
     (tmp / "preview.png").write_bytes(preview_png(
         images, np.load(tmp / "masks.npy", mmap_mode="r"), np.load(tmp / "edges.npy", mmap_mode="r"),
         np.load(tmp / "conditions.npy", mmap_mode="r"), col.rows, cfg.preview_cases))

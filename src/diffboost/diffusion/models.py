@@ -154,3 +154,47 @@ def to_model_space(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 def from_model_space(x: torch.Tensor, patch: int) -> torch.Tensor:
     return F.pixel_shuffle(x, patch) if patch > 1 else x
+
+
+def _resized_conv(conv: nn.Conv2d, keep: int, new_in: int) -> nn.Conv2d:
+    """``conv`` with ``new_in`` input channels: the first ``keep`` keep their weights, the others
+    (new) start at zero, so the layer computes what it did for inputs that are zero there."""
+    out = nn.Conv2d(new_in, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None, conv.padding_mode).to(conv.weight)
+    with torch.no_grad():
+        out.weight.zero_()
+        out.weight[:, :keep] = conv.weight[:, :keep]
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias)
+    return out
+
+
+def set_mask_channels(pipe, k: int) -> bool:
+    """Give an ``edges+mask`` model ``k`` label channels (a model pretrained on a corpus, whose label
+    channels only ever saw zeros, fine-tuned on a task with another number of labels). Weights of the
+    edge map and of the first ``min(old, k)`` label channels are kept; added label channels start at
+    zero weight, so the model's output is unchanged until fine-tuning teaches it to read them.
+    Returns whether anything changed."""
+    cfg = pipe.config
+    if cfg.condition != "edges+mask":
+        raise ValueError(f"the model's condition is {cfg.condition!r}: it takes no label channels")
+    old = cfg.mask_channels
+    if k < 1:
+        raise ValueError(f"mask channels must be at least 1, got {k}")
+    if k == old:
+        return False
+    cells = cfg.pixel_shuffle ** 2 if pipe.vae is None else 1  # condition channels per image channel
+    keep = cells * (1 + min(old, k))
+    den = pipe.denoiser
+    if den.control == "concat":  # conv_in reads [x | edges | labels] in model space
+        x_ch = den.unet.conv_in.in_channels - cells * (1 + old)
+        den.unet.conv_in = _resized_conv(den.unet.conv_in, x_ch + keep, x_ch + cells * (1 + k))
+        den.unet.register_to_config(in_channels=x_ch + cells * (1 + k))
+    else:
+        emb = den.controlnet.controlnet_cond_embedding
+        emb.conv_in = _resized_conv(emb.conv_in, keep, cells * (1 + k))
+        den.controlnet.register_to_config(conditioning_channels=cells * (1 + k))
+    import dataclasses
+
+    pipe.config = dataclasses.replace(cfg, mask_channels=k)
+    return True

@@ -31,7 +31,7 @@ from ..config import save_yaml
 from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
-from .models import ModelConfig, foreground_labels, label_channels
+from .models import ModelConfig, foreground_labels, label_channels, set_mask_channels
 from .pipeline import DiffBoostPipeline
 
 
@@ -260,8 +260,14 @@ def train_diffusion(
     out = Path(out)
     tcfg = train_cfg or TrainConfig()
     torch.manual_seed(tcfg.seed)  # the initial weights are part of the run's identity
+    adapted = None
     if init is not None:
         pipe = DiffBoostPipeline.from_pretrained(init)
+        if pipe.config.condition == "edges+mask" and uses_masks(prepared, tcfg):
+            # a model pretrained on a corpus (empty label channels) takes the task's number of labels
+            before = pipe.config.mask_channels
+            if set_mask_channels(pipe, len(foreground_labels(prepared.label_names))):
+                adapted = {"mask_channels": [before, pipe.config.mask_channels]}
         mcfg = pipe.config
     else:
         mcfg = model_cfg or ModelConfig(image_size=prepared.size)
@@ -393,7 +399,8 @@ def train_diffusion(
             pipe.save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(
                 {"steps": tcfg.steps, "steps_done": state.step, "samples": len(indices),
-                 "init": str(init) if init else None, "max_timestep_fraction": tcfg.max_timestep_fraction,
+                 "init": str(init) if init else None, "init_adapted": adapted,
+                 "max_timestep_fraction": tcfg.max_timestep_fraction,
                  "seconds": round(time.perf_counter() - t_start, 1)}, indent=1))  # this call's wall time
     acc.wait_for_everyone()
     # no acc.end_training(): it would destroy the process group that `diffboost run` under

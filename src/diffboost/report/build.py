@@ -144,15 +144,15 @@ def _consistency(run: Path) -> tuple[str, str] | None:
     return md, htm
 
 
-def _pretrain_fact(pre: dict, record: dict | None) -> str:
+def _pretrain_fact(pre: dict, record: dict | None, head: str | None = None) -> str:
     """The pretraining corpus and whether it holds cases of the task (``pretrain/task_overlap.json``)."""
-    head = f"{pre.get('corpus')}, {pre.get('steps', '?')} steps; "
+    head = head or f"{pre.get('corpus')}, {pre.get('steps', '?')} steps; "
     allowed = bool(pre.get("allow_task_overlap"))
     if record is None:
         return head + "not checked for cases of the task" + (" (allow_task_overlap: true)" if allowed else "")
     files = record.get("files") or []
     if not files:
-        return head + "holds no case of the task (checked by path, file bytes and prepared image)" + (
+        return head + "holds no case of the task (checked by path, file bytes, prepared image and near-duplicates)" + (
             " (allow_task_overlap: true, nothing to allow)" if allowed else "")
     return (head + f"HOLDS {len(files)} file(s) of the task, let through by pretrain.allow_task_overlap: true: the "
             f"pretrained model has seen its test folds (e.g. {files[0]['corpus']}, {files[0]['by']})")
@@ -179,8 +179,13 @@ def _provenance(prov: dict) -> tuple[str, str]:
         facts.append(["near-duplicate groups (each kept in one fold)",
                       f"{len(groups)} groups, {sum(map(len, groups))} cases, threshold {dups.get('threshold')}"
                       + (f" ({dups['note']})" if dups.get("note") else "")])
-    if (cfg.get("pretrain") or {}).get("corpus"):
-        facts.append(["pretraining corpus", _pretrain_fact(cfg["pretrain"], prov.get("pretrain_task_overlap"))])
+    pre = cfg.get("pretrain") or {}
+    if pre.get("corpus"):
+        facts.append(["pretraining corpus", _pretrain_fact(pre, prov.get("pretrain_task_overlap"))])
+    elif pre.get("model"):
+        record = prov.get("pretrain_task_overlap")
+        corpus = f", pretrained on {record['corpus']}" if record else ""
+        facts.append(["fine-tuned from", _pretrain_fact(pre, record, f"the pretrained model {pre['model']}{corpus}; ")])
     wall = prov["wall_seconds"]
     times = [[k, f"{v:,.1f}", f"{v / 60:.1f}"] for k, v in wall.items()]
     times.append(["total (segmentation runs summed)", f"{sum(wall.values()):,.1f}", f"{sum(wall.values()) / 60:.1f}"])

@@ -1,0 +1,277 @@
+"""What pretraining on the shared radiology corpus gives a task (issue: stage 1 for real).
+
+Three parts, each resumable (finished models and runs in ``bench/work`` are reused), one thread per job:
+
+    python bench/bench_pretrain.py pretrain                 # the cpu preset's model on ../shared/data/corpus
+    python bench/bench_pretrain.py table1 --data busi       # Table I on fold 0, scratch vs pretrained
+    python bench/bench_pretrain.py table2 --data busi       # Table II, fine-tuned from it vs from scratch
+
+``pretrain``: ``diffboost pretrain ../shared/data/corpus --preset cpu`` (128 px, the cpu preset's
+``edges+mask`` model, Min-SNR-5, every noise level, ``pretrain.steps``); records its CPU time and the
+loss curve (mean MSE per 500 steps) in ``bench/results/pretrain_corpus.json``.
+
+``table1``: on one fold, the cpu preset's model fine-tuned on the fold's training images for the same
+steps (a) from scratch and (b) from the pretrained model, both over every noise level (Table I draws
+from noise); with ``--equal-time`` also (c) from scratch for the fine-tune steps plus the pretraining's
+steps (the same CPU time, pretraining counted: a step costs the same in both). Pix2Pix beside them. Each
+model generates every held-out test image of the fold from its edges + mask and prompt; per image
+MAE, MSE, RMSE, SSIM, MS-SSIM. The pretrained - scratch difference per image has a t-interval over the
+test images: one model each, so it counts the images' variation, not the training's.
+
+``table2``: ``diffboost run --preset cpu --init <pretrained model>`` (the data set's config of
+``configs/`` laid over the preset, strategies none, classic, diffboost, diffboost+classic), against
+the from-scratch run of the same protocol (the committed record ``bench/results/run_<data>_cpu_table.json``
+when it exists, else run here too). Reports each strategy's Dice in both, the paired pretrained -
+scratch gain per strategy with the corrected repeated k-fold interval, both arms' ``diffboost+classic -
+classic``, whether ``none`` and ``classic`` (which no diffusion model touches) came out identical in
+both (they must: the same code, folds and seeds), and the teacher's label consistency of the variants.
+Writes ``bench/results/pretrain_table2_<data>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import REPO, SHARED_DATA, need, report
+
+WORK = REPO / "bench" / "work"
+PRETRAINED = WORK / "pretrain_corpus128"
+# data name -> (folder under ../shared/data, YAML of configs/ laid over the preset, scratch record name)
+SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"),
+           "ddti": ("DDTI", None, "run_ddti_cpu"),
+           "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml", "run_hippocampus_cpu")}
+STRATEGIES = ["none", "classic", "diffboost", "diffboost+classic"]
+
+
+def pretrain_model(progress: bool = True) -> Path:
+    """The cpu preset's model pretrained on the corpus (reused when finished, resumed when interrupted)."""
+    import dataclasses
+
+    from diffboost.diffusion.pretrain import pretrain, pretraining_configs
+    from diffboost.runconfig import preset
+
+    cfg = preset("cpu")
+    mcfg, tcfg = pretraining_configs(cfg.model, dataclasses.replace(cfg.train, steps=cfg.pretrain.steps,
+                                                                    checkpoint_every=500, validate_every=1000),
+                                     cfg.prepare.size, cfg.pretrain.max_timestep_fraction)
+    return pretrain(need(SHARED_DATA / "corpus"), PRETRAINED, mcfg, tcfg, size=cfg.prepare.size, progress=progress)
+
+
+def cmd_pretrain(args) -> None:
+    model = pretrain_model()
+    info = json.loads((model / "training.json").read_text())
+    rows = []
+    lines = (PRETRAINED / "loss.csv").read_text().splitlines()[1:]
+    steps, mse = np.array([[float(v) for v in ln.split(",")[:2]] for ln in lines]).T
+    for end in range(500, int(steps.max()) + 1, 500):
+        sel = (steps > end - 500) & (steps <= end)
+        rows.append({"steps": end, "mean mse": round(float(mse[sel].mean()), 4)})
+    ps_meta = json.loads((PRETRAINED / "prepared" / "dataset.json").read_text())
+    report("pretrain_corpus", rows, {
+        "command": "diffboost pretrain ../shared/data/corpus --out bench/work/pretrain_corpus128 --preset cpu",
+        "corpus_images": ps_meta["num_samples"], "prompts": ps_meta["prompts"], "size": ps_meta["size"],
+        "steps": info["steps_done"], "training_seconds_last_call": info["seconds"],
+        "training_seconds_all_calls": _training_seconds(PRETRAINED), "threads": 1,
+        "model": str(model.relative_to(REPO))})
+
+
+def _training_seconds(folder: Path) -> float:
+    """Wall time of a training over all its calls: the loss log's images/s per logged interval."""
+    total, last = 0.0, 0
+    for ln in (folder / "loss.csv").read_text().splitlines()[1:]:
+        step, _, _, ips, *_ = ln.split(",")
+        step, ips = int(step), float(ips)
+        if ips > 0:
+            total += (step - last) * 8 / ips  # batch 8 (the cpu preset's)
+        last = step
+    return round(total, 1)
+
+
+def _fine_tuned(ps, fold: int, out: Path, steps: int, init: Path | None) -> Path:
+    """The cpu preset's model fine-tuned on the fold's training images over every noise level."""
+    import dataclasses
+
+    from diffboost.diffusion.train import finished_training, train_diffusion
+    from diffboost.runconfig import preset
+
+    if finished_training(out / "model"):
+        return out / "model"
+    cfg = preset("cpu")
+    tcfg = dataclasses.replace(cfg.train, steps=steps, max_timestep_fraction=1.0)
+    f = ps.fold(fold)
+    return train_diffusion(ps, out, ps.indices(f.train, training=True), cfg.model, tcfg, init=init,
+                           resume="latest" if (out / "checkpoints").exists() else None,
+                           val_indices=ps.indices(f.val, training=True))
+
+
+def _prepared(data: str):
+    from diffboost.config import PrepareConfig
+    from diffboost.data.preparation import prepare
+    from diffboost.data.store import PreparedSet
+    from diffboost.runconfig import load_run_config
+
+    folder, overlay, _ = SOURCES[data]
+    prep = WORK / "pretrain_eval" / data / "prepared"
+    if (prep / "dataset.json").exists():
+        return PreparedSet(prep)
+    cfg = load_run_config(overlay, "cpu").prepare
+    return prepare(need(SHARED_DATA / folder), prep, cfg if overlay else PrepareConfig(size=cfg.size))
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> dict:
+    from scipy import stats
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return {"diff": float(d.mean()), "ci95": [float(d.mean() - half), float(d.mean() + half)], "images": len(d)}
+
+
+def cmd_table1(args) -> None:
+    from diffboost.evaluation.fidelity import (FIDELITY_METRICS, diffusion_rows, held_out_images, image_fidelity,
+                                               pix2pix_row)
+    from diffboost.generation.pix2pix import Pix2PixConfig, train_pix2pix
+
+    ps = _prepared(args.data)
+    work = WORK / "pretrain_eval" / args.data
+    pre = pretrain_model(progress=False)
+    pre_steps = json.loads((pre / "training.json").read_text())["steps_done"]
+    models = {"scratch": (work / f"scratch{args.steps}", None),
+              "pretrained": (work / f"pretrained{args.steps}", pre)}
+    if args.equal_time:
+        models["scratch, same CPU time"] = (work / f"scratch{args.steps + pre_steps}", None)
+    t0 = {}
+    for name, (out, init) in models.items():
+        t = time.perf_counter()
+        steps = args.steps + (pre_steps if "same CPU time" in name else 0)
+        models[name] = _fine_tuned(ps, args.fold, out, steps, init)
+        t0[name] = round(time.perf_counter() - t, 1)
+    p2p = train_pix2pix(ps, args.fold, work / "pix2pix" / f"fold{args.fold}", Pix2PixConfig(steps=args.pix2pix_steps))
+    idx = held_out_images(ps, args.fold)
+    real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
+    per_image, rows = {}, []
+    for name, model in models.items():
+        r, outs = diffusion_rows(model, ps, idx, [(args.sampler, args.sampler_steps)])
+        per_image[name] = image_fidelity(real, next(iter(outs.values())))
+        rows.append({"model": name, **{m: round(r[0][m]["mean"], 4) for m in FIDELITY_METRICS},
+                     **{f"{m} std": round(r[0][m]["std"], 4) for m in FIDELITY_METRICS}})
+    r, _ = pix2pix_row(p2p, ps, idx)
+    rows.append({"model": "Pix2Pix", **{m: round(r[m]["mean"], 4) for m in FIDELITY_METRICS},
+                 **{f"{m} std": round(r[m]["std"], 4) for m in FIDELITY_METRICS}})
+    diffs = {f"{a} - scratch": {m: _paired(per_image[a][m], per_image["scratch"][m]) for m in FIDELITY_METRICS}
+             for a in per_image if a != "scratch"}
+    for k, v in diffs.items():
+        print(f"{k}: " + ", ".join(f"{m} {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+                                   for m, d in v.items()))
+    report(f"pretrain_table1_{args.data}", rows, {
+        "fold": args.fold, "test_images": len(idx), "fine_tune_steps": args.steps, "pretrain_steps": pre_steps,
+        "sampler": f"{args.sampler} {args.sampler_steps}", "pix2pix_steps": args.pix2pix_steps,
+        "paired_differences_over_test_images": diffs, "seconds_this_call": t0, "threads": 1,
+        "command": f"python bench/bench_pretrain.py table1 --data {args.data} --fold {args.fold} --steps {args.steps}"
+                   + (" --equal-time" if args.equal_time else "")})
+
+
+def _runs(entry: dict) -> dict:
+    out = {}
+    for key, v in entry["dice_runs"].items():
+        fold, seed = key.split("/")
+        out[(int(fold[4:]), int(seed[4:]))] = v
+    return out
+
+
+def _arm(data: str, out: Path, init: Path | None) -> tuple[dict, dict, dict | None]:
+    """Run (or reuse) one arm; its table, provenance and pooled label consistency."""
+    import dataclasses
+
+    from bench_run import consistency_record
+
+    from diffboost.run import load_run_config, run
+
+    folder, overlay, _ = SOURCES[data]
+    cfg = load_run_config(overlay, "cpu")
+    cfg.compare = dataclasses.replace(cfg.compare, augs=tuple(STRATEGIES))
+    if init is not None:
+        cfg.pretrain = dataclasses.replace(cfg.pretrain, model=str(init))
+    run(need(SHARED_DATA / folder), out, cfg)
+    table = json.loads((out / "compare" / "table.json").read_text())
+    prov = json.loads((out / "provenance.json").read_text())
+    return table, prov, consistency_record(out)
+
+
+def cmd_table2(args) -> None:
+    from diffboost.evaluation.stats import holdout_ratio
+    from diffboost.segmentation.compare import run_stats
+
+    _, _, record = SOURCES[args.data]
+    pre = pretrain_model(progress=False)
+    res = REPO / "bench" / "results"
+    t0 = time.perf_counter()
+    table_p, prov_p, cons_p = _arm(args.data, WORK / f"run_{args.data}_cpu_pretrained", pre)
+    if (res / f"{record}_table.json").exists():
+        table_s = json.loads((res / f"{record}_table.json").read_text())
+        cons_s = json.loads((res / f"{record}_consistency.json").read_text()) if (
+            res / f"{record}_consistency.json").exists() else None
+        scratch_from = f"bench/results/{record}_table.json"
+    else:
+        table_s, _, cons_s = _arm(args.data, WORK / f"run_{args.data}_cpu", None)
+        scratch_from = f"bench/work/run_{args.data}_cpu"
+    ratio = holdout_ratio(prov_p["folds"])
+    runs_p = {s: _runs(e) for s, e in table_p["table"].items()}
+    runs_s = {s: _runs(e) for s, e in table_s["table"].items()}
+    rows, gains = [], {}
+    for s in STRATEGIES:
+        common = sorted(set(runs_p[s]) & set(runs_s.get(s, {})))
+        a = {k: runs_p[s][k] for k in common}
+        b = {k: runs_s[s][k] for k in common}
+        g = run_stats(a, b, ratio)
+        gains[s] = g
+        rows.append({"strategy": s, "Dice scratch": round(100 * np.mean(list(b.values())), 2),
+                     "Dice pretrained": round(100 * np.mean(list(a.values())), 2),
+                     "pretrained - scratch": round(g["dice_diff"], 2),
+                     "corrected ci95": f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]",
+                     "identical runs": sum(abs(a[k] - b[k]) < 1e-9 for k in common), "runs": len(common)})
+    over_classic = {arm: run_stats(r["diffboost+classic"], r["classic"], ratio) for arm, r in
+                    (("scratch", runs_s), ("pretrained", runs_p))}
+    over_none = {arm: run_stats(r["diffboost"], r["none"], ratio) for arm, r in
+                 (("scratch", runs_s), ("pretrained", runs_p))}
+    for arm in ("scratch", "pretrained"):
+        c, n = over_classic[arm], over_none[arm]
+        print(f"{arm}: diffboost+classic - classic {c['dice_diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]; "
+              f"diffboost - none {n['dice_diff']:+.2f} [{n['ci95'][0]:+.2f}, {n['ci95'][1]:+.2f}]")
+
+    def pooled(c):
+        return None if c is None else round(c["pooled"]["consistency"], 3)
+
+    print(f"label consistency: scratch {pooled(cons_s)}, pretrained {pooled(cons_p)}")
+    report(f"pretrain_table2_{args.data}", rows, {
+        "data": args.data, "scratch_from": scratch_from, "pretrained_run": f"bench/work/run_{args.data}_cpu_pretrained",
+        "pretrained_model": str(pre.relative_to(REPO)), "folds": len(prov_p["folds"]), "seeds": table_p.get("seeds"),
+        "gain_of_pretraining": gains, "diffboost+classic_vs_classic": over_classic, "diffboost_vs_none": over_none,
+        "label_consistency": {"scratch": cons_s, "pretrained": cons_p},
+        "seconds_this_call": round(time.perf_counter() - t0, 1),
+        "command": f"python bench/bench_pretrain.py table2 --data {args.data}"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("pretrain")
+    t1 = sub.add_parser("table1")
+    t1.add_argument("--data", choices=list(SOURCES), default="busi")
+    t1.add_argument("--fold", type=int, default=0)
+    t1.add_argument("--steps", type=int, default=2500, help="fine-tune steps (the cpu preset's)")
+    t1.add_argument("--equal-time", action="store_true", help="also from scratch for steps + the pretraining's")
+    t1.add_argument("--pix2pix-steps", type=int, default=2000)
+    t1.add_argument("--sampler", default="dpm++")
+    t1.add_argument("--sampler-steps", type=int, default=20)
+    t2 = sub.add_parser("table2")
+    t2.add_argument("--data", choices=list(SOURCES), default="busi")
+    args = ap.parse_args()
+    {"pretrain": cmd_pretrain, "table1": cmd_table1, "table2": cmd_table2}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
