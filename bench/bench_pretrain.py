@@ -71,12 +71,34 @@ def cmd_pretrain(args) -> None:
         sel = (steps > end - 500) & (steps <= end)
         rows.append({"steps": end, "mean mse": round(float(mse[sel].mean()), 4)})
     ps_meta = json.loads((PRETRAINED / "prepared" / "dataset.json").read_text())
+    guard = {data: leak_guard(data) for data in SOURCES}
     report("pretrain_corpus", rows, {
+        "leak_guard": guard,
         "command": "diffboost pretrain ../shared/data/corpus --out bench/work/pretrain_corpus128 --preset cpu",
         "corpus_images": ps_meta["num_samples"], "prompts": ps_meta["prompts"], "size": ps_meta["size"],
         "steps": info["steps_done"], "training_seconds_last_call": info["seconds"],
         "training_seconds_all_calls": _training_seconds(PRETRAINED), "threads": 1,
         "model": str(model.relative_to(REPO))})
+
+
+def leak_guard(data: str) -> dict:
+    """The leak guard of the pretrained model against a task (every case, all folds): what it finds at
+    the default threshold, and the corpus's highest thumbnail correlation with any task image."""
+    from diffboost.data.duplicates import BLOCK, thumbnails
+    from diffboost.data.store import PreparedSet
+    from diffboost.diffusion.pretrain import check_init_corpus
+
+    task = _prepared(data)
+    t0 = time.perf_counter()
+    found = check_init_corpus(PRETRAINED / "model", task, allow=True)
+    seconds = time.perf_counter() - t0
+    corpus = PreparedSet(PRETRAINED / "prepared")
+    images = np.asarray(task.images, np.float32)
+    informative = images.reshape(len(images), -1).std(1) > 1e-3
+    tt = thumbnails(images[informative])
+    best = max(float((thumbnails(corpus.images[i : i + BLOCK]) @ tt.T).max()) for i in range(0, len(corpus), BLOCK))
+    return {"task_images": int(informative.sum()), "found": len(found), "highest_correlation": round(best, 3),
+            "seconds": round(seconds, 1)}
 
 
 def _training_seconds(folder: Path) -> float:

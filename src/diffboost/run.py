@@ -64,7 +64,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .generation.generate import generate
     from .report import write_report
     from .runconfig import parse_sweep
+    from .generation.layout import COPY_PASTE, copy_paste_set
     from .segmentation.compare import compare
+    from .segmentation.config import parse_strategy
     from .segmentation.jobs import barrier, distributed
 
     cfg = cfg or preset("cpu")
@@ -181,6 +183,14 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
                  replace_stale="generate" in redo)
         times[f"generate fold{k}"] = time.perf_counter() - t0
+
+    if any(parse_strategy(a)[0] == COPY_PASTE for a in cfg.compare.augs):  # no model: made (or reused) here
+        t0 = time.perf_counter()
+        for k in folds:
+            if main:
+                copy_paste_set(ps, k, out / f"synthetic_{COPY_PASTE}" / f"fold{k}", cfg.layout, progress=progress)
+        barrier()
+        times["copy-paste"] = time.perf_counter() - t0
 
     # label consistency: each fold's `none` segmenter (first seed) checks its synthetic set. The teacher
     # filters read its files while the diffboost runs train: then `none` trains first (reused below)

@@ -17,6 +17,7 @@ from .config import PrepareConfig, from_dict, read_yaml_mapping, to_dict
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
 from .generation.generate import GenerateConfig
+from .generation.layout import COPY_PASTE, LayoutConfig
 from .generation.pix2pix import Pix2PixConfig
 from .segmentation.config import DEFAULT_COMPARE, VARIANT_SOURCES, SegConfig, parse_strategy
 
@@ -164,6 +165,8 @@ class RunConfig:
     ablate: AblateConfig = field(default_factory=AblateConfig)
     # read by `diffboost pix2pix train --config`; `run` itself does not train Pix2Pix
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
+    # new lesions in new places: donors, transforms, placement rule (the copy-paste strategy's variants)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -177,7 +180,7 @@ class RunConfig:
 
 _SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
              "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig,
-             "ablate": AblateConfig, "pix2pix": Pix2PixConfig}
+             "ablate": AblateConfig, "pix2pix": Pix2PixConfig, "layout": LayoutConfig}
 
 
 def generates_variants(cfg: RunConfig) -> bool:
@@ -193,7 +196,7 @@ def check_run_config(cfg: RunConfig) -> None:
 
     for a in cfg.compare.augs:
         source, _ = parse_strategy(a)
-        if source not in (None, "diffboost", "mix-classic"):  # mix-classic makes its variants in memory
+        if source not in (None, "diffboost", "mix-classic", COPY_PASTE):  # mix-classic makes its variants in memory
             raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
                              f"make (it generates the diffusion model's only); remove it here, make them with "
                              f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "

@@ -2,7 +2,9 @@
 (whose mask is its label), text and seed.
 
     images.npy       [N, S, S] float16 variants in [-1, 1]
-    manifest.csv     one row per variant (``SYN_FIELDS``)
+    masks.npy        [N, S, S] uint8 labels, only in sets whose variants have labels of their own (new
+                     lesions in new places, :mod:`.layout`); else a variant's label is its real image's
+    manifest.csv     one row per variant (``SYN_FIELDS``, and the placement's fields in layout sets)
     config.yaml      the generator's options
     generation.json  what the set was made from (identity, fold, model, timing)
     preview.png      real | condition | first variants
@@ -31,7 +33,7 @@ from ..utils.atomic import artifact_dir, recover_artifact
 
 SYN_FIELDS = ["index", "real_index", "case_id", "slice_index", "variant", "category", "prompt", "text",
               "seed", "sampler", "steps", "guidance", "model_hash"]
-SET_FILES = ("images.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
+SET_FILES = ("images.npy", "masks.npy", "manifest.csv", "config.yaml", "generation.json", "preview.png")
 # made from the set's images: replaced with them (a new set is written whole, without them)
 # the teacher's check of a set (evaluation.consistency writes them, the segmentation filters read them)
 CONSISTENCY_CSV, CONSISTENCY_JSON, TEACHER_LOSS = "consistency.csv", "consistency.json", "teacher_loss.npy"
@@ -84,6 +86,12 @@ class SyntheticSet:
     def images(self) -> np.ndarray:
         return np.load(self.root / "images.npy", mmap_mode="r")
 
+    @cached_property
+    def masks(self) -> np.ndarray | None:
+        """The variants' own labels, or None: each variant's label is its real image's mask."""
+        path = self.root / "masks.npy"
+        return np.load(path, mmap_mode="r") if path.exists() else None
+
     def check_fold(self, ps: PreparedSet, fold: int) -> None:
         """Refuse a set made for another fold, or holding variants of images outside the fold's
         training part (they would leak validation or test images into training)."""
@@ -101,11 +109,13 @@ class SyntheticSet:
         return group_rows(self.manifest, "real_index")
 
 
-def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np.ndarray, cfg, meta: dict) -> None:
+def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np.ndarray, cfg, meta: dict,
+                        masks: np.ndarray | None = None, fields: tuple[str, ...] = ()) -> None:
     """Write a synthetic set (``images.npy``, ``manifest.csv``, ``config.yaml``, ``generation.json``,
-    ``preview.png``) through a temporary folder that replaces ``out`` whole, so a reader never sees half
-    of it and a kill keeps the previous set (see ``utils.atomic.artifact_dir``). ``rows`` follow
-    ``SYN_FIELDS``; ``cfg`` is the generator's config dataclass (saved under ``generate:``)."""
+    ``preview.png``; ``masks.npy`` when the variants have labels of their own) through a temporary
+    folder that replaces ``out`` whole, so a reader never sees half of it and a kill keeps the previous
+    set (see ``utils.atomic.artifact_dir``). ``rows`` follow ``SYN_FIELDS`` plus ``fields``; ``cfg`` is
+    the generator's config dataclass (saved under ``generate:``)."""
     from ..data.preview import grid_png, to_uint8
 
     out = Path(out)
@@ -113,8 +123,12 @@ def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np
     # the whole folder is swapped: the previous set (and its .work, quality cache) stays until this one is complete
     with artifact_dir(out) as tmp:
         np.save(tmp / "images.npy", images)
+        if masks is not None:
+            if len(masks) != len(images):
+                raise ValueError(f"{len(masks)} label maps for {len(images)} variants")
+            np.save(tmp / "masks.npy", np.asarray(masks, np.uint8))
         with open(tmp / "manifest.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SYN_FIELDS)
+            w = csv.DictWriter(f, fieldnames=SYN_FIELDS + [k for k in fields if k not in SYN_FIELDS])
             w.writeheader()
             w.writerows(rows)
         save_yaml(cfg, tmp / "config.yaml", section="generate")
@@ -123,8 +137,11 @@ def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np
         by_real = group_rows(rows, "real_index")
         reals = list(by_real)[:: max(1, len(by_real) // 4)][:4]
         k = min(4, max(len(v) for v in by_real.values()))
-        grid = [[to_uint8(ps.images[ri]), np.asarray(ps.conditions[ri])] +
-                [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
+        # real | condition (or, for variants with labels of their own, the first one's label) | variants
+        second = ((lambda ri: np.asarray(masks[by_real[ri][0]] > 0, np.uint8) * 255) if masks is not None
+                  else (lambda ri: np.asarray(ps.conditions[ri])))
+        grid = [[to_uint8(ps.images[ri]), second(ri)] + [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
         first = by_real[reals[0]]
-        heads = ["real", "condition"] + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))]
+        heads = (["real", "v0's label" if masks is not None else "condition"]
+                 + [f"v{i}: {rows[first[i]]['text'] or 'plain'}" for i in range(min(k, len(first)))])
         (tmp / "preview.png").write_bytes(grid_png(grid, [""] * len(grid), heads, tile=max(128, ps.size)))

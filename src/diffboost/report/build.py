@@ -246,6 +246,17 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             fig_name="alpha_strip")
     else:
         add("Synthetic variants", "No synthetic set yet (run `diffboost generate`).")
+    for layout_root in sorted(run.glob("synthetic_*/fold*/masks.npy"))[:1]:  # new lesions in new places
+        from ..generation.generate import SyntheticSet
+
+        syn = SyntheticSet(layout_root.parent)
+        meta = syn.meta.get("layout") or {}
+        add(f"New lesions in new places ({syn.root.parent.name.removeprefix('synthetic_')})",
+            f"Variants of {syn.root.name} with labels of their own: a donor lesion of another training image, "
+            f"flipped, rotated, scaled {meta.get('scale')} and warped, placed by the '{meta.get('placement')}' rule; "
+            f"its label is the union of the real mask and the placed lesion ({syn.meta.get('num_variants')} variants, "
+            f"{syn.meta.get('missing_variants', 0)} given up: no donor fitted). Each label outlined on its image.",
+            fig=figures.layout_variants(ps, syn), fig_name="layout_variants")
     consistency = _consistency(run)
     if consistency is not None:
         add("Label consistency of the variants (teacher check)", *consistency)

@@ -121,6 +121,24 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
     return grid_png(rows, [""] * len(rows), heads, tile=tile)
 
 
+def layout_variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 3) -> bytes:
+    """Variants with labels of their own (new lesions in new places): the real image with its mask
+    outlined, the first variant's new label, and the variants with their own labels outlined."""
+    tile = max(128, ps.size)
+    by_real = syn.by_real
+    reals = list(by_real)[:: max(1, len(by_real) // n_images)][:n_images]
+    rows, shown = [], 0
+    for ri in reals:
+        img = np.asarray(ps.images[ri], np.float32)
+        vs = sorted(by_real[ri], key=lambda j: syn.manifest[j]["variant"])[:n_variants]
+        shown = max(shown, len(vs))
+        rows.append([overlay(img, np.asarray(ps.masks[ri]), fill=0.0),
+                     (np.asarray(syn.masks[vs[0]]) > 0).astype(np.uint8) * 255]
+                    + [overlay(np.asarray(syn.images[j], np.float32), np.asarray(syn.masks[j]), fill=0.0) for j in vs])
+    heads = ["real, its mask", "v0's new label"] + [f"v{v}, its label" for v in range(shown)]
+    return grid_png(rows, [""] * len(rows), heads, tile=tile)
+
+
 def alpha_strip(real: np.ndarray, synthetic: np.ndarray, patch: int, alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
                 seed: int = 0) -> bytes:
     """Algorithm 1's mixed input for each alpha, with one fixed draw of the grid."""

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from .augment import CLASSICAL, PIPELINES
 from .networks import check_network
 
-SYNTHETIC_SOURCES = ("diffboost", "pix2pix")  # strategies that read a synthetic set
+# strategies that read a synthetic set; copy-paste's variants are new lesions pasted into new places
+# (generation.layout), with labels of their own
+SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste")
 MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
 VARIANT_SOURCES = (*SYNTHETIC_SOURCES, MIX_CLASSIC)  # where Algorithm 1's variants come from
 DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", MIX_CLASSIC, "diffboost+classic")

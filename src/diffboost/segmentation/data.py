@@ -54,6 +54,7 @@ class SyntheticPool:
     counts: torch.Tensor  # [N] long
     source: Path | str
     ignore: torch.Tensor | None = None  # [M, 1, S, S] bool: pixels left out of the loss (pixel_filter)
+    masks: torch.Tensor | None = None  # [M, 1, S, S] long: the variants' own labels; None = their real images'
 
     def pick(self, batch: torch.Tensor, variants: torch.Tensor) -> torch.Tensor:
         return self.images[self.rows[batch, variants]]
@@ -88,14 +89,17 @@ def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[i
     syn = SyntheticSet(root)
     syn.check_fold(ps, fold)
     by_real = syn.by_real
+    # a layout set (variants with labels of their own) may have no variant for a sample no donor fitted:
+    # that sample trains on its real image
+    layout = syn.masks is not None
     missing = [i for i in indices if i not in by_real]
-    if missing:
+    if missing and not layout:
         raise ValueError(f"{syn.root}: no variants for {len(missing)} of {len(indices)} training samples of fold "
                          f"{fold} (e.g. sample {missing[0]}); run `diffboost generate` for this fold")
-    per = [sorted(by_real[i], key=lambda r: syn.manifest[r]["variant"]) for i in indices]
+    per = [sorted(by_real.get(i, []), key=lambda r: syn.manifest[r]["variant"]) for i in indices]
     if n is not None:
         short = min(len(p) for p in per)
-        if short < n:
+        if short < n and not layout:
             raise ValueError(f"{syn.root}: n={n} asked, but some training samples have only {short} variant(s)")
         per = [p[:n] for p in per]
     if quality_filter:  # after n: the filter removes from the variants that would be used
@@ -118,7 +122,13 @@ def load_synthetic(root: str | Path, ps: PreparedSet, fold: int, indices: list[i
     counts = torch.tensor([len(p) for p in per], dtype=torch.long)
     images = to_size(np.asarray(syn.images[np.asarray(used)], np.float32), size)
     ignore = pixel_ignore(syn.root, len(syn), used, pixel_filter, size) if pixel_filter is not None else None
-    return SyntheticPool(images, rows, counts, syn.root, ignore)
+    masks = None
+    if layout:
+        labels = np.asarray(syn.masks[np.asarray(used)])
+        if int(labels.max(initial=0)) >= 64 or max(int(k) for k in ps.label_names) >= 64:
+            raise ValueError(f"{syn.root}: variants with labels of their own take label values below 64")
+        masks = to_size(labels, size, labels=True)
+    return SyntheticPool(images, rows, counts, syn.root, ignore, masks)
 
 
 def _teacher_file(root: Path, name: str, option: str) -> Path:

@@ -46,7 +46,7 @@ from .config import MIX_CLASSIC, SegConfig, drop_unused, parse_strategy
 from .data import FoldData, load_synthetic, load_training, teacher_identity, to_size
 from .jobs import run_folder
 from .networks import build_network, size_multiple
-from .patchmix import choose_variants, default_patch, mix, patch_mask
+from .patchmix import choose_variants, default_patch, mix, mix_labels, patch_mask
 from .predict import evaluate_cases, quick_dice
 
 LOG_FIELDS = ["epoch", "loss", "val_dice", "lr", "seconds"]
@@ -262,16 +262,21 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
         rows = pool.rows[b, choose_variants(counts.clamp_min(1), g)]  # a sample without variants: unmixed below
         syn = pool.images[rows]
         drop = pool.ignore[rows].long() if pool.ignore is not None else None
-        if augment:  # the pixels to ignore ride on the labels: spatial transforms move them alike
-            both, y = augment(torch.cat([x, syn], 1), y if drop is None else y + _PACK * drop, epoch, step)
+        y_syn = pool.masks[rows] if pool.masks is not None else None  # variants with labels of their own
+        if augment:  # the variants' labels and the pixels to ignore ride on the labels: spatial transforms move them alike
+            packed = y if y_syn is None else y + _LABELS * y_syn
+            both, packed = augment(torch.cat([x, syn], 1), packed if drop is None else packed + _PACK * drop, epoch, step)
             x, syn = both[:, :1], both[:, 1:]
             if drop is not None:
-                y, drop = y % _PACK, y // _PACK
+                packed, drop = packed % _PACK, packed // _PACK
+            y, y_syn = (packed, None) if y_syn is None else (packed % _LABELS, packed // _LABELS)
         m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g)
         mixed = None
         if cfg.mix_prob < 1.0 or bool((counts == 0).any()):  # drawn only then: mix_prob = 1 is Algorithm 1 as before
             mixed = (torch.rand(len(b), generator=g) < cfg.mix_prob) & (counts > 0)
             m[~mixed] = 1.0
+        if y_syn is not None:  # the label mixed with the image's grid: the real one where m = 1
+            y = mix_labels(y, y_syn, m)
         keep = None if drop is None else ~((drop > 0) & (m == 0))
         return x, y, syn, m, mixed, keep
 
@@ -311,6 +316,7 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
 
 
 _PACK = 1 << 12  # labels + _PACK * ignored: label values stay below it (prepared masks are uint8)
+_LABELS = 1 << 6  # real label + _LABELS * variant label (layout sets), below _PACK: labels stay below 64
 
 
 def masked_dice_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, batch: bool = False) -> torch.Tensor:

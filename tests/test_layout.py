@@ -1,0 +1,192 @@
+"""New lesions in new places: donors, transforms and placement rules, the copy-paste control as a
+synthetic set with labels of its own, and Algorithm 1 mixing those labels with the image's grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from builders import train_tiny
+
+from diffboost.config import PrepareConfig
+from diffboost.data.preparation import prepare
+from diffboost.generation.layout import (LayoutConfig, LayoutPlanner, Placement, copy_paste, copy_paste_set,
+                                         layout_label, placed, tissue_map, transform_crop)
+from diffboost.segmentation.data import FoldData, SyntheticPool, load_synthetic
+
+
+@pytest.fixture(scope="module")
+def ps(tmp_path_factory, phantom_root):
+    return prepare(phantom_root, tmp_path_factory.mktemp("layout") / "prepared", PrepareConfig(size=64, folds=3),
+                   progress=False)
+
+
+def _train(ps, fold=0):
+    return ps.indices(ps.fold(fold).train, training=True)
+
+
+def test_a_placement_is_a_function_of_seed_image_and_variant(ps):
+    idx = _train(ps)
+    a = LayoutPlanner(ps, idx, LayoutConfig(seed=3, tries=100))
+    b = LayoutPlanner(ps, idx, LayoutConfig(seed=3, tries=100))
+    plans = [a.plan(j, v) for j in idx for v in range(2)]
+    assert plans == [b.plan(j, v) for j in idx for v in range(2)]
+    assert all(p is not None and p.donor_index != p.real_index for p in plans)
+    assert plans != [LayoutPlanner(ps, idx, LayoutConfig(seed=4, tries=100)).plan(j, v) for j in idx for v in range(2)]
+    assert Placement.from_row({k: str(v) for k, v in plans[0].to_row().items()}) == plans[0]
+
+
+@pytest.mark.parametrize("rule", ["tissue", "depth"])
+def test_new_lesions_lie_in_the_tissue_off_the_existing_lesions(ps, rule):
+    from scipy import ndimage as ndi
+
+    cfg = LayoutConfig(placement=rule, gap=2, tries=100)
+    planner = LayoutPlanner(ps, _train(ps), cfg)
+    for j in _train(ps):
+        p = planner.plan(j, 0)
+        _, labels, _ = planner.transformed(p)
+        new = placed((ps.size, ps.size), labels > 0, p.top, p.left)
+        real = np.asarray(ps.masks[j]) > 0
+        assert new.sum() == (labels > 0).sum()  # the whole lesion is in the image
+        assert not (new & ndi.binary_dilation(real, iterations=2)).any()
+        assert (new <= tissue_map(np.asarray(ps.images[j], np.float32), erode=cfg.ring)).all()
+
+
+def test_the_uniform_rule_also_goes_over_the_background_and_the_tissue_rule_never(tmp_path):
+    ps, idx = _toy_set(tmp_path, slice(0, 30), lesion_row=14)  # tissue in the top half, black below it
+    below = {rule: np.mean(_centres(ps, idx, LayoutConfig(placement=rule, scale=(0.7, 0.8), tries=50), 40) > 34 / 64)
+             for rule in ("uniform", "tissue")}
+    assert below["uniform"] > 0.3 and below["tissue"] == 0
+
+
+def _toy_set(tmp_path, rows_of_tissue: slice, lesion_row: int, n: int = 6):
+    """Grey tissue in ``rows_of_tissue`` (black elsewhere) with one dark lesion per image at ``lesion_row``."""
+    from builders import disk, save_png
+
+    root = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.zeros((64, 64), np.uint8)
+        img[rows_of_tissue] = rng.integers(90, 160, img[rows_of_tissue].shape)
+        img[disk(64, 64, lesion_row, 12 + 7 * i, 5)] = 30
+        save_png(root / "images" / f"c{i}.png", img)
+        save_png(root / "masks" / f"c{i}.png", disk(64, 64, lesion_row, 12 + 7 * i, 5).astype(np.uint8) * 255)
+    ps = prepare(root, tmp_path / "p", PrepareConfig(size=64, folds=2, duplicates=None), progress=False)
+    return ps, ps.indices(ps.fold(0).train, training=True)
+
+
+def _centres(ps, idx, cfg, variants):
+    planner = LayoutPlanner(ps, idx, cfg)
+    out = []
+    for j in idx:
+        for v in range(variants):
+            p = planner.plan(j, v)
+            if p is not None:
+                _, labels, _ = planner.transformed(p)
+                out.append((p.top + np.nonzero(labels)[0].mean()) / ps.size)
+    return np.asarray(out)
+
+
+def test_the_depth_rule_puts_lesions_at_the_depths_where_lesions_are(tmp_path):
+    ps, idx = _toy_set(tmp_path, slice(0, 64), lesion_row=16)  # tissue everywhere, every lesion at 1/4 depth
+    spread = {rule: np.abs(_centres(ps, idx, LayoutConfig(placement=rule, scale=(0.7, 0.8), tries=50), 40) - 0.25).mean()
+              for rule in ("tissue", "depth")}
+    assert spread["depth"] < 0.08 < 0.15 < spread["tissue"]
+
+
+def test_the_transform_keeps_image_and_labels_together():
+    img = np.linspace(-1, 1, 40 * 30, dtype=np.float32).reshape(40, 30)
+    lab = np.zeros((40, 30), np.uint8)
+    lab[10:25, 8:20] = 1
+    same_img, same_lab, support = transform_crop(img, lab, False, 0.0, 1.0, 0.0, 0)
+    assert np.array_equal(same_img, img) and np.array_equal(same_lab, lab) and support.all()
+    flip_img, flip_lab, _ = transform_crop(img, lab, True, 0.0, 1.0, 0.0, 0)
+    assert np.array_equal(flip_img, img[:, ::-1]) and np.array_equal(flip_lab, lab[:, ::-1])
+    big_img, big_lab, _ = transform_crop(img, lab, False, 30.0, 1.4, 0.05, 7)
+    area = (big_lab > 0).sum() / (lab > 0).sum()
+    assert 1.4 ** 2 * 0.8 < area < 1.4 ** 2 * 1.2  # scaled, rotated and warped, about 1.96 x the area
+    assert big_img.shape == big_lab.shape
+
+
+def test_copy_paste_set_labels_are_the_union_and_its_placements_are_the_planners(ps, tmp_path):
+    cfg = LayoutConfig(n=2, seed=5, tries=100)
+    syn = copy_paste_set(ps, 0, tmp_path / "cp", cfg, progress=False)
+    planner = LayoutPlanner(ps, _train(ps), cfg)
+    assert syn.masks is not None and len(syn) == len(_train(ps)) * 2
+    for r in syn.manifest:
+        p = Placement.from_row(r)
+        assert p == planner.plan(r["real_index"], r["variant"])  # same seed: same donor, transform, position
+        crop, labels, support = planner.transformed(p)
+        real_mask = np.asarray(ps.masks[p.real_index])
+        new = placed(real_mask.shape, labels, p.top, p.left)
+        expected = np.where(real_mask > 0, real_mask, new)
+        assert np.array_equal(np.asarray(syn.masks[r["index"]]), expected)
+        assert np.array_equal((np.asarray(syn.masks[r["index"]]) > 0), (real_mask > 0) | (new > 0))
+        image = copy_paste(np.asarray(ps.images[p.real_index], np.float32), crop, labels, support, p.top, p.left, cfg.ring)
+        assert np.allclose(np.asarray(syn.images[r["index"]], np.float32), image, atol=2e-3)  # float16 on disk
+        # the lesion pixels are the donor's, the image far from it the real one
+        inside = new > 0
+        assert np.allclose(image[inside], placed(real_mask.shape, crop, p.top, p.left)[inside])
+        from scipy import ndimage as ndi
+        far = ~ndi.binary_dilation(inside, np.ones((3, 3)), iterations=cfg.ring + 1)
+        assert np.array_equal(image[far], np.asarray(ps.images[p.real_index], np.float32)[far])
+    assert copy_paste_set(ps, 0, tmp_path / "cp", cfg, progress=False).meta == syn.meta  # reused
+    pool = load_synthetic(tmp_path / "cp", ps, 0, _train(ps), 64)
+    assert pool.masks is not None and pool.masks.shape == pool.images.shape
+
+
+def test_layout_label_keeps_the_real_label_where_both_are_set():
+    real = np.array([[0, 1, 1], [0, 0, 2]], np.uint8)
+    new = np.array([[1, 1, 0], [1, 0, 1]], np.uint8)
+    assert np.array_equal(layout_label(real, new), [[1, 1, 1], [1, 0, 2]])
+
+
+def _fold_with_labels(per: int = 1) -> FoldData:
+    """Real images > 0 with a lesion in square A; variants < 0 whose own label is square B."""
+    g = torch.Generator().manual_seed(2)
+    n = 8
+    a = torch.zeros(1, 32, 32, dtype=torch.long)
+    a[:, 2:12, 3:14] = 1
+    b = torch.zeros(1, 32, 32, dtype=torch.long)
+    b[:, 18:30, 16:29] = 1
+    images = 0.1 + 0.5 * torch.rand(n, 1, 32, 32, generator=g)
+    data = FoldData(images, a.expand(n, -1, -1, -1).clone(), list(range(n)))
+    syn = -0.1 - 0.5 * torch.rand(n * per, 1, 32, 32, generator=g)
+    data.synthetic = SyntheticPool(syn, torch.arange(n * per).reshape(n, per), torch.full((n,), per), Path("toy"),
+                                   masks=b.expand(n * per, -1, -1, -1).clone())
+    return data, a, b
+
+
+@pytest.mark.parametrize("aug", ["copy-paste", "copy-paste+mirror"])
+def test_the_label_is_mixed_with_the_same_grid_as_the_image(aug):
+    data, a, b = _fold_with_labels()
+    net, labels = train_tiny(data, epochs=(0, 1), aug=aug, alpha=0.5, patch=4, aug_prob=0.5)
+    seen_mixed = 0
+    for x, y in zip(net.inputs, labels):
+        m = (x > 0).long()  # real pixels are positive, the variant's negative
+        for k in range(len(x)):
+            flips = [(), (-1,), (-2,), (-2, -1)] if "mirror" in aug else [()]  # mirroring along either axis
+            options = [(a.flip(f), b.flip(f)) if f else (a, b) for f in flips]
+            assert any(torch.equal(y[k], torch.where(m[k] > 0, ra, rb)) for ra, rb in options)
+        seen_mixed += int(((m == 0) & (y > 0)).any())
+    assert seen_mixed  # the variant's lesion did reach the loss
+
+
+def test_run_compares_copy_paste_without_a_diffusion_model(phantom_root, tmp_path):
+    from diffboost.run import RunConfig, run
+
+    cfg = RunConfig.from_dict({"prepare": {"size": 32}, "seg": {"channels": [8, 16, 32], "epochs": 1, "batch_size": 4},
+                               "layout": {"n": 2, "tries": 100},
+                               "compare": {"augs": ["none", "copy-paste", "copy-paste+mirror"], "folds": [0]},
+                               "ablate": {"sweeps": []}})
+    run(phantom_root, tmp_path / "r", cfg, progress=False)
+    syn = tmp_path / "r" / "synthetic_copy-paste" / "fold0"
+    assert (syn / "masks.npy").exists() and not (tmp_path / "r" / "models").exists()  # no diffusion model trained
+    for s in ("copy-paste", "copy-paste+mirror"):
+        summary = json.loads((tmp_path / "r" / "seg" / s / "seed0" / "fold0" / "summary.json").read_text())
+        assert summary["strategy"] == s and summary["cases"] > 0
+    assert "| copy-paste |" in (tmp_path / "r" / "compare" / "table.md").read_text()
+    assert "layout:" in (tmp_path / "r" / "run.yaml").read_text()
