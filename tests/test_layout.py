@@ -188,5 +188,29 @@ def test_run_compares_copy_paste_without_a_diffusion_model(phantom_root, tmp_pat
     for s in ("copy-paste", "copy-paste+mirror"):
         summary = json.loads((tmp_path / "r" / "seg" / s / "seed0" / "fold0" / "summary.json").read_text())
         assert summary["strategy"] == s and summary["cases"] > 0
-    assert "| copy-paste |" in (tmp_path / "r" / "compare" / "table.md").read_text()
+    table = (tmp_path / "r" / "compare" / "table.md").read_text()
+    assert "| copy-paste |" in table and "Lesion-wise detection" in table and "false lesions / image" in table
+    assert "New lesions in new places (copy-paste)" in (tmp_path / "r" / "report.md").read_text()
     assert "layout:" in (tmp_path / "r" / "run.yaml").read_text()
+
+
+def test_lesion_wise_detection_counts_found_missed_and_false_lesions():
+    from diffboost.evaluation.metrics import detection_summary, lesion_detection
+
+    ref = np.zeros((40, 40), np.uint8)
+    ref[2:12, 2:12] = 1  # 100 px, found (half covered)
+    ref[20:23, 20:23] = 1  # 9 px, missed
+    ref[30:38, 2:10] = 1  # 64 px, found by a 7 px touch (>= 10%)
+    pred = np.zeros_like(ref)
+    pred[2:12, 2:7] = 1
+    pred[30, 2:9] = 1
+    pred[15:18, 30:33] = 1  # touches nothing: a false lesion
+    d = lesion_detection(pred, ref)
+    assert (d["lesions"], d["lesions_found"], d["false_lesions"]) == (3, 2, 1)
+    assert d["lesion_sizes"] == "100;9;64" and d["lesion_found"] == "1;0;1"
+    empty = lesion_detection(pred, np.zeros_like(ref))
+    assert (empty["lesions"], empty["false_lesions"], empty["lesion_sizes"]) == (0, 3, "")
+    s = detection_summary([d, empty])
+    assert s["lesions"] == 3 and s["recall"] == pytest.approx(2 / 3) and s["false_lesions_per_image"] == 2.0
+    assert s["recall_by_size"] == {"small": 0.0, "medium": 1.0, "large": 1.0}
+    assert detection_summary([{"dice": 1.0}]) is None  # rows of runs evaluated before detection existed

@@ -95,6 +95,52 @@ def label_dice(pred, ref, labels: Sequence[int]) -> float:
     return float(np.mean(scores))
 
 
+# a reference lesion counts as found when the prediction covers at least this share of it
+FOUND_SHARE = 0.1
+
+
+def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> dict:
+    """Lesion-wise detection of one case (any foreground label; connected components, corners touching
+    included): how many reference lesions, which were found (the prediction covers at least
+    :data:`FOUND_SHARE` of the lesion), and how many predicted components touch no reference lesion
+    (false lesions). Lesion sizes (pixels or voxels of the case's grid) and their found flags are
+    ``;``-joined so that lesions of all cases can be pooled by size."""
+    from scipy import ndimage as ndi
+
+    pred, ref = np.asarray(pred) > 0, np.asarray(ref) > 0
+    full = np.ones((3,) * ref.ndim, int)
+    ref_lab, n_ref = ndi.label(ref, structure=full)
+    pred_lab, n_pred = ndi.label(pred, structure=full)
+    sizes = np.bincount(ref_lab.ravel(), minlength=n_ref + 1)[1:]
+    covered = np.bincount(ref_lab[pred].ravel(), minlength=n_ref + 1)[1:]
+    found = covered >= FOUND_SHARE * sizes
+    touching = np.unique(pred_lab[ref & pred])
+    return {"lesions": int(n_ref), "lesions_found": int(found.sum()),
+            "false_lesions": int(n_pred - np.count_nonzero(touching)),
+            "lesion_sizes": ";".join(str(int(v)) for v in sizes),
+            "lesion_found": ";".join(str(int(v)) for v in found)}
+
+
+def detection_summary(rows: list[dict]) -> dict | None:
+    """Pooled lesion-wise detection of per-case rows carrying :func:`lesion_detection`'s fields (None
+    when they do not): recall of the reference lesions, overall and by size tercile (cut points over
+    the pooled reference lesions), and false lesions per image."""
+    if not rows or any(r.get("lesions") in (None, "") for r in rows):
+        return None
+    sizes = np.array([int(v) for r in rows for v in str(r["lesion_sizes"]).split(";") if v != ""], np.int64)
+    found = np.array([int(v) for r in rows for v in str(r["lesion_found"]).split(";") if v != ""], bool)
+    out = {"cases": len(rows), "lesions": int(len(sizes)),
+           "recall": float(found.mean()) if len(sizes) else float("nan"),
+           "false_lesions_per_image": float(np.mean([int(r["false_lesions"]) for r in rows]))}
+    if len(sizes) >= 3:
+        cuts = np.quantile(sizes, [1 / 3, 2 / 3])
+        bins = np.digitize(sizes, cuts, right=True)
+        out["size_terciles"] = [float(c) for c in cuts]
+        out["recall_by_size"] = {name: float(found[bins == k].mean()) if (bins == k).any() else float("nan")
+                                 for k, name in enumerate(("small", "medium", "large"))}
+    return out
+
+
 class SegmentationMetric:
     """Accumulates per-case rows (MONAI style): ``__call__`` one case, ``aggregate`` the mean and
     standard deviation over cases, ``reset`` to start again."""

@@ -72,7 +72,8 @@ def _cells_html(heads: list[str], rows: list[list[tuple[str, bool]]]) -> str:
 def _table(result: dict) -> tuple[str, str]:
     """Table II, the lesion / empty-case table and the contrasts, as Markdown and as HTML (best per
     column in bold)."""
-    from ..segmentation.compare import STATS_NOTE, contrast_lines, lesion_cells, markdown_tables, table_cells
+    from ..segmentation.compare import (DETECTION_NOTE, STATS_NOTE, contrast_lines, detection_cells, lesion_cells,
+                                        markdown_tables, table_cells)
 
     table, unit = result["table"], result.get("unit", "px")
     where = "mm" if unit == "mm" else "pixels of the original image"
@@ -84,6 +85,9 @@ def _table(result: dict) -> tuple[str, str]:
            + "<h3>Lesion cases and empty references</h3>" + _cells_html(*lesion_cells(table, unit))
            + "<p>Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
            "(normal images; for volumes, slices without foreground) predicted with any foreground.</p>")
+    detection = detection_cells(table)
+    if detection is not None:
+        htm += "<h3>Lesion-wise detection</h3>" + _cells_html(*detection) + f"<p>{html.escape(DETECTION_NOTE)}</p>"
     lines = contrast_lines(result)
     if lines:
         htm += "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"

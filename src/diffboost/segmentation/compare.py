@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.store import PreparedSet
-from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS
+from ..evaluation.metrics import HIGHER_IS_BETTER, METRICS, detection_summary
 from ..evaluation.stats import corrected_interval, fold_interval, holdout_ratio, holm, run_interval, wilcoxon_p
 from ..utils.atomic import atomic_write_text
 from .config import DEFAULT_COMPARE, SegConfig, parse_strategy
@@ -182,6 +182,9 @@ def summarise(rows: list[dict], strategies: list[str], test_train_ratio: float |
         n_empty, n_fp = int(counts[:, 0].sum()), int(counts[:, 1].sum())
         entry["empty"] = {"references": n_empty, "false_positives": n_fp,
                           "fp_rate": n_fp / n_empty if n_empty else float("nan")}
+        detection = detection_summary(rs)
+        if detection is not None:  # runs evaluated before lesion-wise detection existed have none
+            entry["detection"] = detection
         table[s] = entry
     base = by.get("none")
     if base:
@@ -321,10 +324,49 @@ def markdown_tables(result: dict) -> str:
             _md(*lesion_cells(result["table"], unit)),
             "Lesion metrics over the cases with a non-empty reference; FP rate: the share of empty references "
             "(normal images; for volumes, slices without foreground) predicted with any foreground.\n"]
+    detection = detection_cells(result["table"])
+    if detection is not None:
+        text += [_md(*detection), DETECTION_NOTE + "\n"]
     lines = contrast_lines(result)
     if lines:
         text.append("\n".join(f"- {x}" for x in lines) + "\n")
     return "\n".join(text)
+
+
+DETECTION_NOTE = ("Lesion-wise detection: reference lesions are the connected components of the reference (all "
+                  "test cases of all folds and seeds); one is found when the prediction covers at least 10% of it; "
+                  "recall by size tercile (pixels or voxels of the original grid) of the pooled reference lesions; "
+                  "false lesions: predicted components touching no reference lesion, per image.")
+
+
+def detection_cells(table: dict) -> tuple[list[str], list[list[tuple[str, bool]]]] | None:
+    """Lesion recall (overall and by size tercile) and false lesions per image, best per column flagged;
+    None when no strategy has detection results."""
+    have = {s: e["detection"] for s, e in table.items() if e.get("detection")}
+    if not have:
+        return None
+    first = next(iter(have.values()))
+    cuts = first.get("size_terciles")
+    names = ["small", "medium", "large"] if cuts else []
+    heads = (["strategy", "lesion recall ↑"]
+             + ([f"recall, small (≤ {cuts[0]:.0f}) ↑", "recall, medium ↑", f"recall, large (> {cuts[1]:.0f}) ↑"]
+                if cuts else []) + ["false lesions / image ↓", "reference lesions"])
+
+    def column(values: dict, higher: bool) -> dict:
+        top = _best(values, higher)
+        return {k: top is not None and v == top for k, v in values.items()}
+
+    best = {"recall": column({s: d["recall"] for s, d in have.items()}, True),
+            "false": column({s: d["false_lesions_per_image"] for s, d in have.items()}, False),
+            **{n: column({s: d.get("recall_by_size", {}).get(n, float("nan")) for s, d in have.items()}, True)
+               for n in names}}
+    rows = []
+    for s, d in have.items():
+        by = d.get("recall_by_size", {})
+        rows.append([(s, False), (f"{100 * d['recall']:.1f}", best["recall"][s])]
+                    + [(f"{100 * by.get(n, float('nan')):.1f}", best[n][s]) for n in names]
+                    + [(f"{d['false_lesions_per_image']:.2f}", best["false"][s]), (str(d["lesions"]), False)])
+    return heads, rows
 
 
 def write_tables(rows: list[dict], strategies: list[str], out: Path, unit: str = "px",

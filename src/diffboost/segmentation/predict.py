@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.store import PreparedSet
-from ..evaluation.metrics import SegmentationMetric, label_dice
+from ..evaluation.metrics import SegmentationMetric, label_dice, lesion_detection
 from .data import to_size
 
 
@@ -85,7 +85,7 @@ def evaluate_cases(net: torch.nn.Module, ps: PreparedSet, case_ids, size: int, l
         empty, fp = empty_references(pred, ref, row["slice_axis"])
         metric(pred, ref, case_spacing(row), case_id=case, category=row["category"],
                reference_empty=int(not ref.any()), prediction_empty=int(not pred.any()),
-               empty_slices=empty, fp_slices=fp)
+               empty_slices=empty, fp_slices=fp, **lesion_detection(pred, ref))
         if keep and case in keep:
             kept[case] = pred
     return metric, kept
