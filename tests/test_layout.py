@@ -185,6 +185,19 @@ def test_run_compares_copy_paste_without_a_diffusion_model(phantom_root, tmp_pat
     run(phantom_root, tmp_path / "r", cfg, progress=False)
     syn = tmp_path / "r" / "synthetic_copy-paste" / "fold0"
     assert (syn / "masks.npy").exists() and not (tmp_path / "r" / "models").exists()  # no diffusion model trained
+    # diffboost-layout: the fold's model is fine-tuned and draws the lesions; no same-layout set is made
+    cfg = RunConfig.from_dict({**json.loads(json.dumps(dataclasses_dict(cfg))),
+                               "model": {"channels": [8, 16, 32], "attention": [False, True, True],
+                                         "condition": "edges+mask"},
+                               "train": {"steps": 2, "batch_size": 2, "warmup_steps": 0, "validate_every": 2},
+                               "inpaint": {"steps": 4, "lesion_strength": 0.6},
+                               "compare": {"augs": ["none", "copy-paste", "copy-paste+mirror", "diffboost-layout"],
+                                           "folds": [0]}})
+    run(phantom_root, tmp_path / "r", cfg, progress=False)
+    layout = tmp_path / "r" / "synthetic_diffboost-layout" / "fold0"
+    assert (layout / "masks.npy").exists() and (tmp_path / "r" / "models" / "fold0" / "model").exists()
+    assert not (tmp_path / "r" / "synthetic").exists()
+    assert (tmp_path / "r" / "seg" / "diffboost-layout" / "seed0" / "fold0" / "summary.json").exists()
     for s in ("copy-paste", "copy-paste+mirror"):
         summary = json.loads((tmp_path / "r" / "seg" / s / "seed0" / "fold0" / "summary.json").read_text())
         assert summary["strategy"] == s and summary["cases"] > 0
@@ -214,3 +227,52 @@ def test_lesion_wise_detection_counts_found_missed_and_false_lesions():
     assert s["lesions"] == 3 and s["recall"] == pytest.approx(2 / 3) and s["false_lesions_per_image"] == 2.0
     assert s["recall_by_size"] == {"small": 0.0, "medium": 1.0, "large": 1.0}
     assert detection_summary([{"dice": 1.0}]) is None  # rows of runs evaluated before detection existed
+
+
+def dataclasses_dict(cfg) -> dict:
+    from diffboost.config import to_dict
+
+    return to_dict(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """An untrained edges+mask model at 64 px (what is tested is where it may draw, not how well)."""
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import new_pipeline
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model"
+    new_pipeline(ModelConfig(image_size=64, channels=(8, 16, 32), attention=(False, True, True),
+                             condition="edges+mask", mask_channels=1)).save_pretrained(path)
+    return path
+
+
+def test_diffusion_layout_variants_redraw_only_the_new_lesion_and_share_copy_pastes_placements(ps, tiny_model, tmp_path):
+    from diffboost.generation.inpaint import InpaintConfig, layout_generate, redraw_region
+
+    layout = LayoutConfig(n=1, seed=2, tries=100)
+    cp = copy_paste_set(ps, 0, tmp_path / "cp", layout, progress=False)
+    held = layout_generate(tiny_model, ps, tmp_path / "dl", 0, "diffboost-layout", layout,
+                           InpaintConfig(lesion_strength=0.6, strength=0.0, grow=2, steps=5), progress=False)
+    harm = layout_generate(tiny_model, ps, tmp_path / "hm", 0, "copy-paste-harmonize", layout,
+                           InpaintConfig(strength=0.3, steps=5), progress=False)
+    keys = ["real_index", "variant", *[k for k in Placement.__dataclass_fields__ if k not in ("real_index", "variant")]]
+    for a, b, c in zip(cp.manifest, held.manifest, harm.manifest):
+        assert [a[k] for k in keys] == [b[k] for k in keys] == [c[k] for k in keys]  # donor, transform, position
+        assert np.array_equal(cp.masks[a["index"]], held.masks[b["index"]])
+        assert np.array_equal(cp.masks[a["index"]], harm.masks[c["index"]])
+        p = Placement.from_row(b)
+        _, labels, _ = LayoutPlanner(ps, _train(ps), layout).transformed(p)
+        region = redraw_region(placed((64, 64), labels > 0, p.top, p.left), 2)
+        composite = np.asarray(cp.images[a["index"]], np.float32)
+        variant = np.asarray(held.images[b["index"]], np.float32)
+        assert np.allclose(variant[region == 0], composite[region == 0], atol=2e-3)  # held at strength 0
+        assert not np.allclose(variant[region == 1], composite[region == 1], atol=0.05)  # the lesion is redrawn
+        assert not np.allclose(np.asarray(harm.images[c["index"]], np.float32), composite, atol=0.05)
+    again = layout_generate(tiny_model, ps, tmp_path / "dl", 0, "diffboost-layout", layout,
+                            InpaintConfig(lesion_strength=0.6, strength=0.0, grow=2, steps=5), progress=False)
+    assert again.meta == held.meta  # reused
+    with pytest.raises(ValueError, match="copy-paste strategy"):
+        layout_generate(tiny_model, ps, tmp_path / "h0", 0, "copy-paste-harmonize", layout,
+                        InpaintConfig(strength=0.0), progress=False)

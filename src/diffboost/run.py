@@ -64,7 +64,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .generation.generate import generate
     from .report import write_report
     from .runconfig import parse_sweep
+    from .generation.inpaint import layout_generate
     from .generation.layout import COPY_PASTE, copy_paste_set
+    from .runconfig import layout_kinds
     from .segmentation.compare import compare
     from .segmentation.config import parse_strategy
     from .segmentation.jobs import barrier, distributed
@@ -159,16 +161,17 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         upstream = legacy_upstream = digest([upstream, {"init": model_hash(init)}])
 
     folds = list(cfg.compare.folds) if cfg.compare.folds is not None else list(range(len(ps.folds)))
-    needs_synthetic = generates_variants(cfg)
+    needs_model = generates_variants(cfg)  # a strategy whose variants the diffusion model draws
+    needs_synthetic = any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs)  # same-layout variants
     if main:  # every fold's fine-tuning checked before any trains: a refusal comes before the hours of work
-        for k in folds if needs_synthetic else []:
+        for k in folds if needs_model else []:
             ft_id = {"upstream": upstream, "fold": k, "model": to_dict(cfg.model), "train": to_dict(train)}
             if not check_stage(out / "models" / f"fold{k}", "finetune", ft_id, redo,
                                {**ft_id, "upstream": legacy_upstream}):
                 stamp(out / "models" / f"fold{k}", ft_id)  # before training: an interrupted fine-tuning resumes
         save_yaml(cfg, out / "run.yaml")  # after the checks: a refused resume leaves the old run.yaml
     barrier()
-    for k in folds if needs_synthetic else []:
+    for k in folds if needs_model else []:
         f = ps.fold(k)
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
@@ -180,9 +183,17 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         times[f"fine-tune fold{k}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # other or more variants make the segmenters trained on them stale: train_seg sees it
-        generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
-                 replace_stale="generate" in redo)
-        times[f"generate fold{k}"] = time.perf_counter() - t0
+        if needs_synthetic:
+            generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
+                     replace_stale="generate" in redo)
+            times[f"generate fold{k}"] = time.perf_counter() - t0
+        for kind in layout_kinds(cfg):  # new lesions in new places, drawn by the model
+            t0 = time.perf_counter()
+            if main:
+                layout_generate(model_dir / "model", ps, out / f"synthetic_{kind}" / f"fold{k}", k, kind, cfg.layout,
+                                cfg.inpaint, progress=progress)
+            barrier()
+            times[f"{kind} fold{k}"] = time.perf_counter() - t0
 
     if any(parse_strategy(a)[0] == COPY_PASTE for a in cfg.compare.augs):  # no model: made (or reused) here
         t0 = time.perf_counter()

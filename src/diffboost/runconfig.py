@@ -17,9 +17,11 @@ from .config import PrepareConfig, from_dict, read_yaml_mapping, to_dict
 from .diffusion.models import ModelConfig
 from .diffusion.train import TrainConfig
 from .generation.generate import GenerateConfig
+from .generation.inpaint import KINDS as LAYOUT_KINDS
+from .generation.inpaint import InpaintConfig
 from .generation.layout import COPY_PASTE, LayoutConfig
 from .generation.pix2pix import Pix2PixConfig
-from .segmentation.config import DEFAULT_COMPARE, VARIANT_SOURCES, SegConfig, parse_strategy
+from .segmentation.config import DEFAULT_COMPARE, DIFFUSION_SOURCES, VARIANT_SOURCES, SegConfig, parse_strategy
 
 
 # ---- ablation sweeps: NAME=V1,V2,... ------------------------------------------------------------
@@ -165,8 +167,10 @@ class RunConfig:
     ablate: AblateConfig = field(default_factory=AblateConfig)
     # read by `diffboost pix2pix train --config`; `run` itself does not train Pix2Pix
     pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
-    # new lesions in new places: donors, transforms, placement rule (the copy-paste strategy's variants)
+    # new lesions in new places: donors, transforms, placement rule (copy-paste, copy-paste-harmonize and
+    # diffboost-layout variants share them), and how the diffusion model draws them
     layout: LayoutConfig = field(default_factory=LayoutConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
@@ -180,12 +184,17 @@ class RunConfig:
 
 _SECTIONS = {"prepare": PrepareConfig, "pretrain": PretrainConfig, "model": ModelConfig, "train": TrainConfig,
              "generate": GenerateConfig, "seg": SegConfig, "compare": CompareConfig,
-             "ablate": AblateConfig, "pix2pix": Pix2PixConfig, "layout": LayoutConfig}
+             "ablate": AblateConfig, "pix2pix": Pix2PixConfig, "layout": LayoutConfig, "inpaint": InpaintConfig}
 
 
 def generates_variants(cfg: RunConfig) -> bool:
-    """Whether `run` fine-tunes diffusion models and generates variants: a ``diffboost`` strategy is compared."""
-    return any(parse_strategy(a)[0] == "diffboost" for a in cfg.compare.augs)
+    """Whether `run` fine-tunes diffusion models: a strategy whose variants the model draws is compared."""
+    return any(parse_strategy(a)[0] in DIFFUSION_SOURCES for a in cfg.compare.augs)
+
+
+def layout_kinds(cfg: RunConfig) -> list[str]:
+    """The diffusion-drawn layout sets `run` makes (``diffboost-layout``, ``copy-paste-harmonize``)."""
+    return [k for k in LAYOUT_KINDS if any(parse_strategy(a)[0] == k for a in cfg.compare.augs)]
 
 
 def check_run_config(cfg: RunConfig) -> None:
@@ -196,7 +205,7 @@ def check_run_config(cfg: RunConfig) -> None:
 
     for a in cfg.compare.augs:
         source, _ = parse_strategy(a)
-        if source not in (None, "diffboost", "mix-classic", COPY_PASTE):  # mix-classic makes its variants in memory
+        if source not in (None, "mix-classic", COPY_PASTE, *DIFFUSION_SOURCES):  # mix-classic: in memory
             raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
                              f"make (it generates the diffusion model's only); remove it here, make them with "
                              f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "

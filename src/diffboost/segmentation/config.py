@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from .augment import CLASSICAL, PIPELINES
 from .networks import check_network
 
-# strategies that read a synthetic set; copy-paste's variants are new lesions pasted into new places
-# (generation.layout), with labels of their own
-SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste")
+# strategies that read a synthetic set. copy-paste, copy-paste-harmonize and diffboost-layout variants hold
+# new lesions in new places (generation.layout, generation.inpaint), with labels of their own
+SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste", "copy-paste-harmonize", "diffboost-layout")
+# the sources whose variants the fine-tuned diffusion model draws (`run` fine-tunes a model per fold for them)
+DIFFUSION_SOURCES = ("diffboost", "copy-paste-harmonize", "diffboost-layout")
 MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
 VARIANT_SOURCES = (*SYNTHETIC_SOURCES, MIX_CLASSIC)  # where Algorithm 1's variants come from
 DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", MIX_CLASSIC, "diffboost+classic")
