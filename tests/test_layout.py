@@ -203,7 +203,10 @@ def test_run_compares_copy_paste_without_a_diffusion_model(phantom_root, tmp_pat
         assert summary["strategy"] == s and summary["cases"] > 0
     table = (tmp_path / "r" / "compare" / "table.md").read_text()
     assert "| copy-paste |" in table and "Lesion-wise detection" in table and "false lesions / image" in table
-    assert "New lesions in new places (copy-paste)" in (tmp_path / "r" / "report.md").read_text()
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "New lesions in new places (copy-paste)" in report and "finds the new lesions with a Dice of" in report
+    checked = json.loads((syn / "new_lesion_consistency.json").read_text())
+    assert checked["new_lesions"] > 0 and 0 <= checked["teacher_dice_new_lesion"] <= 1
     assert "layout:" in (tmp_path / "r" / "run.yaml").read_text()
 
 
@@ -276,3 +279,18 @@ def test_diffusion_layout_variants_redraw_only_the_new_lesion_and_share_copy_pas
     with pytest.raises(ValueError, match="copy-paste strategy"):
         layout_generate(tiny_model, ps, tmp_path / "h0", 0, "copy-paste-harmonize", layout,
                         InpaintConfig(strength=0.0), progress=False)
+
+
+def test_new_lesion_dice_scores_the_new_lesion_only():
+    from diffboost.evaluation.consistency import new_lesion_dice
+
+    real = np.zeros((40, 40), np.uint8)
+    real[2:8, 2:8] = 1
+    label = real.copy()
+    label[20:30, 20:30] = 1  # the new lesion: 100 px
+    pred = np.zeros_like(real)
+    pred[20:30, 20:25] = 1  # half of it
+    pred[2:8, 2:8] = 1  # the real lesion: not about the new one
+    pred[0, 39] = 1  # far away: not counted
+    assert new_lesion_dice(pred, label, real) == pytest.approx(2 * 50 / (50 + 100))
+    assert np.isnan(new_lesion_dice(pred, real, real))  # no new lesion

@@ -221,7 +221,8 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     compare(ps, cfg.compare.augs, cfg.seg, out, folds, progress=progress, replace_stale="seg" in redo,
             seeds=seeds, jobs=cfg.compare.jobs)
     times["compare"] = time.perf_counter() - t0
-    if needs_synthetic and not teacher_first:  # folds without a `none` run are skipped
+    layouts = any(parse_strategy(a)[0] in (COPY_PASTE, *layout_kinds(cfg)) for a in cfg.compare.augs)
+    if (needs_synthetic or layouts) and not teacher_first:  # folds without a `none` run are skipped
         t0 = time.perf_counter()
         consistency_for_run(out, folds, seeds[0], prepared=ps, progress=progress)  # the main process computes
         times["label consistency"] = time.perf_counter() - t0

@@ -356,8 +356,60 @@ def consistency_for_run(run_dir: str | Path, folds: Sequence[int] | None = None,
         if (syn / "generation.json").exists() and (teacher / "model.safetensors").exists():
             if distributed()[0] == 0:
                 out[k] = label_consistency(teacher, ps, syn, k, batch_size, progress)
+        # layout sets (new lesions in new places): does the teacher see the new lesions?
+        for layout in sorted(run_dir.glob(f"synthetic_*/fold{k}/masks.npy")):
+            if (teacher / "model.safetensors").exists() and distributed()[0] == 0:
+                new_lesion_consistency(teacher, ps, layout.parent, batch_size)
     barrier()
     if distributed()[0] != 0:  # the main process wrote them: read
         out = {k: json.loads((run_dir / "synthetic" / f"fold{k}" / CONSISTENCY_JSON).read_text()) for k in folds
                if (run_dir / "synthetic" / f"fold{k}" / CONSISTENCY_JSON).exists()}
     return out
+
+
+# ---- new lesions in new places -----------------------------------------------------------------------
+
+NEW_LESION_JSON = "new_lesion_consistency.json"
+NEW_LESION_WINDOW = 8  # px around a new lesion where the teacher's prediction is scored
+
+
+def new_lesion_dice(pred: np.ndarray, label: np.ndarray, real_mask: np.ndarray, window: int = NEW_LESION_WINDOW) -> float:
+    """The teacher's Dice on a variant's new lesion: the lesion is the variant's label where the real
+    image had none; the teacher's foreground counts within ``window`` px of it (what it predicts at the
+    real lesions or far away is not about the new one). NaN without a new lesion."""
+    from scipy import ndimage as ndi
+
+    new = (np.asarray(label) > 0) & ~(np.asarray(real_mask) > 0)
+    if not new.any():
+        return float("nan")
+    near = ndi.binary_dilation(new, iterations=window) & ~(np.asarray(real_mask) > 0)
+    p = (np.asarray(pred) > 0) & near
+    return float(2 * np.count_nonzero(p & new) / (np.count_nonzero(p) + np.count_nonzero(new)))
+
+
+def new_lesion_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSet, synthetic_dir: str | Path,
+                           batch_size: int = 32) -> dict:
+    """Does the teacher (a segmenter trained on real images only) see the new lesions of a layout set
+    (variants with labels of their own)? Its Dice on each variant's new lesion, and the mean, written to
+    ``SET/new_lesion_consistency.json``."""
+    from ..generation.synthetic import SyntheticSet
+    from ..utils.atomic import atomic_write_text
+
+    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    syn = SyntheticSet(synthetic_dir)
+    if syn.masks is None:
+        raise ValueError(f"{syn.root}: its variants have no labels of their own (not a layout set)")
+    teacher = Teacher(teacher_dir)
+    scores = []
+    for sl in _batches(len(syn), batch_size):
+        pred, _ = teacher(np.asarray(syn.images[sl], np.float32))
+        for p, row in zip(pred, syn.manifest[sl]):
+            scores.append(new_lesion_dice(p, syn.masks[row["index"]], ps.masks[row["real_index"]]))
+    v = np.asarray(scores, np.float64)
+    summary = _finite({"variants": len(v), "new_lesions": int(np.isfinite(v).sum()),
+                       "teacher_dice_new_lesion": float(np.nanmean(v)) if np.isfinite(v).any() else float("nan"),
+                       "found_share": float(np.mean(v[np.isfinite(v)] >= 0.1)) if np.isfinite(v).any() else float("nan"),
+                       "window_px": NEW_LESION_WINDOW, "teacher": teacher.info()})
+    summary["per_variant"] = [float(x) if np.isfinite(x) else None for x in v]
+    atomic_write_text(Path(synthetic_dir) / NEW_LESION_JSON, json.dumps(summary, indent=1))
+    return summary

@@ -250,17 +250,29 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             fig_name="alpha_strip")
     else:
         add("Synthetic variants", "No synthetic set yet (run `diffboost generate`).")
-    for layout_root in sorted(run.glob("synthetic_*/fold*/masks.npy"))[:1]:  # new lesions in new places
+    for kind_dir in sorted({p.parent.parent for p in run.glob("synthetic_*/fold*/masks.npy")}):  # new lesions
+        from ..evaluation.consistency import NEW_LESION_JSON
         from ..generation.generate import SyntheticSet
 
-        syn = SyntheticSet(layout_root.parent)
+        sets = sorted(kind_dir.glob("fold*/masks.npy"))
+        syn = SyntheticSet(sets[0].parent)
         meta = syn.meta.get("layout") or {}
-        add(f"New lesions in new places ({syn.root.parent.name.removeprefix('synthetic_')})",
+        kind = kind_dir.name.removeprefix("synthetic_")
+        checked = [json.loads((p.parent / NEW_LESION_JSON).read_text()) for p in sets
+                   if (p.parent / NEW_LESION_JSON).exists()]
+        seen = ""
+        if checked:
+            dice = [c["teacher_dice_new_lesion"] for c in checked if c.get("teacher_dice_new_lesion") is not None]
+            found = [c["found_share"] for c in checked if c.get("found_share") is not None]
+            seen = (f" The fold's `none` segmenter (trained on real images only) finds the new lesions with a Dice of "
+                    f"{100 * np.mean(dice):.1f}% (within {checked[0]['window_px']} px of them; {100 * np.mean(found):.0f}% "
+                    f"of them at Dice ≥ 10%), mean over {len(checked)} fold(s).") if dice else ""
+        add(f"New lesions in new places ({kind})",
             f"Variants of {syn.root.name} with labels of their own: a donor lesion of another training image, "
             f"flipped, rotated, scaled {meta.get('scale')} and warped, placed by the '{meta.get('placement')}' rule; "
             f"its label is the union of the real mask and the placed lesion ({syn.meta.get('num_variants')} variants, "
-            f"{syn.meta.get('missing_variants', 0)} given up: no donor fitted). Each label outlined on its image.",
-            fig=figures.layout_variants(ps, syn), fig_name="layout_variants")
+            f"{syn.meta.get('missing_variants', 0)} given up: no donor fitted). Each label outlined on its image.{seen}",
+            fig=figures.layout_variants(ps, syn), fig_name=f"layout_variants_{kind}")
     consistency = _consistency(run)
     if consistency is not None:
         add("Label consistency of the variants (teacher check)", *consistency)
