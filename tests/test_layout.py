@@ -15,6 +15,7 @@ from diffboost.config import PrepareConfig
 from diffboost.data.preparation import prepare
 from diffboost.generation.layout import (LayoutConfig, LayoutPlanner, Placement, copy_paste, copy_paste_set,
                                          layout_label, placed, tissue_map, transform_crop)
+from diffboost.generation.synthetic import SyntheticSet
 from diffboost.segmentation.data import FoldData, SyntheticPool, load_synthetic
 
 
@@ -294,3 +295,26 @@ def test_new_lesion_dice_scores_the_new_lesion_only():
     pred[0, 39] = 1  # far away: not counted
     assert new_lesion_dice(pred, label, real) == pytest.approx(2 * 50 / (50 + 100))
     assert np.isnan(new_lesion_dice(pred, real, real))  # no new lesion
+
+
+def test_ablate_sweeps_the_placement_rule_and_scale_of_copy_paste(phantom_root, tmp_path):
+    from diffboost.ablate import ablate
+    from diffboost.run import RunConfig, run
+
+    cfg = RunConfig.from_dict({"prepare": {"size": 32}, "seg": {"channels": [8, 16, 32], "epochs": 1, "batch_size": 4},
+                               "layout": {"n": 1, "tries": 100},
+                               "compare": {"augs": ["none", "copy-paste"], "folds": [0]}, "ablate": {"sweeps": []}})
+    run(phantom_root, tmp_path / "r", cfg, progress=False)
+    res = ablate(tmp_path / "r", "placement", ["depth", "uniform"], progress=False, strategy="copy-paste")
+    assert set(res["dice"]["copy-paste"]) == {"depth", "uniform"} and res["gain"]["uniform"]["over none"] is not None
+    uniform = tmp_path / "r" / "ablations" / "placement" / "uniform" / "synthetic_copy-paste" / "fold0"
+    assert {r["rule"] for r in SyntheticSet(uniform).manifest} == {"uniform"}
+    assert not (tmp_path / "r" / "ablations" / "placement" / "depth" / "synthetic_copy-paste").exists()  # the run's own
+    res = ablate(tmp_path / "r", "scale", ["0.9-1.1"], progress=False, strategy="copy-paste")
+    scales = [float(r["scale"]) for r in SyntheticSet(tmp_path / "r" / "ablations" / "scale" / "0.9-1.1" /
+                                                          "synthetic_copy-paste" / "fold0").manifest]
+    assert min(scales) >= 0.9 and max(scales) <= 1.1
+    with pytest.raises(ValueError, match="layout variants"):
+        ablate(tmp_path / "r", "placement", ["tissue"], progress=False, strategy="diffboost")
+    with pytest.raises(ValueError, match="diffboost-layout"):
+        ablate(tmp_path / "r", "lesion_strength", [0.4], progress=False, strategy="copy-paste")

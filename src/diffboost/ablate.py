@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import to_dict
-from .runconfig import GENERATOR_SWEEPS, SWEEPABLE, check_strategy, check_values, load_run_config, parse_sweep
+from .runconfig import (GENERATOR_SWEEPS, LAYOUT_SWEEPS, SWEEPABLE, check_strategy, check_values, load_run_config,
+                        parse_sweep)
 from .utils.atomic import atomic_write_bytes, atomic_write_text
 from .utils.lock import locks_folder
 
@@ -71,6 +72,12 @@ def ablation_identity(cfg, ps) -> str:
 
     sections = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "model", "train", "generate", "seg")}
     sections["compare"] = {"folds": to_dict(cfg.compare).get("folds"), "seeds": cfg.compare.seed_list(cfg.seg)}
+    from .generation.layout import COPY_PASTE
+    from .runconfig import layout_kinds
+    from .segmentation.config import parse_strategy
+
+    if any(parse_strategy(a)[0] in (COPY_PASTE, *layout_kinds(cfg)) for a in cfg.compare.augs):
+        sections["layout"], sections["inpaint"] = to_dict(cfg.layout), to_dict(cfg.inpaint)  # runs without: as before
     return _hash([prepared_fingerprint(ps), _comparable(sections)])
 
 
@@ -124,6 +131,42 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
                                 val_indices=ps.indices(f.val, training=True), progress=progress)
         generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)
     return str(base / "synthetic" / "fold{fold}")
+
+
+def _layout_value(cfg, param: str, value):
+    """The run's layout and inpaint options with the swept one set to ``value``."""
+    layout, inpaint = cfg.layout, cfg.inpaint
+    if param == "placement":
+        layout = dataclasses.replace(layout, placement=value)
+    elif param == "scale":
+        layout = dataclasses.replace(layout, scale=tuple(float(x) for x in value.split("-")))
+    else:
+        inpaint = dataclasses.replace(inpaint, lesion_strength=value)
+    return layout, inpaint
+
+
+def _is_run_layout(cfg, param: str, value) -> bool:
+    layout, inpaint = _layout_value(cfg, param, value)
+    return layout == cfg.layout and inpaint == cfg.inpaint
+
+
+def _layout_sweep(run_dir: Path, cfg, ps, folds: list[int], source: str, param: str, value, progress: bool) -> str:
+    """The layout sets of a sweep value (``source``'s kind: copy-paste or drawn by the run's models), made
+    per fold under ``ablations/<param>/<value>/``; returns their path pattern."""
+    from .generation.inpaint import layout_generate
+    from .generation.layout import COPY_PASTE, copy_paste_set
+
+    layout, inpaint = _layout_value(cfg, param, value)
+    base = run_dir / "ablations" / param / str(value) / f"synthetic_{source}"
+    for k in folds:
+        if source == COPY_PASTE:
+            copy_paste_set(ps, k, base / f"fold{k}", layout, progress=progress)
+        else:
+            model = run_dir / "models" / f"fold{k}" / "model"
+            if not model.exists():
+                raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
+            layout_generate(model, ps, base / f"fold{k}", k, source, layout, inpaint, progress=progress)
+    return str(base / "fold{fold}")
 
 
 def _gain(runs: list, reference: list | None, ratio: float) -> dict | None:
@@ -182,6 +225,12 @@ def ablate(run_dir: str | Path, param: str, values: list, progress: bool = True,
             if param in GENERATOR_SWEEPS:  # the same segmenter on this value's variants
                 own = v == getattr(cfg.model if param == "condition" else cfg.generate, param)
                 syn = None if own else _generator_sweep(run_dir, cfg, ps, folds, param, v, progress)
+                seg = dataclasses.replace(cfg.seg, aug=s, synthetic=syn)
+            elif param in LAYOUT_SWEEPS:  # the same segmenter on this value's layout sets
+                from .segmentation.config import parse_strategy
+
+                own = _is_run_layout(cfg, param, v)
+                syn = None if own else _layout_sweep(run_dir, cfg, ps, folds, parse_strategy(s)[0], param, v, progress)
                 seg = dataclasses.replace(cfg.seg, aug=s, synthetic=syn)
             elif more_variants is not None and v > cfg.generate.n:
                 seg = dataclasses.replace(cfg.seg, aug=s, n=v, synthetic=more_variants)

@@ -31,12 +31,24 @@ def _float_or_none(text: str) -> float | None:
     return None if text.strip().lower() in ("none", "null") else float(text)
 
 
+def _scale_range(text: str) -> str:
+    """``"0.85-1.2"``: a scale range of the layout donors, checked, kept as text (a folder name)."""
+    lo, sep, hi = text.strip().partition("-")
+    if not sep or not 0 < float(lo) <= float(hi):
+        raise ValueError(f"a scale range is LOW-HIGH with 0 < LOW <= HIGH, got {text!r}")
+    return f"{float(lo):g}-{float(hi):g}"
+
+
 SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
              "teacher_gate": _float_or_none, "pixel_filter": _float_or_none,
-             "strength": float, "mask_strength": _float_or_none, "condition": str}
+             "strength": float, "mask_strength": _float_or_none, "condition": str,
+             "placement": str, "scale": _scale_range, "lesion_strength": float}
 # sweeps of the generator rather than the segmenter: new variants (strength, mask_strength) or new
 # diffusion models (condition) per value, then the diffboost strategy trained on them
 GENERATOR_SWEEPS = ("strength", "mask_strength", "condition")
+# sweeps of the layout variants (new lesions in new places): new sets per value of the placement rule, the
+# donors' scale range (layout:) or the new lesion's strength (inpaint:, diffboost-layout only)
+LAYOUT_SWEEPS = ("placement", "scale", "lesion_strength")
 
 
 def parse_sweep(text: str) -> tuple[str, list]:
@@ -61,6 +73,10 @@ def check_strategy(strategy: str, param: str) -> str:
                          "or SOURCE+CLASSICAL (e.g. diffboost+classic)")
     if param in GENERATOR_SWEEPS and source != "diffboost":
         raise ValueError(f"--sweep {param} varies the diffusion generator: it needs a diffboost strategy, not {strategy!r}")
+    layout_sources = (COPY_PASTE, *LAYOUT_KINDS) if param != "lesion_strength" else ("diffboost-layout",)
+    if param in LAYOUT_SWEEPS and source not in layout_sources:
+        raise ValueError(f"--sweep {param} varies the layout variants: it needs a strategy of "
+                         f"{', '.join(layout_sources)}, not {strategy!r}")
     return classical
 
 
@@ -84,6 +100,16 @@ def check_values(seg: SegConfig, param: str, values: list, size: int, cfg: "RunC
                                      "holds the lesion to a lower strength than the rest")
             elif param == "mask_strength":  # GenerateConfig's own check, against the run's strength
                 dataclasses.replace(cfg.generate if cfg is not None else GenerateConfig(), mask_strength=v)
+            elif param == "placement":
+                LayoutConfig(placement=v)
+            elif param == "scale":
+                LayoutConfig(scale=[float(x) for x in v.split("-")])
+            elif param == "lesion_strength":
+                dataclasses.replace(cfg.inpaint if cfg is not None else InpaintConfig(), lesion_strength=v)
+                cap = cfg.train.max_timestep_fraction if cfg is not None else 1.0
+                if v > cap:
+                    raise ValueError(f"lesion_strength must be at most {cap:g}: the diffusion models were trained "
+                                     f"on timesteps up to {cap:g} T (train.max_timestep_fraction)")
             elif param == "condition":
                 if v not in CONDITIONS:
                     raise ValueError(f"condition must be one of {', '.join(CONDITIONS)}")
