@@ -318,3 +318,17 @@ def test_ablate_sweeps_the_placement_rule_and_scale_of_copy_paste(phantom_root, 
         ablate(tmp_path / "r", "placement", ["tissue"], progress=False, strategy="diffboost")
     with pytest.raises(ValueError, match="diffboost-layout"):
         ablate(tmp_path / "r", "lesion_strength", [0.4], progress=False, strategy="copy-paste")
+
+
+def test_layout_command_makes_a_set_where_train_seg_looks(ps, tiny_model):
+    from typer.testing import CliRunner
+
+    from diffboost.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["layout", str(ps.root), "--fold", "1", "-n", "1", "--placement", "tissue", "-q"])
+    assert res.exit_code == 0, res.output
+    syn = SyntheticSet(ps.root.parent / "synthetic_copy-paste" / "fold1")
+    assert syn.masks is not None and {r["rule"] for r in syn.manifest} == {"tissue"}
+    res = runner.invoke(app, ["layout", str(ps.root), "--fold", "1", "--kind", "diffboost-layout", "-q"])
+    assert res.exit_code == 2 and "--model" in res.output

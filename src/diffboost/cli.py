@@ -352,6 +352,40 @@ def generate(
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
 
 
+@app.command()
+@friendly_errors
+def layout(
+    prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
+    fold: int = typer.Option(0, "--fold", "-k", help="Fold whose TRAINING part gets new lesions (donors from it too)."),
+    kind: str = typer.Option("copy-paste", help="copy-paste (no model) | diffboost-layout | copy-paste-harmonize (need --model)."),
+    model: Optional[Path] = typer.Option(None, help="The fold's fine-tuned model (…/models/foldK/model) for the drawn kinds."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../synthetic_KIND/foldK (where train-seg looks)."),
+    config: Optional[Path] = typer.Option(None, help="YAML with 'layout:' (donors, placement) and 'inpaint:' sections."),
+    n: Optional[int] = typer.Option(None, "-n", help="Layout variants per training image (default 3, or the config's)."),
+    placement: Optional[str] = typer.Option(None, help="uniform | tissue | depth (default)."),
+    seed: Optional[int] = typer.Option(None),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """New lesions in new places: a donor lesion of another training image, transformed, placed where
+    lesions occur; label = the union. Train on them with --aug copy-paste / diffboost-layout (+classic)."""
+    from .generation.inpaint import KINDS, InpaintConfig, layout_generate
+    from .generation.layout import COPY_PASTE, LayoutConfig, copy_paste_set
+
+    if kind not in (COPY_PASTE, *KINDS):
+        raise ValueError(f"--kind must be one of {COPY_PASTE}, {', '.join(KINDS)}; got {kind!r}")
+    cfg = _stage_cfg(config, "layout", LayoutConfig, n=n, placement=placement, seed=seed)
+    out = out or prepared.parent / f"synthetic_{kind}" / f"fold{fold}"
+    if kind == COPY_PASTE:
+        syn = copy_paste_set(prepared, fold, out, cfg, progress=not quiet)
+    else:
+        if model is None:
+            raise ValueError(f"--kind {kind} draws the lesions with the fold's fine-tuned model: give --model")
+        syn = layout_generate(model, prepared, out, fold, kind, cfg, _stage_cfg(config, "inpaint", InpaintConfig),
+                              progress=not quiet)
+    console.print(f"{len(syn)} layout variants in {syn.root} ({syn.meta.get('missing_variants', 0)} given up: no donor "
+                  f"fitted); preview: {syn.root / 'preview.png'}")
+
+
 # ---- segmentation: train-seg, compare -----------------------------------------------------------
 
 def _seg_cfg(config: Optional[Path], channels: Optional[str], **overrides):
