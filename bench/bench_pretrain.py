@@ -196,14 +196,6 @@ def cmd_table1(args) -> None:
                    + (" --equal-time" if args.equal_time else "")})
 
 
-def _runs(entry: dict) -> dict:
-    out = {}
-    for key, v in entry["dice_runs"].items():
-        fold, seed = key.split("/")
-        out[(int(fold[4:]), int(seed[4:]))] = v
-    return out
-
-
 def _arm(data: str, out: Path, init: Path | None) -> tuple[dict, dict, dict | None]:
     """Run (or reuse) one arm; its table, provenance and pooled label consistency."""
     import dataclasses
@@ -224,6 +216,8 @@ def _arm(data: str, out: Path, init: Path | None) -> tuple[dict, dict, dict | No
 
 
 def cmd_table2(args) -> None:
+    from bench_intervals import _runs
+
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.segmentation.compare import run_stats
 
