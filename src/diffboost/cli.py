@@ -235,12 +235,12 @@ def pretrain(
 ):
     """Stage 1: pretrain the text + edge conditioned diffusion model on a radiology corpus (soft edges).
     Interrupted, the same command resumes from the last checkpoint without preparing the corpus again."""
+    from .config import to_dict
     from .data.overlap import check_task_overlap
     from .data.readers.corpus import corpus_files
     from .data.store import PreparedSet
     from .diffusion.pretrain import pretrain as run_pretrain
     from .diffusion.pretrain import pretraining_configs, prepared_corpus
-    from .config import to_dict
     from .stages import StaleStage, check_stage, listing_fingerprint, prepared_fingerprint, stamp
 
     fraction = 1.0

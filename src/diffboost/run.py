@@ -63,10 +63,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .evaluation.consistency import consistency_for_run
     from .generation.generate import generate
     from .report import write_report
-    from .runconfig import parse_sweep
     from .generation.inpaint import layout_generate
     from .generation.layout import COPY_PASTE, copy_paste_set
-    from .runconfig import layout_kinds
+    from .runconfig import layout_kinds, parse_sweep
     from .segmentation.compare import compare
     from .segmentation.config import parse_strategy
     from .segmentation.jobs import barrier, distributed
