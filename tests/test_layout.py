@@ -126,14 +126,15 @@ def test_copy_paste_set_labels_are_the_union_and_its_placements_are_the_planners
         expected = np.where(real_mask > 0, real_mask, new)
         assert np.array_equal(np.asarray(syn.masks[r["index"]]), expected)
         assert np.array_equal((np.asarray(syn.masks[r["index"]]) > 0), (real_mask > 0) | (new > 0))
-        image = copy_paste(np.asarray(ps.images[p.real_index], np.float32), crop, labels, support, p.top, p.left, cfg.ring)
+        image = copy_paste(np.asarray(ps.images[p.real_index], np.float32), crop, labels, support, p.top, p.left,
+                           cfg.ring, real_mask)
         assert np.allclose(np.asarray(syn.images[r["index"]], np.float32), image, atol=2e-3)  # float16 on disk
         # the lesion pixels are the donor's, the image far from it the real one
         inside = new > 0
         assert np.allclose(image[inside], placed(real_mask.shape, crop, p.top, p.left)[inside])
         from scipy import ndimage as ndi
-        far = ~ndi.binary_dilation(inside, np.ones((3, 3)), iterations=cfg.ring + 1)
-        assert np.array_equal(image[far], np.asarray(ps.images[p.real_index], np.float32)[far])
+        far = ~ndi.binary_dilation(inside, np.ones((3, 3)), iterations=cfg.ring + 1) | (real_mask > 0)
+        assert np.array_equal(image[far], np.asarray(ps.images[p.real_index], np.float32)[far])  # real lesions untouched
     assert copy_paste_set(ps, 0, tmp_path / "cp", cfg, progress=False).meta == syn.meta  # reused
     pool = load_synthetic(tmp_path / "cp", ps, 0, _train(ps), 64)
     assert pool.masks is not None and pool.masks.shape == pool.images.shape

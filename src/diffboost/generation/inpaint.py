@@ -83,10 +83,10 @@ def _composites(ps, planner: LayoutPlanner, items: list[dict], cfg: LayoutConfig
     for it in items:
         p = it["placement"]
         crop, labels, support = planner.transformed(p)
-        real = np.asarray(ps.images[p.real_index], np.float32)
+        real, real_mask = np.asarray(ps.images[p.real_index], np.float32), np.asarray(ps.masks[p.real_index])
         new = placed(real.shape, labels, p.top, p.left)
-        out.append((copy_paste(real, crop, labels, support, p.top, p.left, cfg.ring),
-                    layout_label(np.asarray(ps.masks[p.real_index]), new), new > 0))
+        out.append((copy_paste(real, crop, labels, support, p.top, p.left, cfg.ring, real_mask),
+                    layout_label(real_mask, new), new > 0))
     return out
 
 

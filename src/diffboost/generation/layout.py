@@ -318,13 +318,15 @@ def feather(lesion: np.ndarray, ring: int) -> np.ndarray:
 
 
 def copy_paste(real: np.ndarray, crop: np.ndarray, labels: np.ndarray, support: np.ndarray, top: int, left: int,
-               ring: int) -> np.ndarray:
+               ring: int, keep: np.ndarray | None = None) -> np.ndarray:
     """The real image with the transformed donor pixels pasted at (``top``, ``left``): alpha 1 on the
     lesion, feathered over ``ring`` px of the donor's surrounding tissue (never beyond the donor's
-    ``support``)."""
+    ``support``, and never over ``keep``: the real image's own lesions stay as their label says)."""
     real = np.asarray(real, np.float32)
     alpha = feather(placed(real.shape, labels > 0, top, left), ring)
     alpha *= placed(real.shape, support, top, left)
+    if keep is not None:
+        alpha *= ~(np.asarray(keep) > 0)
     return (alpha * placed(real.shape, crop, top, left) + (1 - alpha) * real).astype(np.float32)
 
 
@@ -370,7 +372,7 @@ def copy_paste_set(prepared, fold: int, out, cfg: LayoutConfig | None = None, pr
                 missing += 1
                 continue
             crop, labels, support = planner.transformed(p)
-            images.append(copy_paste(real, crop, labels, support, p.top, p.left, cfg.ring).astype(np.float16))
+            images.append(copy_paste(real, crop, labels, support, p.top, p.left, cfg.ring, real_mask).astype(np.float16))
             masks.append(layout_label(real_mask, placed(real.shape, labels, p.top, p.left)))
             rows.append({"index": len(rows), "real_index": j, "case_id": r["case_id"], "slice_index": r["slice_index"],
                          "variant": v, "category": r["category"], "prompt": r["prompt"], "text": COPY_PASTE,
