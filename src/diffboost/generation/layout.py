@@ -244,10 +244,16 @@ class LayoutPlanner:
         self.donors = [i for i, m in zip(self.indices, masks) if m.any()]
         self.components = {i: donor_components(m) for i, m in zip(self.indices, masks) if m.any()}
         self.depth = depth_weights(lesion_depths(masks), ps.size, cfg.depth_bandwidth)
+        self._allowed: tuple[int | None, np.ndarray | None] = (None, None)
 
     def allowed(self, real_index: int) -> np.ndarray:
         """Where a new lesion may lie in the real image: off its lesions (``gap`` px free), and inside
-        the tissue unless the rule is ``uniform``."""
+        the tissue unless the rule is ``uniform`` (kept for the image's other variants)."""
+        if self._allowed[0] != real_index:
+            self._allowed = (real_index, self._allowed_of(real_index))
+        return self._allowed[1]
+
+    def _allowed_of(self, real_index: int) -> np.ndarray:
         from scipy import ndimage as ndi
 
         mask = np.asarray(self.ps.masks[real_index]) > 0
@@ -272,6 +278,7 @@ class LayoutPlanner:
             return None
         rng = np.random.default_rng([cfg.seed, int(real_index), int(variant)])
         allowed = self.allowed(real_index)
+        room = int(allowed.sum())
         for _ in range(cfg.tries):
             donor = int(donors[rng.integers(len(donors))])
             comps = self.components[donor]
@@ -279,6 +286,8 @@ class LayoutPlanner:
                           bool(cfg.flip and rng.random() < 0.5), float(rng.uniform(-cfg.rotation, cfg.rotation)),
                           float(rng.uniform(*cfg.scale)), int(rng.integers(2**31)), 0, 0, cfg.placement)
             _, labels, _ = self.transformed(p)
+            if np.count_nonzero(labels) > room:  # cannot fit anywhere: no need to look
+                continue
             ok = valid_positions(allowed, labels > 0)
             if not ok.any():
                 continue
