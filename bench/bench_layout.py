@@ -7,7 +7,8 @@ baseline from the committed from-scratch record of the same protocol
 (``bench/results/run_<data>_cpu_table.json``: the same prepared folds, seeds and segmenter settings):
 ``X`` against ``none``, ``X+classic`` against ``classic``; and ``diffboost-layout+classic`` against
 ``copy-paste+classic`` when both ran. Whether the record's baselines are comparable is checked, not
-assumed: ``none`` is trained again in the run, and its runs must equal the record's. Also reports
+assumed: with ``--with-none`` ``none`` is trained again, and its runs must equal the record's (``bench_pretrain.py
+table2`` trains it too). Also reports
 the lesion-wise detection of the layout strategies and the teacher's Dice on the new lesions.
 
     python bench/bench_layout.py --data busi
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--data", choices=list(SOURCES), default="busi")
     ap.add_argument("--strategies", default="copy-paste,copy-paste+classic")
     ap.add_argument("--jobs", type=int, default=None, help="segmentation runs at once (default: the preset's)")
+    ap.add_argument("--with-none", action="store_true", help="train none too: checks that the record is reproduced "
+                    "(bench_pretrain.py table2 checks it as well) and teaches the new-lesion consistency")
     args = ap.parse_args()
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.run import load_run_config, run
@@ -47,7 +50,8 @@ def main() -> None:
     base = json.loads((res / f"{record}_table.json").read_text())
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cfg = load_run_config(overlay, "cpu")
-    cfg.compare = dataclasses.replace(cfg.compare, augs=("none", *strategies), jobs=args.jobs or cfg.compare.jobs)
+    augs = ("none", *strategies) if args.with_none else tuple(strategies)
+    cfg.compare = dataclasses.replace(cfg.compare, augs=augs, jobs=args.jobs or cfg.compare.jobs)
     out = REPO / "bench" / "work" / f"run_{args.data}_cpu_layout"
     t0 = time.perf_counter()
     run(need(SHARED_DATA / folder), out, cfg)
@@ -57,7 +61,8 @@ def main() -> None:
     ratio = holdout_ratio(prov["folds"])
     mine = {s: _runs(e) for s, e in table["table"].items()}
     theirs = {s: _runs(e) for s, e in base["table"].items()}
-    same_none = sum(abs(mine["none"][k] - theirs["none"].get(k, np.nan)) < 1e-9 for k in mine["none"])
+    same_none = (sum(abs(mine["none"][k] - theirs["none"].get(k, np.nan)) < 1e-9 for k in mine["none"])
+                 if "none" in mine else None)
     rows, stats = [], {}
     for s in strategies:
         source, classical = parse_strategy(s)
@@ -78,13 +83,14 @@ def main() -> None:
         c = json.loads(d.read_text())
         new_lesions.setdefault(d.parent.parent.name.removeprefix("synthetic_"), {})[d.parent.name] = {
             k: c.get(k) for k in ("variants", "new_lesions", "teacher_dice_new_lesion", "found_share")}
-    print(f"none reproduced exactly in {same_none} of {len(mine['none'])} runs (fold x seed) of the record")
+    if same_none is not None:
+        print(f"none reproduced exactly in {same_none} of {len(mine['none'])} runs (fold x seed) of the record")
     for k, v in new_lesions.items():
         print(f"{k}: teacher Dice on the new lesions " + ", ".join(f"{f} {x['teacher_dice_new_lesion']:.3f}"
                                                                  for f, x in v.items()))
     report(f"layout_{args.data}", rows, {
         "record": f"bench/results/{record}_table.json", "run_folder": str(out.relative_to(REPO)),
-        "none_runs_identical_to_the_record": same_none, "runs": len(mine["none"]),
+        "none_runs_identical_to_the_record": same_none, "runs": len(next(iter(mine.values()))),
         "comparisons": stats, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
         "seconds_this_call": round(seconds, 1), "threads": "compare.jobs one-thread jobs",
         "command": f"python bench/bench_layout.py --data {args.data} --strategies {args.strategies}"})
