@@ -1,14 +1,14 @@
 """New lesions in new places on real data: layout strategies against the strongest competitor.
 
 Runs ``diffboost run --preset cpu`` with the layout strategies asked for (default ``copy-paste`` and
-``copy-paste+classic``: no diffusion model, minutes per run) into ``bench/work/run_<data>_cpu_layout``,
-and compares each, paired by fold and seed, with the corrected repeated k-fold interval, against its
-baseline from the committed from-scratch record of the same protocol
-(``bench/results/run_<data>_cpu_table.json``: the same prepared folds, seeds and segmenter settings):
-``X`` against ``none``, ``X+classic`` against ``classic``; and ``diffboost-layout+classic`` against
-``copy-paste+classic`` when both ran. Whether the record's baselines are comparable is checked, not
-assumed: with ``--with-none`` ``none`` is trained again, and its runs must equal the record's (``bench_pretrain.py
-table2`` trains it too). Also reports
+``copy-paste+classic``: no diffusion model, minutes per run) and their baselines ``none`` and ``classic``
+into ``bench/work/run_<data>_cpu_layout``, and compares each, paired by fold and seed, with the
+corrected repeated k-fold interval, against its baseline trained in the same run: ``X`` against
+``none``, ``X+classic`` against ``classic``; and ``diffboost-layout+classic`` against
+``copy-paste+classic`` when both ran. The baselines are retrained, not taken from the committed record
+(``bench/results/run_<data>_cpu_table.json``): segmentation is not reproduced bit for bit from one
+session to the next (``bench_pretrain.py table2`` found ``none`` identical in 0 of 6 runs, +1.9 Dice on
+the mean); how far the retrained ones are from the record is reported. Also reports
 the lesion-wise detection of the layout strategies and the teacher's Dice on the new lesions.
 
     python bench/bench_layout.py --data busi
@@ -37,8 +37,6 @@ def main() -> None:
     ap.add_argument("--data", choices=list(SOURCES), default="busi")
     ap.add_argument("--strategies", default="copy-paste,copy-paste+classic")
     ap.add_argument("--jobs", type=int, default=None, help="segmentation runs at once (default: the preset's)")
-    ap.add_argument("--with-none", action="store_true", help="train none too: checks that the record is reproduced "
-                    "(bench_pretrain.py table2 checks it as well) and teaches the new-lesion consistency")
     args = ap.parse_args()
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.run import load_run_config, run
@@ -50,8 +48,7 @@ def main() -> None:
     base = json.loads((res / f"{record}_table.json").read_text())
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cfg = load_run_config(overlay, "cpu")
-    augs = ("none", *strategies) if args.with_none else tuple(strategies)
-    cfg.compare = dataclasses.replace(cfg.compare, augs=augs, jobs=args.jobs or cfg.compare.jobs)
+    cfg.compare = dataclasses.replace(cfg.compare, augs=("none", "classic", *strategies), jobs=args.jobs or cfg.compare.jobs)
     out = REPO / "bench" / "work" / f"run_{args.data}_cpu_layout"
     t0 = time.perf_counter()
     run(need(SHARED_DATA / folder), out, cfg)
@@ -61,17 +58,16 @@ def main() -> None:
     ratio = holdout_ratio(prov["folds"])
     mine = {s: _runs(e) for s, e in table["table"].items()}
     theirs = {s: _runs(e) for s, e in base["table"].items()}
-    same_none = (sum(abs(mine["none"][k] - theirs["none"].get(k, np.nan)) < 1e-9 for k in mine["none"])
-                 if "none" in mine else None)
+    drift = {s: run_stats(mine[s], theirs[s], ratio) for s in ("none", "classic") if s in theirs}
     rows, stats = [], {}
     for s in strategies:
         source, classical = parse_strategy(s)
         ref = classical if classical != "none" else "none"
-        g = run_stats(mine[s], theirs[ref], ratio)
+        g = run_stats(mine[s], mine[ref], ratio)
         det = table["table"][s].get("detection") or {}
         stats[f"{s} vs {ref}"] = g
         rows.append({"strategy": s, "Dice": round(100 * np.mean(list(mine[s].values())), 2), "vs": ref,
-                     "Dice of vs (record)": round(100 * np.mean(list(theirs[ref].values())), 2),
+                     "Dice of vs": round(100 * np.mean(list(mine[ref].values())), 2),
                      "dDice": round(g["dice_diff"], 2), "corrected ci95": f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]",
                      "lesion recall %": None if not det else round(100 * det["recall"], 1),
                      "false lesions/image": None if not det else round(det["false_lesions_per_image"], 2)})
@@ -83,14 +79,14 @@ def main() -> None:
         c = json.loads(d.read_text())
         new_lesions.setdefault(d.parent.parent.name.removeprefix("synthetic_"), {})[d.parent.name] = {
             k: c.get(k) for k in ("variants", "new_lesions", "teacher_dice_new_lesion", "found_share")}
-    if same_none is not None:
-        print(f"none reproduced exactly in {same_none} of {len(mine['none'])} runs (fold x seed) of the record")
+    for s, d in drift.items():
+        print(f"{s} retrained - record: {d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
     for k, v in new_lesions.items():
         print(f"{k}: teacher Dice on the new lesions " + ", ".join(f"{f} {x['teacher_dice_new_lesion']:.3f}"
                                                                  for f, x in v.items()))
     report(f"layout_{args.data}", rows, {
         "record": f"bench/results/{record}_table.json", "run_folder": str(out.relative_to(REPO)),
-        "none_runs_identical_to_the_record": same_none, "runs": len(next(iter(mine.values()))),
+        "baselines_retrained_minus_record": drift, "runs": len(next(iter(mine.values()))),
         "comparisons": stats, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
         "seconds_this_call": round(seconds, 1), "threads": "compare.jobs one-thread jobs",
         "command": f"python bench/bench_layout.py --data {args.data} --strategies {args.strategies}"})
