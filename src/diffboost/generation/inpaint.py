@@ -150,11 +150,10 @@ def layout_generate(model: str | Path, prepared, out: str | Path, fold: int, kin
                         guidance=cfg.guidance, images=comp, strength=top,
                         masks=label_channels(new_labels, labels) if labels is not None else None,
                         keep=keep, keep_strength=cfg.strength if keep is not None else None)
-            _atomic_save(work / f"batch_{k:05d}.npy", imgs.astype(np.float16))
+            _atomic_save(work / f"labels_{k:05d}.npy", new_labels.astype(np.uint8))  # before its batch: a batch
+            _atomic_save(work / f"batch_{k:05d}.npy", imgs.astype(np.float16))  # on disk always has its labels
     images = np.concatenate([np.load(work / f"batch_{k:05d}.npy") for k in range(len(batches))])
-    masks = np.stack([layout_label(np.asarray(ps.masks[it["placement"].real_index]),
-                                   placed((ps.size, ps.size), planner.transformed(it["placement"])[1],
-                                          it["placement"].top, it["placement"].left)) for it in items])
+    masks = np.concatenate([np.load(work / f"labels_{k:05d}.npy") for k in range(len(batches))])
     rows = []
     for k, it in enumerate(items):
         p, r = it["placement"], ps.manifest[it["placement"].real_index]
