@@ -13,6 +13,9 @@ the lesion-wise detection of the layout strategies and the teacher's Dice on the
 
     python bench/bench_layout.py --data busi
     python bench/bench_layout.py --data busi --strategies copy-paste+classic,diffboost-layout+classic
+    python bench/bench_layout.py --data busi --init bench/work/pretrain_corpus128/model --strategies ...
+
+``--init``: the folds' diffusion models are fine-tuned from a pretrained model (``bench_pretrain.py``).
 
 Writes ``bench/results/layout_<data>.json``.
 """
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--data", choices=list(SOURCES), default="busi")
     ap.add_argument("--strategies", default="copy-paste,copy-paste+classic")
     ap.add_argument("--jobs", type=int, default=None, help="segmentation runs at once (default: the preset's)")
+    ap.add_argument("--init", default=None, help="a pretrained model (diffboost pretrain) the folds' models start from")
     args = ap.parse_args()
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.run import load_run_config, run
@@ -49,6 +53,8 @@ def main() -> None:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cfg = load_run_config(overlay, "cpu")
     cfg.compare = dataclasses.replace(cfg.compare, augs=("none", "classic", *strategies), jobs=args.jobs or cfg.compare.jobs)
+    if args.init:
+        cfg.pretrain = dataclasses.replace(cfg.pretrain, model=str(need(REPO / args.init)))
     out = REPO / "bench" / "work" / f"run_{args.data}_cpu_layout"
     t0 = time.perf_counter()
     run(need(SHARED_DATA / folder), out, cfg)
@@ -89,7 +95,9 @@ def main() -> None:
         "baselines_retrained_minus_record": drift, "runs": len(next(iter(mine.values()))),
         "comparisons": stats, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
         "seconds_this_call": round(seconds, 1), "threads": "compare.jobs one-thread jobs",
-        "command": f"python bench/bench_layout.py --data {args.data} --strategies {args.strategies}"})
+        "init": args.init,
+        "command": f"python bench/bench_layout.py --data {args.data} --strategies {args.strategies}"
+                   + (f" --init {args.init}" if args.init else "")})
 
 
 if __name__ == "__main__":
