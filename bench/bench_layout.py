@@ -23,9 +23,11 @@ Writes ``bench/results/layout_<data>.json``.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from bench_intervals import _runs
@@ -35,11 +37,34 @@ SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"),
            "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml", "run_hippocampus_cpu")}
 
 
+def _val_dice(runs: Path) -> list[float]:
+    """Each run's best validation Dice (its fold's validation part): what chooses, never the test Dice."""
+    return [json.loads(f.read_text())["best_val_dice"] for f in sorted(runs.glob("seed*/fold*/summary.json"))]
+
+
+def _per_run(runs: Path) -> dict[str, dict]:
+    """Per run ``(fold, seed)`` of a strategy's folder (``seed*/fold*``): mean Dice of all cases and of
+    the lesion cases, false-positive share of the normal images, recall of the reference lesions
+    (fractions), from each run's per-case metrics.csv."""
+    out: dict[str, dict] = {"dice": {}, "lesion_dice": {}, "fp_normal": {}, "lesion_recall": {}}
+    for f in sorted(runs.glob("seed*/fold*/metrics.csv")):
+        rows = list(csv.DictReader(f.open(newline="")))
+        key = (int(f.parent.name.removeprefix("fold")), int(f.parent.parent.name.removeprefix("seed")))
+        lesion = [r for r in rows if r["reference_empty"] == "0"]
+        normal = [r for r in rows if r["reference_empty"] == "1"]
+        out["dice"][key] = float(np.mean([float(r["dice"]) for r in rows]))
+        out["lesion_dice"][key] = float(np.mean([float(r["dice"]) for r in lesion]))
+        out["fp_normal"][key] = float(np.mean([r["prediction_empty"] == "0" for r in normal])) if normal else float("nan")
+        out["lesion_recall"][key] = sum(int(r["lesions_found"]) for r in lesion) / max(1, sum(int(r["lesions"]) for r in lesion))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=list(SOURCES), default="busi")
     ap.add_argument("--strategies", default="copy-paste,copy-paste+classic")
     ap.add_argument("--jobs", type=int, default=None, help="segmentation runs at once (default: the preset's)")
+    ap.add_argument("--placement", default=None, help="layout.placement (default: the preset's)")
     ap.add_argument("--init", default=None, help="a pretrained model (diffboost pretrain) the folds' models start from")
     args = ap.parse_args()
     from diffboost.evaluation.stats import holdout_ratio
@@ -53,6 +78,8 @@ def main() -> None:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cfg = load_run_config(overlay, "cpu")
     cfg.compare = dataclasses.replace(cfg.compare, augs=("none", "classic", *strategies), jobs=args.jobs or cfg.compare.jobs)
+    if args.placement:
+        cfg.layout = dataclasses.replace(cfg.layout, placement=args.placement)
     if args.init:
         cfg.pretrain = dataclasses.replace(cfg.pretrain, model=str(need(REPO / args.init)))
     out = REPO / "bench" / "work" / f"run_{args.data}_cpu_layout"
@@ -66,20 +93,59 @@ def main() -> None:
     theirs = {s: _runs(e) for s, e in base["table"].items()}
     drift = {s: run_stats(mine[s], theirs[s], ratio) for s in ("none", "classic") if s in theirs}
     rows, stats = [], {}
-    for s in strategies:
-        source, classical = parse_strategy(s)
+    for s in ("none", "classic", *strategies):
+        _, classical = parse_strategy(s)
+        ref = None if s in ("none", "classic") else (classical if classical != "none" else "none")
+        e = table["table"][s]
+        det = e.get("detection") or {}
+        by_size = det.get("recall_by_size") or {}
+        row = {"strategy": s, "Dice": round(100 * np.mean(list(mine[s].values())), 2),
+               "lesion Dice": round(100 * e["lesion"]["dice"]["mean"], 2),
+               "FP rate normal %": round(100 * e["empty"]["fp_rate"], 1),
+               "lesion recall %": round(100 * det["recall"], 1) if det else None,
+               "recall S/M/L %": "/".join(f"{100 * by_size[k]:.0f}" for k in ("small", "medium", "large"))
+               if by_size else None,
+               "false lesions/image": round(det["false_lesions_per_image"], 2) if det else None,
+               "val Dice": round(100 * float(np.mean(_val_dice(out / "seg" / s))), 2)}
+        row.update({"vs": ref, "dDice": None, "corrected ci95": None, "d lesion Dice": None,
+                    "d FP rate normal": None, "d lesion recall": None})  # the baselines' cells stay empty
+        if ref is not None:
+            g = run_stats(mine[s], mine[ref], ratio)
+            stats[f"{s} vs {ref}"] = g
+            row.update({"vs": ref, "dDice": round(g["dice_diff"], 2),
+                        "corrected ci95": f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"})
+            mine_runs, ref_runs = _per_run(out / "seg" / s), _per_run(out / "seg" / ref)
+            for name, label in (("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"),
+                                ("lesion_recall", "d lesion recall")):
+                h = run_stats(mine_runs[name], ref_runs[name], ratio)
+                stats[f"{s} vs {ref}: {name}"] = h
+                row[label] = f"{h['dice_diff']:+.2f} [{h['ci95'][0]:+.2f}, {h['ci95'][1]:+.2f}]"
+        rows.append(row)
+    for drawn in ("diffboost-layout", "copy-paste-harmonize"):  # is the diffusion model needed: vs pasted pixels
+        for suffix in ("", "+classic"):
+            a, b = drawn + suffix, "copy-paste" + suffix
+            if a in mine and b in mine:
+                g = stats[f"{a} vs {b}"] = run_stats(mine[a], mine[b], ratio)
+                print(f"{a} - {b}: {g['dice_diff']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]")
+    ablation_rows = []  # the sweeps of `diffboost ablate` on this run folder, with the same columns
+    for runs in sorted(out.glob("ablations/*/*/*")):
+        if not runs.is_dir() or runs.name.startswith("synthetic") or not any(runs.glob("seed*/fold*/metrics.csv")):
+            continue
+        _, classical = parse_strategy(runs.name)
         ref = classical if classical != "none" else "none"
-        g = run_stats(mine[s], mine[ref], ratio)
-        det = table["table"][s].get("detection") or {}
-        stats[f"{s} vs {ref}"] = g
-        rows.append({"strategy": s, "Dice": round(100 * np.mean(list(mine[s].values())), 2), "vs": ref,
-                     "Dice of vs": round(100 * np.mean(list(mine[ref].values())), 2),
-                     "dDice": round(g["dice_diff"], 2), "corrected ci95": f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]",
-                     "lesion recall %": None if not det else round(100 * det["recall"], 1),
-                     "false lesions/image": None if not det else round(det["false_lesions_per_image"], 2)})
-    if "diffboost-layout+classic" in mine and "copy-paste+classic" in mine:
-        stats["diffboost-layout+classic vs copy-paste+classic"] = run_stats(
-            mine["diffboost-layout+classic"], mine["copy-paste+classic"], ratio)
+        mine_runs, ref_runs = _per_run(runs), _per_run(out / "seg" / ref)
+        row = {"sweep": f"{runs.parent.parent.name}={runs.parent.name}", "strategy": runs.name,
+               "Dice": round(100 * np.mean(list(mine_runs["dice"].values())), 2),
+               "val Dice": round(100 * float(np.mean(_val_dice(runs))), 2), "vs": ref}
+        for name, label in (("dice", "dDice"), ("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"),
+                            ("lesion_recall", "d lesion recall")):
+            h = run_stats(mine_runs[name], ref_runs[name], ratio)
+            row[label] = f"{h['dice_diff']:+.2f} [{h['ci95'][0]:+.2f}, {h['ci95'][1]:+.2f}]"
+        ablation_rows.append(row)
+    if ablation_rows:
+        print("\nablations (each value's runs against its baseline of this run; chosen by val Dice):")
+        for r in ablation_rows:
+            print("  " + ", ".join(f"{k} {v}" for k, v in r.items()))
     new_lesions = {}
     for d in sorted(out.glob("synthetic_*/fold*/new_lesion_consistency.json")):
         c = json.loads(d.read_text())
@@ -93,11 +159,12 @@ def main() -> None:
     report(f"layout_{args.data}", rows, {
         "record": f"bench/results/{record}_table.json", "run_folder": str(out.relative_to(REPO)),
         "baselines_retrained_minus_record": drift, "runs": len(next(iter(mine.values()))),
-        "comparisons": stats, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
+        "comparisons": stats, "ablations": ablation_rows, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
         "seconds_this_call": round(seconds, 1), "threads": "compare.jobs one-thread jobs",
         "init": args.init,
         "command": f"python bench/bench_layout.py --data {args.data} --strategies {args.strategies}"
-                   + (f" --init {args.init}" if args.init else "")})
+                   + (f" --init {args.init}" if args.init else "")
+                   + (f" --placement {args.placement}" if args.placement else "")})
 
 
 if __name__ == "__main__":

@@ -306,11 +306,11 @@ def test_ablate_sweeps_the_placement_rule_and_scale_of_copy_paste(phantom_root, 
                                "layout": {"n": 1, "tries": 100},
                                "compare": {"augs": ["none", "copy-paste"], "folds": [0]}, "ablate": {"sweeps": []}})
     run(phantom_root, tmp_path / "r", cfg, progress=False)
-    res = ablate(tmp_path / "r", "placement", ["depth", "uniform"], progress=False, strategy="copy-paste")
-    assert set(res["dice"]["copy-paste"]) == {"depth", "uniform"} and res["gain"]["uniform"]["over none"] is not None
+    res = ablate(tmp_path / "r", "placement", ["tissue", "uniform"], progress=False, strategy="copy-paste")
+    assert set(res["dice"]["copy-paste"]) == {"tissue", "uniform"} and res["gain"]["uniform"]["over none"] is not None
     uniform = tmp_path / "r" / "ablations" / "placement" / "uniform" / "synthetic_copy-paste" / "fold0"
     assert {r["rule"] for r in SyntheticSet(uniform).manifest} == {"uniform"}
-    assert not (tmp_path / "r" / "ablations" / "placement" / "depth" / "synthetic_copy-paste").exists()  # the run's own
+    assert not (tmp_path / "r" / "ablations" / "placement" / "tissue" / "synthetic_copy-paste").exists()  # the run's own
     res = ablate(tmp_path / "r", "scale", ["0.9-1.1"], progress=False, strategy="copy-paste")
     scales = [float(r["scale"]) for r in SyntheticSet(tmp_path / "r" / "ablations" / "scale" / "0.9-1.1" /
                                                           "synthetic_copy-paste" / "fold0").manifest]

@@ -362,7 +362,7 @@ def layout(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../synthetic_KIND/foldK (where train-seg looks)."),
     config: Optional[Path] = typer.Option(None, help="YAML with 'layout:' (donors, placement) and 'inpaint:' sections."),
     n: Optional[int] = typer.Option(None, "-n", help="Layout variants per training image (default 3, or the config's)."),
-    placement: Optional[str] = typer.Option(None, help="uniform | tissue | depth (default)."),
+    placement: Optional[str] = typer.Option(None, help="uniform | tissue (default) | depth."),
     seed: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
