@@ -33,7 +33,7 @@ import numpy as np
 from bench_intervals import _runs
 from common import REPO, SHARED_DATA, need, report
 
-SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"),
+SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"), "ddti": ("DDTI", None, "run_ddti_cpu"),
            "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml", "run_hippocampus_cpu")}
 
 
@@ -74,7 +74,8 @@ def main() -> None:
 
     folder, overlay, record = SOURCES[args.data]
     res = REPO / "bench" / "results"
-    base = json.loads((res / f"{record}_table.json").read_text())
+    record_file = res / f"{record}_table.json"  # DDTI has no committed record yet: no drift to report
+    base = json.loads(record_file.read_text()) if record_file.exists() else {"table": {}}
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     cfg = load_run_config(overlay, "cpu")
     cfg.compare = dataclasses.replace(cfg.compare, augs=("none", "classic", *strategies), jobs=args.jobs or cfg.compare.jobs)
@@ -157,7 +158,7 @@ def main() -> None:
         print(f"{k}: teacher Dice on the new lesions " + ", ".join(f"{f} {x['teacher_dice_new_lesion']:.3f}"
                                                                  for f, x in v.items()))
     report(f"layout_{args.data}", rows, {
-        "record": f"bench/results/{record}_table.json", "run_folder": str(out.relative_to(REPO)),
+        "record": str(record_file.relative_to(REPO)) if record_file.exists() else None, "run_folder": str(out.relative_to(REPO)),
         "baselines_retrained_minus_record": drift, "runs": len(next(iter(mine.values()))),
         "comparisons": stats, "ablations": ablation_rows, "new_lesion_consistency": new_lesions, "layout": dataclasses.asdict(cfg.layout),
         "seconds_this_call": round(seconds, 1), "threads": "compare.jobs one-thread jobs",
