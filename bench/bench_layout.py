@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,20 @@ def _val_dice(runs: Path) -> list[float]:
     return [json.loads(f.read_text())["best_val_dice"] for f in sorted(runs.glob("seed*/fold*/summary.json"))]
 
 
+def _ci(g: dict) -> str:
+    """The corrected 95% interval of a :func:`run_stats` comparison, ``[low, high]`` in points."""
+    return f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"
+
+
+def _interval(g: dict) -> str:
+    """A :func:`run_stats` comparison as ``+d [low, high]``."""
+    return f"{g['dice_diff']:+.2f} {_ci(g)}"
+
+
+LESION_DIFFS = (("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"), ("lesion_recall", "d lesion recall"))
+
+
+@functools.cache  # a baseline's folder is read once, whatever compares with it
 def _per_run(runs: Path) -> dict[str, dict]:
     """Per run ``(fold, seed)`` of a strategy's folder (``seed*/fold*``): mean Dice of all cases and of
     the lesion cases, false-positive share of the normal images, recall of the reference lesions
@@ -95,8 +110,7 @@ def main() -> None:
     drift = {s: run_stats(mine[s], theirs[s], ratio) for s in ("none", "classic") if s in theirs}
     rows, stats = [], {}
     for s in ("none", "classic", *strategies):
-        _, classical = parse_strategy(s)
-        ref = None if s in ("none", "classic") else (classical if classical != "none" else "none")
+        ref = None if s in ("none", "classic") else parse_strategy(s)[1]  # X vs none, X+classic vs classic
         e = table["table"][s]
         det = e.get("detection") or {}
         by_size = det.get("recall_by_size") or {}
@@ -108,40 +122,34 @@ def main() -> None:
                if by_size else None,
                "false lesions/image": round(det["false_lesions_per_image"], 2) if det else None,
                "val Dice": round(100 * float(np.mean(_val_dice(out / "seg" / s))), 2)}
-        row.update({"vs": ref, "dDice": None, "corrected ci95": None, "d lesion Dice": None,
-                    "d FP rate normal": None, "d lesion recall": None})  # the baselines' cells stay empty
+        row.update({"vs": ref, "dDice": None, "corrected ci95": None,
+                    **{label: None for _, label in LESION_DIFFS}})  # the baselines' cells stay empty
         if ref is not None:
             g = run_stats(mine[s], mine[ref], ratio)
             stats[f"{s} vs {ref}"] = g
-            row.update({"vs": ref, "dDice": round(g["dice_diff"], 2),
-                        "corrected ci95": f"[{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]"})
+            row.update({"dDice": round(g["dice_diff"], 2), "corrected ci95": _ci(g)})
             mine_runs, ref_runs = _per_run(out / "seg" / s), _per_run(out / "seg" / ref)
-            for name, label in (("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"),
-                                ("lesion_recall", "d lesion recall")):
-                h = run_stats(mine_runs[name], ref_runs[name], ratio)
-                stats[f"{s} vs {ref}: {name}"] = h
-                row[label] = f"{h['dice_diff']:+.2f} [{h['ci95'][0]:+.2f}, {h['ci95'][1]:+.2f}]"
+            for name, label in LESION_DIFFS:
+                h = stats[f"{s} vs {ref}: {name}"] = run_stats(mine_runs[name], ref_runs[name], ratio)
+                row[label] = _interval(h)
         rows.append(row)
     for drawn in ("diffboost-layout", "copy-paste-harmonize"):  # is the diffusion model needed: vs pasted pixels
         for suffix in ("", "+classic"):
             a, b = drawn + suffix, "copy-paste" + suffix
             if a in mine and b in mine:
-                g = stats[f"{a} vs {b}"] = run_stats(mine[a], mine[b], ratio)
-                print(f"{a} - {b}: {g['dice_diff']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]")
+                stats[f"{a} vs {b}"] = run_stats(mine[a], mine[b], ratio)
+                print(f"{a} - {b}: {_interval(stats[f'{a} vs {b}'])}")
     ablation_rows = []  # the sweeps of `diffboost ablate` on this run folder, with the same columns
     for runs in sorted(out.glob("ablations/*/*/*")):
         if not runs.is_dir() or runs.name.startswith("synthetic") or not any(runs.glob("seed*/fold*/metrics.csv")):
             continue
-        _, classical = parse_strategy(runs.name)
-        ref = classical if classical != "none" else "none"
+        ref = parse_strategy(runs.name)[1]
         mine_runs, ref_runs = _per_run(runs), _per_run(out / "seg" / ref)
         row = {"sweep": f"{runs.parent.parent.name}={runs.parent.name}", "strategy": runs.name,
                "Dice": round(100 * np.mean(list(mine_runs["dice"].values())), 2),
                "val Dice": round(100 * float(np.mean(_val_dice(runs))), 2), "vs": ref}
-        for name, label in (("dice", "dDice"), ("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"),
-                            ("lesion_recall", "d lesion recall")):
-            h = run_stats(mine_runs[name], ref_runs[name], ratio)
-            row[label] = f"{h['dice_diff']:+.2f} [{h['ci95'][0]:+.2f}, {h['ci95'][1]:+.2f}]"
+        for name, label in (("dice", "dDice"), *LESION_DIFFS):
+            row[label] = _interval(run_stats(mine_runs[name], ref_runs[name], ratio))
         ablation_rows.append(row)
     if ablation_rows:
         print("\nablations (each value's runs against its baseline of this run; chosen by val Dice):")
@@ -153,7 +161,7 @@ def main() -> None:
         new_lesions.setdefault(d.parent.parent.name.removeprefix("synthetic_"), {})[d.parent.name] = {
             k: c.get(k) for k in ("variants", "new_lesions", "teacher_dice_new_lesion", "found_share")}
     for s, d in drift.items():
-        print(f"{s} retrained - record: {d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        print(f"{s} retrained - record: {_interval(d)}")
     for k, v in new_lesions.items():
         print(f"{k}: teacher Dice on the new lesions " + ", ".join(f"{f} {x['teacher_dice_new_lesion']:.3f}"
                                                                  for f, x in v.items()))
