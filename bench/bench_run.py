@@ -9,6 +9,7 @@ so they survive a resumed run) and the Table II rows.
     python bench/bench_run.py --data busi --preset cpu                  # about 2 h on 2 cores
     python bench/bench_run.py --data busi --preset cpu --out /work/runs/busi_cpu
     python bench/bench_run.py --data hippocampus --preset cpu           # with configs/hippocampus_cpu.yaml
+    python bench/bench_run.py --data ddti --preset cpu                  # thyroid nodules as downloaded
     python bench/bench_run.py --data busi-5fold --preset cpu --out runs/busi5   # configs/busi_cpu_5fold.yaml
 
 Each data set runs with the YAML of ``configs/`` named in SOURCES laid over the preset (the same
@@ -32,6 +33,7 @@ from common import REPO, SHARED_DATA, need, report
 # data name -> (folder under ../shared/data, YAML laid over the preset or None)
 SOURCES = {"busi": ("BUSI", None),
            "busi-5fold": ("BUSI", REPO / "configs" / "busi_cpu_5fold.yaml"),
+           "ddti": ("DDTI", None),
            "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml")}
 
 
