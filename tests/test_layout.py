@@ -314,7 +314,8 @@ def test_ablate_sweeps_the_placement_rule_and_scale_of_copy_paste(phantom_root, 
     res = ablate(tmp_path / "r", "scale", ["0.9-1.1"], progress=False, strategy="copy-paste")
     scales = [float(r["scale"]) for r in SyntheticSet(tmp_path / "r" / "ablations" / "scale" / "0.9-1.1" /
                                                           "synthetic_copy-paste" / "fold0").manifest]
-    assert min(scales) >= 0.9 and max(scales) <= 1.1
+    drawn = [s / 0.8 ** np.floor(np.log(s / 1.1) / np.log(0.8) + 1e-9) for s in scales]  # before any shrinking
+    assert max(scales) <= 1.1 and all(0.9 - 1e-9 <= d <= 1.1 + 1e-9 for d in drawn) and max(scales) >= 0.9
     with pytest.raises(ValueError, match="layout variants"):
         ablate(tmp_path / "r", "placement", ["tissue"], progress=False, strategy="diffboost")
     with pytest.raises(ValueError, match="diffboost-layout"):
@@ -333,3 +334,23 @@ def test_layout_command_makes_a_set_where_train_seg_looks(ps, tiny_model):
     assert syn.masks is not None and {r["rule"] for r in syn.manifest} == {"tissue"}
     res = runner.invoke(app, ["layout", str(ps.root), "--fold", "1", "--kind", "diffboost-layout", "-q"])
     assert res.exit_code == 2 and "--model" in res.output
+
+
+def test_a_lesion_too_large_for_the_free_tissue_is_shrunk_until_it_fits_or_given_up(tmp_path):
+    from scipy import ndimage as ndi
+
+    ps, idx = _toy_set(tmp_path, slice(0, 15), lesion_row=7, n=8)  # a strip of tissue less high than a lesion
+    fixed = dict(scale=(1.0, 1.0), rotation=0.0, elastic=0.0, tries=5)
+    assert all(LayoutPlanner(ps, idx, LayoutConfig(min_scale=None, **fixed)).plan(j, 0) is None for j in idx)
+    planner = LayoutPlanner(ps, idx, LayoutConfig(**fixed))
+    plans = [planner.plan(j, 0) for j in idx]
+    assert all(p is not None for p in plans) and planner.shrunk == len(idx)
+    for j, p in zip(idx, plans):
+        assert 0.25 <= p.scale < 1.0 and p.scale == pytest.approx(0.8 ** round(np.log(p.scale) / np.log(0.8)))
+        _, labels, _ = planner.transformed(p)
+        new = placed((ps.size, ps.size), labels > 0, p.top, p.left)
+        real = np.asarray(ps.masks[j]) > 0
+        assert new.sum() == (labels > 0).sum() > 0
+        assert (new <= planner.allowed(j)).all() and not (new & ndi.binary_dilation(real, iterations=2)).any()
+    with pytest.raises(ValueError, match="min_scale"):
+        LayoutConfig(min_scale=0)

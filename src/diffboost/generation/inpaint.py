@@ -163,6 +163,7 @@ def layout_generate(model: str | Path, prepared, out: str | Path, fold: int, kin
                      "model_hash": identity["model_hash"], **p.to_row()})
     meta = {"identity": identity, "model": str(Path(model).resolve()), "fold": fold, "n": layout.n,
             "num_variants": len(rows), "missing_variants": layout.n * len(idx) - len(rows),
+            "shrunk_variants": planner.shrunk,
             "layout": dataclasses.asdict(layout), "inpaint": dataclasses.asdict(cfg),
             "seconds": round(time.perf_counter() - t0, 1)}
     write_synthetic_set(out, ps, rows, images, cfg, meta, masks=masks, fields=LAYOUT_FIELDS)

@@ -26,7 +26,11 @@ and the diffusion model later) gets the same donor, transform and position for t
    2 seeds, ``bench/results/layout_busi_ablation_placement.json``): tissue 63.79, uniform 63.52, depth
    62.87 — differences within the protocol's noise, so a weak choice.
 
-   A donor that fits nowhere is replaced by another draw (up to ``tries``).
+   A donor that fits nowhere is replaced by another draw (up to ``tries``). When none of the draws
+   fits (an image that a large lesion already fills, as many thyroid ultrasound crops are), the same
+   draws are tried again shrunk in steps of 0.8 (the largest size that fits first) while their scale
+   stays at least ``min_scale``; only then is the variant given up. The scale a variant was placed at
+   is the one in its manifest.
 4. **Label**: the union of the real mask and the placed donor mask (the donor's label values).
 
 ``copy-paste`` (TumorCP / CarveMix style) pastes the transformed donor pixels at that position with
@@ -57,7 +61,8 @@ class LayoutConfig:
     depth_bandwidth: float = 0.05  # kernel bandwidth of the lesion depths, as a fraction of the height
     gap: int = 2  # px kept free around existing lesions
     ring: int = 4  # px of donor tissue around the lesion, feathered into the image (copy-paste)
-    tries: int = 20  # donors and transforms drawn for a variant before it is given up
+    tries: int = 20  # donors and transforms drawn for a variant before they are shrunk
+    min_scale: float | None = 0.25  # smallest scale a draw that fits nowhere is shrunk to (None: given up)
     seed: int = 0
 
     def __post_init__(self):
@@ -75,6 +80,8 @@ class LayoutConfig:
             raise ValueError(f"depth_bandwidth must be positive, got {self.depth_bandwidth}")
         if self.tries < 1:
             raise ValueError(f"tries must be at least 1, got {self.tries}")
+        if self.min_scale is not None and not self.min_scale > 0:
+            raise ValueError(f"min_scale must be positive or null (no shrinking), got {self.min_scale}")
 
     def identity(self) -> dict:
         """The options that change the variants (n does not: more variants only add to the set)."""
@@ -249,6 +256,7 @@ class LayoutPlanner:
         self.components = {i: donor_components(m) for i, m in zip(self.indices, masks) if m.any()}
         self.depth = depth_weights(lesion_depths(masks), ps.size, cfg.depth_bandwidth)
         self._allowed: tuple[int | None, np.ndarray | None] = (None, None)
+        self.shrunk = 0  # placements found only by shrinking the draws below their drawn scale
 
     def allowed(self, real_index: int) -> np.ndarray:
         """Where a new lesion may lie in the real image: off its lesions (``gap`` px free), and inside
@@ -273,37 +281,57 @@ class LayoutPlanner:
         return transform_crop(crop, labels, p.flip, p.angle, p.scale, self.cfg.elastic, p.elastic_seed)
 
     def plan(self, real_index: int, variant: int) -> Placement | None:
-        """Variant ``variant`` of ``real_index``: None when no donor fits after ``tries`` draws."""
-        from scipy import ndimage as ndi
-
+        """Variant ``variant`` of ``real_index``: None when no donor fits after ``tries`` draws, nor
+        shrunk down to ``min_scale``."""
         cfg = self.cfg
         donors = [d for d in self.donors if d != real_index]
         if not donors:
             return None
         rng = np.random.default_rng([cfg.seed, int(real_index), int(variant)])
         allowed = self.allowed(real_index)
-        room = int(allowed.sum())
+        draws = []
         for _ in range(cfg.tries):
             donor = int(donors[rng.integers(len(donors))])
             comps = self.components[donor]
             p = Placement(real_index, variant, donor, int(comps[rng.integers(len(comps))]),
                           bool(cfg.flip and rng.random() < 0.5), float(rng.uniform(-cfg.rotation, cfg.rotation)),
                           float(rng.uniform(*cfg.scale)), int(rng.integers(2**31)), 0, 0, cfg.placement)
-            _, labels, _ = self.transformed(p)
-            if np.count_nonzero(labels) > room:  # cannot fit anywhere: no need to look
-                continue
-            ok = valid_positions(allowed, labels > 0)
-            if not ok.any():
-                continue
-            weight = ok.astype(np.float64)
-            if cfg.placement == "depth":  # the lesion's centre row at each top: the depth density there
-                cy = ndi.center_of_mass(labels > 0)[0]
-                centre = np.clip(np.rint(np.arange(ok.shape[0]) + cy).astype(int), 0, len(self.depth) - 1)
-                weight *= self.depth[centre][:, None]
-            flat = weight.ravel() / weight.sum()
-            top, left = np.unravel_index(int(rng.choice(len(flat), p=flat)), ok.shape)
-            return dataclasses.replace(p, top=int(top), left=int(left))
+            found = self._position(p, allowed, rng)
+            if found is not None:
+                return found
+            draws.append(p)
+        factor = 0.8
+        while cfg.min_scale is not None:  # the same draws, smaller: the largest size that fits first
+            smaller = [dataclasses.replace(p, scale=p.scale * factor) for p in draws
+                       if p.scale * factor >= cfg.min_scale]
+            if not smaller:
+                break
+            for p in smaller:
+                found = self._position(p, allowed, rng)
+                if found is not None:
+                    self.shrunk += 1
+                    return found
+            factor *= 0.8
         return None
+
+    def _position(self, p: Placement, allowed: np.ndarray, rng: np.random.Generator) -> Placement | None:
+        """``p`` at a position the rule draws among those where its transformed lesion fits; None if none."""
+        from scipy import ndimage as ndi
+
+        _, labels, _ = self.transformed(p)
+        if np.count_nonzero(labels) > int(allowed.sum()):  # cannot fit anywhere: no need to look
+            return None
+        ok = valid_positions(allowed, labels > 0)
+        if not ok.any():
+            return None
+        weight = ok.astype(np.float64)
+        if self.cfg.placement == "depth":  # the lesion's centre row at each top: the depth density there
+            cy = ndi.center_of_mass(labels > 0)[0]
+            centre = np.clip(np.rint(np.arange(ok.shape[0]) + cy).astype(int), 0, len(self.depth) - 1)
+            weight *= self.depth[centre][:, None]
+        flat = weight.ravel() / weight.sum()
+        top, left = np.unravel_index(int(rng.choice(len(flat), p=flat)), ok.shape)
+        return dataclasses.replace(p, top=int(top), left=int(left))
 
 
 def placed(shape: tuple[int, int], crop: np.ndarray, top: int, left: int) -> np.ndarray:
@@ -394,6 +422,7 @@ def copy_paste_set(prepared, fold: int, out, cfg: LayoutConfig | None = None, pr
     if not rows:
         raise ValueError(f"{ps.root}: fold {fold} has no training image with a lesion to copy: no copy-paste variant")
     meta = {"identity": identity, "fold": fold, "n": cfg.n, "num_variants": len(rows), "missing_variants": missing,
+            "shrunk_variants": planner.shrunk,
             "layout": dataclasses.asdict(cfg), "seconds": round(time.perf_counter() - t0, 1)}
     write_synthetic_set(out, ps, rows, np.stack(images), cfg, meta, masks=np.stack(masks), fields=LAYOUT_FIELDS)
     return SyntheticSet(out)
