@@ -53,6 +53,11 @@ def _interval(g: dict) -> str:
     return f"{g['dice_diff']:+.2f} {_ci(g)}"
 
 
+def _undefined(per_run: dict) -> bool:
+    """True when no run has the value (a false-positive rate without normal images)."""
+    return all(np.isnan(v) for v in per_run.values())
+
+
 LESION_DIFFS = (("lesion_dice", "d lesion Dice"), ("fp_normal", "d FP rate normal"), ("lesion_recall", "d lesion recall"))
 
 
@@ -116,7 +121,7 @@ def main() -> None:
         by_size = det.get("recall_by_size") or {}
         row = {"strategy": s, "Dice": round(100 * np.mean(list(mine[s].values())), 2),
                "lesion Dice": round(100 * e["lesion"]["dice"]["mean"], 2),
-               "FP rate normal %": round(100 * e["empty"]["fp_rate"], 1),
+               "FP rate normal %": None if np.isnan(e["empty"]["fp_rate"]) else round(100 * e["empty"]["fp_rate"], 1),
                "lesion recall %": round(100 * det["recall"], 1) if det else None,
                "recall S/M/L %": "/".join(f"{100 * by_size[k]:.0f}" for k in ("small", "medium", "large"))
                if by_size else None,
@@ -130,6 +135,8 @@ def main() -> None:
             row.update({"dDice": round(g["dice_diff"], 2), "corrected ci95": _ci(g)})
             mine_runs, ref_runs = _per_run(out / "seg" / s), _per_run(out / "seg" / ref)
             for name, label in LESION_DIFFS:
+                if _undefined(mine_runs[name]):  # no normal image in the data set (DDTI): no false-positive rate
+                    continue
                 h = stats[f"{s} vs {ref}: {name}"] = run_stats(mine_runs[name], ref_runs[name], ratio)
                 row[label] = _interval(h)
         rows.append(row)
@@ -149,7 +156,7 @@ def main() -> None:
                "Dice": round(100 * np.mean(list(mine_runs["dice"].values())), 2),
                "val Dice": round(100 * float(np.mean(_val_dice(runs))), 2), "vs": ref}
         for name, label in (("dice", "dDice"), *LESION_DIFFS):
-            row[label] = _interval(run_stats(mine_runs[name], ref_runs[name], ratio))
+            row[label] = None if _undefined(mine_runs[name]) else _interval(run_stats(mine_runs[name], ref_runs[name], ratio))
         ablation_rows.append(row)
     if ablation_rows:
         print("\nablations (each value's runs against its baseline of this run; chosen by val Dice):")
