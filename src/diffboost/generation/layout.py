@@ -257,6 +257,7 @@ class LayoutPlanner:
         self.depth = depth_weights(lesion_depths(masks), ps.size, cfg.depth_bandwidth)
         self._allowed: tuple[int | None, np.ndarray | None] = (None, None)
         self.shrunk = 0  # placements found only by shrinking the draws below their drawn scale
+        self._inradius: dict[tuple[int, int], float] = {}
 
     def allowed(self, real_index: int) -> np.ndarray:
         """Where a new lesion may lie in the real image: off its lesions (``gap`` px free), and inside
@@ -264,6 +265,16 @@ class LayoutPlanner:
         if self._allowed[0] != real_index:
             self._allowed = (real_index, self._allowed_of(real_index))
         return self._allowed[1]
+
+    def inradius(self, donor: int, component: int) -> float:
+        """The radius of the largest disk inside a donor lesion (px, untransformed), cached."""
+        key = (donor, component)
+        if key not in self._inradius:
+            from scipy import ndimage as ndi
+
+            lab, _ = lesion_components(np.asarray(self.ps.masks[donor]))
+            self._inradius[key] = float(ndi.distance_transform_edt(np.pad(lab == component, 1)).max())
+        return self._inradius[key]
 
     def _allowed_of(self, real_index: int) -> np.ndarray:
         from scipy import ndimage as ndi
@@ -287,8 +298,11 @@ class LayoutPlanner:
         donors = [d for d in self.donors if d != real_index]
         if not donors:
             return None
+        from scipy import ndimage as ndi
+
         rng = np.random.default_rng([cfg.seed, int(real_index), int(variant)])
         allowed = self.allowed(real_index)
+        room = float(ndi.distance_transform_edt(np.pad(allowed, 1)).max())  # the largest free disk's radius
         draws = []
         for _ in range(cfg.tries):
             donor = int(donors[rng.integers(len(donors))])
@@ -296,7 +310,7 @@ class LayoutPlanner:
             p = Placement(real_index, variant, donor, int(comps[rng.integers(len(comps))]),
                           bool(cfg.flip and rng.random() < 0.5), float(rng.uniform(-cfg.rotation, cfg.rotation)),
                           float(rng.uniform(*cfg.scale)), int(rng.integers(2**31)), 0, 0, cfg.placement)
-            found = self._position(p, allowed, rng)
+            found = self._position(p, allowed, rng, room)
             if found is not None:
                 return found
             draws.append(p)
@@ -307,17 +321,21 @@ class LayoutPlanner:
             if not smaller:
                 break
             for p in smaller:
-                found = self._position(p, allowed, rng)
+                found = self._position(p, allowed, rng, room)
                 if found is not None:
                     self.shrunk += 1
                     return found
             factor *= 0.8
         return None
 
-    def _position(self, p: Placement, allowed: np.ndarray, rng: np.random.Generator) -> Placement | None:
-        """``p`` at a position the rule draws among those where its transformed lesion fits; None if none."""
+    def _position(self, p: Placement, allowed: np.ndarray, rng: np.random.Generator, room: float) -> Placement | None:
+        """``p`` at a position the rule draws among those where its transformed lesion fits; None if none.
+        A lesion whose largest inner disk, scaled, is clearly wider than the free room's (``room``: its
+        radius) cannot fit, and is refused without transforming it (a margin for the warp and resampling)."""
         from scipy import ndimage as ndi
 
+        if 0.7 * p.scale * self.inradius(p.donor_index, p.component) - 2 > room:
+            return None
         _, labels, _ = self.transformed(p)
         if np.count_nonzero(labels) > int(allowed.sum()):  # cannot fit anywhere: no need to look
             return None
