@@ -302,7 +302,7 @@ class LayoutPlanner:
 
         rng = np.random.default_rng([cfg.seed, int(real_index), int(variant)])
         allowed = self.allowed(real_index)
-        room = float(ndi.distance_transform_edt(np.pad(allowed, 1)).max())  # the largest free disk's radius
+        room = (int(allowed.sum()), float(ndi.distance_transform_edt(np.pad(allowed, 1)).max()))  # area, largest disk
         draws = []
         for _ in range(cfg.tries):
             donor = int(donors[rng.integers(len(donors))])
@@ -328,16 +328,19 @@ class LayoutPlanner:
             factor *= 0.8
         return None
 
-    def _position(self, p: Placement, allowed: np.ndarray, rng: np.random.Generator, room: float) -> Placement | None:
+    def _position(self, p: Placement, allowed: np.ndarray, rng: np.random.Generator,
+                  room: tuple[int, float]) -> Placement | None:
         """``p`` at a position the rule draws among those where its transformed lesion fits; None if none.
-        A lesion whose largest inner disk, scaled, is clearly wider than the free room's (``room``: its
-        radius) cannot fit, and is refused without transforming it (a margin for the warp and resampling)."""
+        ``room`` is the free area (px) and the radius of the largest disk inside it: a lesion whose largest
+        inner disk, scaled, is clearly wider cannot fit, and is refused without transforming it (a margin
+        for the warp and resampling)."""
         from scipy import ndimage as ndi
 
-        if 0.7 * p.scale * self.inradius(p.donor_index, p.component) - 2 > room:
+        area, radius = room
+        if 0.7 * p.scale * self.inradius(p.donor_index, p.component) - 2 > radius:
             return None
         _, labels, _ = self.transformed(p)
-        if np.count_nonzero(labels) > int(allowed.sum()):  # cannot fit anywhere: no need to look
+        if np.count_nonzero(labels) > area:  # cannot fit anywhere: no need to look
             return None
         ok = valid_positions(allowed, labels > 0)
         if not ok.any():
