@@ -5,10 +5,13 @@ Three parts, each resumable (finished models and runs in ``bench/work`` are reus
     python bench/bench_pretrain.py pretrain                 # the cpu preset's model on ../shared/data/corpus
     python bench/bench_pretrain.py table1 --data busi       # Table I on fold 0, scratch vs pretrained
     python bench/bench_pretrain.py table2 --data busi       # Table II, fine-tuned from it vs from scratch
+    python bench/bench_pretrain.py pretrain --size 64       # the same at 64 px, for hippocampus's 64 px slices
 
 ``pretrain``: ``diffboost pretrain ../shared/data/corpus --preset cpu`` (128 px, the cpu preset's
 ``edges+mask`` model, Min-SNR-5, every noise level, ``pretrain.steps``); records its CPU time and the
-loss curve (mean MSE per 500 steps) in ``bench/results/pretrain_corpus.json``.
+loss curve (mean MSE per 500 steps) in ``bench/results/pretrain_corpus.json`` (``pretrain_corpus64.json`` at
+64 px). A task fine-tunes from the model at the size it is prepared at (hippocampus: 64 px, see
+``configs/hippocampus_cpu.yaml``): a model is refused at another size.
 
 ``table1``: on one fold, the cpu preset's model fine-tuned on the fold's training images for the same
 steps (a) from scratch and (b) from the pretrained model, both over every noise level (Table I draws
@@ -40,7 +43,7 @@ import numpy as np
 from common import REPO, SHARED_DATA, need, report
 
 WORK = REPO / "bench" / "work"
-PRETRAINED = WORK / "pretrain_corpus128"
+PRETRAINED = WORK / "pretrain_corpus128"  # the cpu preset's size; another size has its own folder
 # data name -> (folder under ../shared/data, YAML of configs/ laid over the preset, scratch record name)
 SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"),
            "ddti": ("DDTI", None, "run_ddti_cpu"),
@@ -51,8 +54,21 @@ STRATEGIES = ["none", "classic", "diffboost", "diffboost+classic"]
 ARM = ["none", "diffboost", "diffboost+classic"]
 
 
-def pretrain_model(progress: bool = True) -> Path:
-    """The cpu preset's model pretrained on the corpus (reused when finished, resumed when interrupted)."""
+def pretrained_folder(size: int) -> Path:
+    return PRETRAINED if size == 128 else WORK / f"pretrain_corpus{size}"
+
+
+def task_size(data: str) -> int:
+    """The size the data set is prepared at in its run (hippocampus: 64 px), which its pretrained model must have."""
+    from diffboost.runconfig import load_run_config
+
+    _, overlay, _ = SOURCES[data]
+    return load_run_config(overlay, "cpu").prepare.size
+
+
+def pretrain_model(size: int = 128, progress: bool = True) -> Path:
+    """The cpu preset's model pretrained on the corpus at ``size`` px (reused when finished, resumed when
+    interrupted): the same recipe and steps at every size."""
     import dataclasses
 
     from diffboost.diffusion.pretrain import pretrain, pretraining_configs
@@ -61,31 +77,33 @@ def pretrain_model(progress: bool = True) -> Path:
     cfg = preset("cpu")
     mcfg, tcfg = pretraining_configs(cfg.model, dataclasses.replace(cfg.train, steps=cfg.pretrain.steps,
                                                                     checkpoint_every=500, validate_every=1000),
-                                     cfg.prepare.size, cfg.pretrain.max_timestep_fraction)
-    return pretrain(need(SHARED_DATA / "corpus"), PRETRAINED, mcfg, tcfg, size=cfg.prepare.size, progress=progress)
+                                     size, cfg.pretrain.max_timestep_fraction)
+    return pretrain(need(SHARED_DATA / "corpus"), pretrained_folder(size), mcfg, tcfg, size=size, progress=progress)
 
 
 def cmd_pretrain(args) -> None:
-    model = pretrain_model()
+    folder = pretrained_folder(args.size)
+    model = pretrain_model(args.size)
     info = json.loads((model / "training.json").read_text())
     rows = []
-    lines = (PRETRAINED / "loss.csv").read_text().splitlines()[1:]
+    lines = (folder / "loss.csv").read_text().splitlines()[1:]
     steps, mse = np.array([[float(v) for v in ln.split(",")[:2]] for ln in lines]).T
     for end in range(500, int(steps.max()) + 1, 500):
         sel = (steps > end - 500) & (steps <= end)
         rows.append({"steps": end, "mean mse": round(float(mse[sel].mean()), 4)})
-    ps_meta = json.loads((PRETRAINED / "prepared" / "dataset.json").read_text())
-    guard = {data: leak_guard(data) for data in SOURCES}
-    report("pretrain_corpus", rows, {
+    ps_meta = json.loads((folder / "prepared" / "dataset.json").read_text())
+    guard = {data: leak_guard(data, model) for data in SOURCES}
+    report("pretrain_corpus" + ("" if args.size == 128 else str(args.size)), rows, {
         "leak_guard": guard,
-        "command": "diffboost pretrain ../shared/data/corpus --out bench/work/pretrain_corpus128 --preset cpu",
+        "command": f"diffboost pretrain ../shared/data/corpus --out {folder.relative_to(REPO)} --preset cpu"
+                   + ("" if args.size == 128 else f" --size {args.size}"),
         "corpus_images": ps_meta["num_samples"], "prompts": ps_meta["prompts"], "size": ps_meta["size"],
         "steps": info["steps_done"], "training_seconds_last_call": info["seconds"],
-        "training_seconds_all_calls": _training_seconds(PRETRAINED), "threads": 1,
+        "training_seconds_all_calls": _training_seconds(folder), "threads": 1,
         "model": str(model.relative_to(REPO))})
 
 
-def leak_guard(data: str) -> dict:
+def leak_guard(data: str, model: Path) -> dict:
     """The leak guard of the pretrained model against a task (every case, all folds): what it finds at
     the default threshold, and the corpus's highest thumbnail correlation with any task image."""
     from diffboost.data.duplicates import BLOCK, thumbnails
@@ -94,9 +112,9 @@ def leak_guard(data: str) -> dict:
 
     task = _prepared(data)
     t0 = time.perf_counter()
-    found = check_init_corpus(PRETRAINED / "model", task, allow=True)
+    found = check_init_corpus(model, task, allow=True)
     seconds = time.perf_counter() - t0
-    corpus = PreparedSet(PRETRAINED / "prepared")
+    corpus = PreparedSet(model.parent / "prepared")
     images = np.asarray(task.images, np.float32)
     informative = images.reshape(len(images), -1).std(1) > 1e-3
     tt = thumbnails(images[informative])
@@ -163,7 +181,7 @@ def cmd_table1(args) -> None:
 
     ps = _prepared(args.data)
     work = WORK / "pretrain_eval" / args.data
-    pre = pretrain_model(progress=False)
+    pre = pretrain_model(task_size(args.data), progress=False)
     pre_steps = json.loads((pre / "training.json").read_text())["steps_done"]
     models = {"scratch": (work / f"scratch{args.steps}", None),
               "pretrained": (work / f"pretrained{args.steps}", pre)}
@@ -226,7 +244,7 @@ def cmd_table2(args) -> None:
     from diffboost.segmentation.compare import run_stats
 
     _, _, record = SOURCES[args.data]
-    pre = pretrain_model(progress=False)
+    pre = pretrain_model(task_size(args.data), progress=False)
     res = REPO / "bench" / "results"
     t0 = time.perf_counter()
     table_p, prov_p, cons_p = _arm(args.data, WORK / f"run_{args.data}_cpu_pretrained", pre, ARM)
@@ -290,7 +308,8 @@ def cmd_table2(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("pretrain")
+    p = sub.add_parser("pretrain")
+    p.add_argument("--size", type=int, default=128, help="px; 64 for hippocampus (configs/hippocampus_cpu.yaml)")
     t1 = sub.add_parser("table1")
     t1.add_argument("--data", choices=list(SOURCES), default="busi")
     t1.add_argument("--fold", type=int, default=0)
