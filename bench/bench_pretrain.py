@@ -251,6 +251,22 @@ def _reused(out: Path, strategies: list[str]) -> dict:
     return found
 
 
+def _consistency_by_fold(scratch: dict | None, pretrained: dict | None) -> dict | None:
+    """Pretrained - scratch label consistency paired by fold (each fold's own `none` teacher checks both
+    arms' variants of the same images), a t-interval over the folds: one fine-tuned model per fold and
+    arm, so it counts the variation between the folds' models."""
+    if not scratch or not pretrained:
+        return None
+    folds = sorted(set(scratch["folds"]) & set(pretrained["folds"]))
+    a = [pretrained["folds"][f]["overall"]["consistency"] for f in folds]
+    b = [scratch["folds"][f]["overall"]["consistency"] for f in folds]
+    if len(folds) < 2:
+        return None
+    paired = _paired(np.array(a), np.array(b))
+    del paired["images"]
+    return {**paired, "folds": folds, "per_fold": [round(x - y, 4) for x, y in zip(a, b)]}
+
+
 def cmd_table2(args) -> None:
     from bench_intervals import _runs
 
@@ -312,12 +328,17 @@ def cmd_table2(args) -> None:
         return None if c is None else round(c["pooled"]["consistency"], 3)
 
     print(f"label consistency: scratch {pooled(cons_s)}, pretrained {pooled(cons_p)}")
+    by_fold = _consistency_by_fold(cons_s, cons_p)
+    if by_fold:
+        print(f"label consistency, pretrained - scratch over folds: {by_fold['diff']:+.3f} "
+              f"[{by_fold['ci95'][0]:+.3f}, {by_fold['ci95'][1]:+.3f}]")
     report(f"pretrain_table2_{args.data}", rows, {
         "data": args.data, "scratch_from": scratch_from, "pretrained_run": f"bench/work/run_{args.data}_cpu_pretrained",
         "pretrained_model": str(pre.relative_to(REPO)), "folds": len(prov_p["folds"]), "seeds": table_p.get("seeds"),
         "reused_runs": reused, "gain_of_pretraining": gains, "gain_over_none_pretrained_minus_scratch": gain_over_none,
         "diffboost+classic_vs_classic": over_classic, "diffboost_vs_none": over_none,
-        "label_consistency": {"scratch": cons_s, "pretrained": cons_p},
+        "label_consistency": {"scratch": cons_s, "pretrained": cons_p,
+                              "pretrained_minus_scratch_over_folds": by_fold},
         "seconds_this_call": round(time.perf_counter() - t0, 1),
         "command": f"python bench/bench_pretrain.py table2 --data {args.data}"})
 
