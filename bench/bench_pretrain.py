@@ -242,12 +242,11 @@ def _reused(out: Path, strategies: list[str]) -> dict:
     reused when its settings and data are the same; it records the prepared set it was trained on)."""
     found = {}
     for s in strategies:
-        runs = sorted((out / "seg" / s).glob("seed*/fold*/run.json"))
-        other = [r for r in runs if not Path(json.loads(r.read_text())["prepared"]).resolve().is_relative_to(
-            out.resolve())]
+        runs = (out / "seg" / s).glob("seed*/fold*/run.json")
+        trained_on = [Path(json.loads(r.read_text())["prepared"]) for r in runs]
+        other = [p for p in trained_on if not p.resolve().is_relative_to(out.resolve())]
         if other:
-            found[s] = {"runs": len(other), "trained_in": sorted({str(Path(json.loads(r.read_text())["prepared"]).parent)
-                                                                 for r in other})}
+            found[s] = {"runs": len(other), "trained_in": sorted({str(p.parent) for p in other})}
     return found
 
 
@@ -258,10 +257,10 @@ def _consistency_by_fold(scratch: dict | None, pretrained: dict | None) -> dict 
     if not scratch or not pretrained:
         return None
     folds = sorted(set(scratch["folds"]) & set(pretrained["folds"]))
-    a = [pretrained["folds"][f]["overall"]["consistency"] for f in folds]
-    b = [scratch["folds"][f]["overall"]["consistency"] for f in folds]
     if len(folds) < 2:
         return None
+    a = [pretrained["folds"][f]["overall"]["consistency"] for f in folds]
+    b = [scratch["folds"][f]["overall"]["consistency"] for f in folds]
     paired = _paired(np.array(a), np.array(b))
     del paired["images"]
     return {**paired, "folds": folds, "per_fold": [round(x - y, 4) for x, y in zip(a, b)]}
