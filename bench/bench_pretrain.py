@@ -1,11 +1,12 @@
 """What pretraining on the shared radiology corpus gives a task (issue: stage 1 for real).
 
-Three parts, each resumable (finished models and runs in ``bench/work`` are reused), one thread per job:
+Four parts, each resumable (finished models and runs in ``bench/work`` are reused), one thread per job:
 
     python bench/bench_pretrain.py pretrain                 # the cpu preset's model on ../shared/data/corpus
     python bench/bench_pretrain.py table1 --data busi       # Table I on fold 0, scratch vs pretrained
     python bench/bench_pretrain.py table2 --data busi       # Table II, fine-tuned from it vs from scratch
     python bench/bench_pretrain.py pretrain --size 64       # the same at 64 px, for hippocampus's 64 px slices
+    python bench/bench_pretrain.py summary                  # item 3's tables over the data sets with both records
 
 ``pretrain``: ``diffboost pretrain ../shared/data/corpus --preset cpu`` (128 px, the cpu preset's
 ``edges+mask`` model, Min-SNR-5, every noise level, ``pretrain.steps``); records its CPU time and the
@@ -18,8 +19,9 @@ steps (a) from scratch and (b) from the pretrained model, both over every noise 
 from noise); with ``--equal-time`` also (c) from scratch for the fine-tune steps plus the pretraining's
 steps (the same CPU time, pretraining counted: a step costs the same in both). Pix2Pix beside them. Each
 model generates every held-out test image of the fold from its edges + mask and prompt; per image
-MAE, MSE, RMSE, SSIM, MS-SSIM. The pretrained - scratch difference per image has a t-interval over the
-test images: one model each, so it counts the images' variation, not the training's.
+MAE, MSE, RMSE, SSIM, MS-SSIM. The pretrained - scratch difference per image (and with ``--equal-time``
+pretrained - scratch at the same CPU time) has a t-interval over the test images: one model each, so it
+counts the images' variation, not the training's.
 
 ``table2``: ``diffboost run --preset cpu --init <pretrained model>`` (the data set's config of
 ``configs/`` laid over the preset, strategies none, diffboost, diffboost+classic; classic, which no diffusion
@@ -30,6 +32,14 @@ scratch gain per strategy with the corrected repeated k-fold interval, both arms
 classic``, whether ``none`` and ``classic`` (which no diffusion model touches) came out identical in
 both (they must: the same code, folds and seeds), and the teacher's label consistency of the variants.
 Writes ``bench/results/pretrain_table2_<data>.json``.
+
+With ``--equal-time`` also (b): a third arm from scratch fine-tuned for the preset's steps plus the
+pretraining's (``bench/work/run_<data>_cpu_scratch<steps>``), against the pretrained arm and the record
+(``same_cpu_time`` in the JSON). Its ``none`` trains again unless copied in (a moved run is reused).
+
+``summary``: item 3's tables over the data sets that have both a Table I and a Table II record: Table I
+per model, the variants' label consistency, and Table II's Dice (with the same-CPU-time arm where it
+ran), in ``bench/results/pretrain_summary_{table1,consistency,dice}.json``.
 """
 
 from __future__ import annotations
@@ -194,7 +204,7 @@ def cmd_table1(args) -> None:
         models[name] = _fine_tuned(ps, args.fold, out, steps, init)
         t0[name] = round(time.perf_counter() - t, 1)
     p2p = train_pix2pix(ps, args.fold, work / "pix2pix" / f"fold{args.fold}", Pix2PixConfig(steps=args.pix2pix_steps))
-    idx = held_out_images(ps, args.fold)
+    idx = held_out_images(ps, args.fold, args.limit)
     real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
     per_image, rows = {}, []
     for name, model in models.items():
@@ -205,21 +215,32 @@ def cmd_table1(args) -> None:
     r, _ = pix2pix_row(p2p, ps, idx)
     rows.append({"model": "Pix2Pix", **{m: round(r[m]["mean"], 4) for m in FIDELITY_METRICS},
                  **{f"{m} std": round(r[m]["std"], 4) for m in FIDELITY_METRICS}})
-    diffs = {f"{a} - scratch": {m: _paired(per_image[a][m], per_image["scratch"][m]) for m in FIDELITY_METRICS}
-             for a in per_image if a != "scratch"}
+    pairs = [(a, "scratch") for a in per_image if a != "scratch"]
+    if args.equal_time:  # (b): pretraining counted, the pretrained model against the longer scratch one
+        pairs.append(("pretrained", "scratch, same CPU time"))
+    diffs = {f"{a} - {b}": {m: _paired(per_image[a][m], per_image[b][m]) for m in FIDELITY_METRICS} for a, b in pairs}
     for k, v in diffs.items():
         print(f"{k}: " + ", ".join(f"{m} {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
                                    for m, d in v.items()))
     report(f"pretrain_table1_{args.data}", rows, {
-        "fold": args.fold, "test_images": len(idx), "fine_tune_steps": args.steps, "pretrain_steps": pre_steps,
+        "fold": args.fold, "test_images": len(idx), "limit": args.limit, "fine_tune_steps": args.steps, "pretrain_steps": pre_steps,
         "sampler": f"{args.sampler} {args.sampler_steps}", "pix2pix_steps": args.pix2pix_steps,
-        "paired_differences_over_test_images": diffs, "seconds_this_call": t0, "threads": 1,
+        "paired_differences_over_test_images": diffs, "seconds_this_call": t0,
+        "training_seconds": {name: _training_seconds(Path(m).parent) for name, m in models.items()}, "threads": 1,
         "command": f"python bench/bench_pretrain.py table1 --data {args.data} --fold {args.fold} --steps {args.steps}"
-                   + (" --equal-time" if args.equal_time else "")})
+                   + (" --equal-time" if args.equal_time else "") + (f" --limit {args.limit}" if args.limit else "")})
 
 
-def _arm(data: str, out: Path, init: Path | None, augs: list[str]) -> tuple[dict, dict, dict | None]:
-    """Run (or reuse) one arm; its table, provenance and pooled label consistency."""
+def _fine_tune_steps(data: str) -> int:
+    from diffboost.runconfig import load_run_config
+
+    return load_run_config(SOURCES[data][1], "cpu").train.steps
+
+
+def _arm(data: str, out: Path, init: Path | None, augs: list[str],
+         steps: int | None = None) -> tuple[dict, dict, dict | None]:
+    """Run (or reuse) one arm (fine-tuned for ``steps``, the preset's by default); its table, provenance and
+    pooled label consistency."""
     import dataclasses
 
     from bench_run import consistency_record
@@ -231,6 +252,8 @@ def _arm(data: str, out: Path, init: Path | None, augs: list[str]) -> tuple[dict
     cfg.compare = dataclasses.replace(cfg.compare, augs=tuple(augs))
     if init is not None:
         cfg.pretrain = dataclasses.replace(cfg.pretrain, model=str(init))
+    if steps is not None:
+        cfg.train = dataclasses.replace(cfg.train, steps=steps)
     run(need(SHARED_DATA / folder), out, cfg)
     table = json.loads((out / "compare" / "table.json").read_text())
     prov = json.loads((out / "provenance.json").read_text())
@@ -331,6 +354,7 @@ def cmd_table2(args) -> None:
     if by_fold:
         print(f"label consistency, pretrained - scratch over folds: {by_fold['diff']:+.3f} "
               f"[{by_fold['ci95'][0]:+.3f}, {by_fold['ci95'][1]:+.3f}]")
+    same_time = _same_cpu_time(args.data, pre, runs_p, runs_s, cons_p, ratio) if args.equal_time else None
     report(f"pretrain_table2_{args.data}", rows, {
         "data": args.data, "scratch_from": scratch_from, "pretrained_run": f"bench/work/run_{args.data}_cpu_pretrained",
         "pretrained_model": str(pre.relative_to(REPO)), "folds": len(prov_p["folds"]), "seeds": table_p.get("seeds"),
@@ -338,8 +362,108 @@ def cmd_table2(args) -> None:
         "diffboost+classic_vs_classic": over_classic, "diffboost_vs_none": over_none,
         "label_consistency": {"scratch": cons_s, "pretrained": cons_p,
                               "pretrained_minus_scratch_over_folds": by_fold},
-        "seconds_this_call": round(time.perf_counter() - t0, 1),
-        "command": f"python bench/bench_pretrain.py table2 --data {args.data}"})
+        "same_cpu_time": same_time, "seconds_this_call": round(time.perf_counter() - t0, 1),
+        "command": f"python bench/bench_pretrain.py table2 --data {args.data}"
+                   + (" --equal-time" if args.equal_time else "")})
+
+
+def _same_cpu_time(data: str, pre: Path, runs_p: dict, runs_s: dict, cons_p: dict | None, ratio: float) -> dict:
+    """(b): from scratch, fine-tuned for the preset's steps plus the pretraining's (a step costs the same in
+    both), so that both arms have spent the same CPU time; against the pretrained arm and the scratch record."""
+    from bench_intervals import _runs
+
+    from diffboost.segmentation.compare import run_stats
+
+    steps = _fine_tune_steps(data) + json.loads((pre / "training.json").read_text())["steps_done"]
+    out = WORK / f"run_{data}_cpu_scratch{steps}"
+    table, _, cons = _arm(data, out, None, ARM, steps=steps)
+    runs = {s: _runs(e) for s, e in table["table"].items()}
+
+    def paired(a: dict, b: dict) -> dict:  # on the (fold, seed) runs both have
+        common = sorted(set(a) & set(b))
+        return run_stats({k: a[k] for k in common}, {k: b[k] for k in common}, ratio)
+
+    rows = []
+    for s in ARM:
+        p, sc = paired(runs_p[s], runs[s]), paired(runs[s], runs_s[s])
+        rows.append({"strategy": s, "Dice": round(100 * np.mean(list(runs[s].values())), 2),
+                     "pretrained - this": p, "this - scratch": sc})
+        print(f"same CPU time ({steps} steps from scratch), {s}: {rows[-1]['Dice']:.2f}; pretrained - this "
+              f"{p['dice_diff']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]; this - scratch "
+              f"{sc['dice_diff']:+.2f} [{sc['ci95'][0]:+.2f}, {sc['ci95'][1]:+.2f}]")
+    by_fold = _consistency_by_fold(cons, cons_p)
+    return {"fine_tune_steps": steps, "run": str(out.relative_to(REPO)), "rows": rows,
+            "diffboost+classic_vs_classic": paired(runs["diffboost+classic"], runs_s["classic"]),
+            "label_consistency": cons, "consistency_pretrained_minus_this_over_folds": by_fold,
+            "reused_runs": _reused(out, ARM)}
+
+
+def _ci(d: dict, digits: int = 2) -> str:
+    """``diff [lo, hi]`` of a paired difference (``diff``) or of the yardstick's run statistics (``dice_diff``)."""
+    lo, hi = d["ci95"]
+    return f"{d['diff'] if 'diff' in d else d['dice_diff']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+
+def _same_time_columns(same: dict | None) -> dict:
+    """Table II's same-CPU-time arm (``table2 --equal-time``) as summary columns, "not run" without it."""
+    rows = {r["strategy"]: r for r in same["rows"]} if same else {}
+    return {k: v for s in ("diffboost", "diffboost+classic") for k, v in (
+        (f"{s} scratch, same CPU time", rows[s]["Dice"] if same else "not run"),
+        (f"{s}: pretrained - scratch, same CPU time", _ci(rows[s]["pretrained - this"]) if same else "not run"))}
+
+
+def cmd_summary(args) -> None:
+    """Item 3's tables over the data sets that have both records (``pretrain_table1_<data>.json``, fold 0, and
+    ``pretrain_table2_<data>.json``, the cpu protocol): Table I per model, the variants' label consistency
+    and Table II's Dice."""
+    res = REPO / "bench" / "results"
+    table1, consistency, dice, missing = [], [], [], []
+    for data in SOURCES:
+        t1, t2 = res / f"pretrain_table1_{data}.json", res / f"pretrain_table2_{data}.json"
+        if not (t1.exists() and t2.exists()):
+            missing.append(data)
+            continue
+        t1, t2 = json.loads(t1.read_text()), json.loads(t2.read_text())
+        diffs = t1["paired_differences_over_test_images"]
+        for r in t1["rows"]:
+            vs = {"pretrained": "pretrained - scratch", "scratch, same CPU time": "scratch, same CPU time - scratch"}
+            table1.append({"data": data, "test images": t1["test_images"], "model": r["model"], "MAE": r["mae"],
+                           "SSIM": r["ssim"], "MS-SSIM": r["ms_ssim"],
+                           "SSIM - scratch": _ci(diffs[vs[r["model"]]]["ssim"], 3) if r["model"] in vs else ""})
+        if "pretrained - scratch, same CPU time" in diffs:
+            table1.append({"data": data, "test images": t1["test_images"], "model": "pretrained - scratch, same CPU time",
+                           **{m: _ci(diffs["pretrained - scratch, same CPU time"][k], 3)
+                              for m, k in (("MAE", "mae"), ("SSIM", "ssim"), ("MS-SSIM", "ms_ssim"))},
+                           "SSIM - scratch": ""})
+        lc = t2["label_consistency"]
+        consistency.append({"data": data, "scratch": round(lc["scratch"]["pooled"]["consistency"], 3),
+                            "pretrained": round(lc["pretrained"]["pooled"]["consistency"], 3),
+                            "pretrained - scratch": _ci(lc["pretrained_minus_scratch_over_folds"], 3)})
+        record = json.loads((REPO / t2["scratch_from"]).read_text())["table"]
+        rows = {r["strategy"]: r for r in t2["rows"]}
+        gain = t2["gain_of_pretraining"]
+        dice.append({
+            "data": data, "none": rows["none"]["Dice scratch"],
+            "classic": round(100 * np.mean(list(record["classic"]["dice_runs"].values())), 2),
+            **{f"{s} scratch": rows[s]["Dice scratch"] for s in ("diffboost", "diffboost+classic")},
+            **{f"{s} pretrained": rows[s]["Dice pretrained"] for s in ("diffboost", "diffboost+classic")},
+            **{f"{s}: pretrained - scratch": _ci(gain[s]) for s in ("diffboost", "diffboost+classic")},
+            "diffboost+classic - classic, pretrained": _ci(t2["diffboost+classic_vs_classic"]["pretrained"]),
+            **_same_time_columns(t2.get("same_cpu_time"))})
+    if missing:
+        print(f"no Table I and Table II records for {', '.join(missing)}: run table1 and table2 --data for them")
+    if not dice:
+        raise SystemExit("nothing to summarise")
+    command = "python bench/bench_pretrain.py summary"
+    report("pretrain_summary_table1", table1, {
+        "unit": "generated from noise from fold 0's held-out test images' edges + mask, intensities in [0, 1]; "
+                "differences paired over the test images (t-interval: one model each)", "command": command})
+    report("pretrain_summary_consistency", consistency, {
+        "unit": "the variants' label consistency by each fold's none teacher, pooled; the difference paired by "
+                "fold (t-interval over the 3 folds' models)", "command": command})
+    report("pretrain_summary_dice", dice, {
+        "unit": "Dice x 100, mean over 3 folds x 2 seeds; intervals: corrected repeated k-fold t-test",
+        "command": command})
 
 
 def main() -> None:
@@ -352,13 +476,18 @@ def main() -> None:
     t1.add_argument("--fold", type=int, default=0)
     t1.add_argument("--steps", type=int, default=2500, help="fine-tune steps (the cpu preset's)")
     t1.add_argument("--equal-time", action="store_true", help="also from scratch for steps + the pretraining's")
+    t1.add_argument("--limit", type=int, default=None,
+                    help="at most this many test images, evenly spaced (hippocampus's fold has ~2,000 slices)")
     t1.add_argument("--pix2pix-steps", type=int, default=2000)
     t1.add_argument("--sampler", default="dpm++")
     t1.add_argument("--sampler-steps", type=int, default=20)
     t2 = sub.add_parser("table2")
     t2.add_argument("--data", choices=list(SOURCES), default="busi")
+    t2.add_argument("--equal-time", action="store_true",
+                    help="also from scratch fine-tuned for the preset's steps + the pretraining's (the same CPU time)")
+    sub.add_parser("summary")
     args = ap.parse_args()
-    {"pretrain": cmd_pretrain, "table1": cmd_table1, "table2": cmd_table2}[args.cmd](args)
+    {"pretrain": cmd_pretrain, "table1": cmd_table1, "table2": cmd_table2, "summary": cmd_summary}[args.cmd](args)
 
 
 if __name__ == "__main__":
