@@ -192,7 +192,7 @@ def cmd_table1(args) -> None:
     ps = _prepared(args.data)
     work = WORK / "pretrain_eval" / args.data
     pre = pretrain_model(task_size(args.data), progress=False)
-    pre_steps = json.loads((pre / "training.json").read_text())["steps_done"]
+    pre_steps = _pretrain_steps(pre)
     models = {"scratch": (work / f"scratch{args.steps}", None),
               "pretrained": (work / f"pretrained{args.steps}", pre)}
     if args.equal_time:
@@ -229,6 +229,11 @@ def cmd_table1(args) -> None:
         "training_seconds": {name: _training_seconds(Path(m).parent) for name, m in models.items()}, "threads": 1,
         "command": f"python bench/bench_pretrain.py table1 --data {args.data} --fold {args.fold} --steps {args.steps}"
                    + (" --equal-time" if args.equal_time else "") + (f" --limit {args.limit}" if args.limit else "")})
+
+
+def _pretrain_steps(pre: Path) -> int:
+    """Steps the pretrained model was trained for: the same CPU time as that many fine-tune steps."""
+    return json.loads((pre / "training.json").read_text())["steps_done"]
 
 
 def _fine_tune_steps(data: str) -> int:
@@ -374,7 +379,7 @@ def _same_cpu_time(data: str, pre: Path, runs_p: dict, runs_s: dict, cons_p: dic
 
     from diffboost.segmentation.compare import run_stats
 
-    steps = _fine_tune_steps(data) + json.loads((pre / "training.json").read_text())["steps_done"]
+    steps = _fine_tune_steps(data) + _pretrain_steps(pre)
     out = WORK / f"run_{data}_cpu_scratch{steps}"
     table, _, cons = _arm(data, out, None, ARM, steps=steps)
     runs = {s: _runs(e) for s, e in table["table"].items()}
@@ -389,8 +394,7 @@ def _same_cpu_time(data: str, pre: Path, runs_p: dict, runs_s: dict, cons_p: dic
         rows.append({"strategy": s, "Dice": round(100 * np.mean(list(runs[s].values())), 2),
                      "pretrained - this": p, "this - scratch": sc})
         print(f"same CPU time ({steps} steps from scratch), {s}: {rows[-1]['Dice']:.2f}; pretrained - this "
-              f"{p['dice_diff']:+.2f} [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]; this - scratch "
-              f"{sc['dice_diff']:+.2f} [{sc['ci95'][0]:+.2f}, {sc['ci95'][1]:+.2f}]")
+              f"{_ci(p)}; this - scratch {_ci(sc)}")
     by_fold = _consistency_by_fold(cons, cons_p)
     return {"fine_tune_steps": steps, "run": str(out.relative_to(REPO)), "rows": rows,
             "diffboost+classic_vs_classic": paired(runs["diffboost+classic"], runs_s["classic"]),
@@ -418,6 +422,7 @@ def cmd_summary(args) -> None:
     and Table II's Dice."""
     res = REPO / "bench" / "results"
     table1, consistency, dice, missing = [], [], [], []
+    vs = {"pretrained": "pretrained - scratch", "scratch, same CPU time": "scratch, same CPU time - scratch"}
     for data in SOURCES:
         t1, t2 = res / f"pretrain_table1_{data}.json", res / f"pretrain_table2_{data}.json"
         if not (t1.exists() and t2.exists()):
@@ -426,7 +431,6 @@ def cmd_summary(args) -> None:
         t1, t2 = json.loads(t1.read_text()), json.loads(t2.read_text())
         diffs = t1["paired_differences_over_test_images"]
         for r in t1["rows"]:
-            vs = {"pretrained": "pretrained - scratch", "scratch, same CPU time": "scratch, same CPU time - scratch"}
             table1.append({"data": data, "test images": t1["test_images"], "model": r["model"], "MAE": r["mae"],
                            "SSIM": r["ssim"], "MS-SSIM": r["ms_ssim"],
                            "SSIM - scratch": _ci(diffs[vs[r["model"]]]["ssim"], 3) if r["model"] in vs else ""})
