@@ -416,6 +416,15 @@ def _same_time_columns(same: dict | None) -> dict:
         (f"{s}: pretrained - scratch, same CPU time", _ci(rows[s]["pretrained - this"]) if same else "not run"))}
 
 
+def _same_time_consistency(same: dict | None) -> dict:
+    """The same-CPU-time arm's label consistency (pooled) and pretrained - it by fold, "not run" without it."""
+    if not same or not same.get("label_consistency"):
+        return {"scratch, same CPU time": "not run", "pretrained - scratch, same CPU time": "not run"}
+    by_fold = same["consistency_pretrained_minus_this_over_folds"]
+    return {"scratch, same CPU time": round(same["label_consistency"]["pooled"]["consistency"], 3),
+            "pretrained - scratch, same CPU time": _ci(by_fold, 3) if by_fold else "fewer than 2 folds"}
+
+
 def cmd_summary(args) -> None:
     """Item 3's tables over the data sets that have both records (``pretrain_table1_<data>.json``, fold 0, and
     ``pretrain_table2_<data>.json``, the cpu protocol): Table I per model, the variants' label consistency
@@ -442,7 +451,8 @@ def cmd_summary(args) -> None:
         lc = t2["label_consistency"]
         consistency.append({"data": data, "scratch": round(lc["scratch"]["pooled"]["consistency"], 3),
                             "pretrained": round(lc["pretrained"]["pooled"]["consistency"], 3),
-                            "pretrained - scratch": _ci(lc["pretrained_minus_scratch_over_folds"], 3)})
+                            "pretrained - scratch": _ci(lc["pretrained_minus_scratch_over_folds"], 3),
+                            **_same_time_consistency(t2.get("same_cpu_time"))})
         record = json.loads((REPO / t2["scratch_from"]).read_text())["table"]
         rows = {r["strategy"]: r for r in t2["rows"]}
         gain = t2["gain_of_pretraining"]
