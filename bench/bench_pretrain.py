@@ -220,8 +220,7 @@ def cmd_table1(args) -> None:
         pairs.append(("pretrained", "scratch, same CPU time"))
     diffs = {f"{a} - {b}": {m: _paired(per_image[a][m], per_image[b][m]) for m in FIDELITY_METRICS} for a, b in pairs}
     for k, v in diffs.items():
-        print(f"{k}: " + ", ".join(f"{m} {d['diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                                   for m, d in v.items()))
+        print(f"{k}: " + ", ".join(f"{m} {_ci(d, 4)}" for m, d in v.items()))
     report(f"pretrain_table1_{args.data}", rows, {
         "fold": args.fold, "test_images": len(idx), "limit": args.limit, "fine_tune_steps": args.steps, "pretrain_steps": pre_steps,
         "sampler": f"{args.sampler} {args.sampler_steps}", "pix2pix_steps": args.pix2pix_steps,
@@ -341,15 +340,14 @@ def cmd_table2(args) -> None:
     zero = {k: 0.0 for k in runs_p["none"]}
     gain_over_none = {s: run_stats(v, zero, ratio) for s, v in within.items()}
     for s, g in gain_over_none.items():
-        print(f"({s} - none) pretrained - (same) scratch: {g['dice_diff']:+.2f} [{g['ci95'][0]:+.2f}, {g['ci95'][1]:+.2f}]")
+        print(f"({s} - none) pretrained - (same) scratch: {_ci(g)}")
     over_classic = {arm: run_stats(r["diffboost+classic"], r["classic"], ratio) for arm, r in
                     (("scratch", runs_s), ("pretrained", runs_p))}
     over_none = {arm: run_stats(r["diffboost"], r["none"], ratio) for arm, r in
                  (("scratch", runs_s), ("pretrained", runs_p))}
     for arm in ("scratch", "pretrained"):
         c, n = over_classic[arm], over_none[arm]
-        print(f"{arm}: diffboost+classic - classic {c['dice_diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]; "
-              f"diffboost - none {n['dice_diff']:+.2f} [{n['ci95'][0]:+.2f}, {n['ci95'][1]:+.2f}]")
+        print(f"{arm}: diffboost+classic - classic {_ci(c)}; diffboost - none {_ci(n)}")
 
     def pooled(c):
         return None if c is None else round(c["pooled"]["consistency"], 3)
@@ -357,8 +355,7 @@ def cmd_table2(args) -> None:
     print(f"label consistency: scratch {pooled(cons_s)}, pretrained {pooled(cons_p)}")
     by_fold = _consistency_by_fold(cons_s, cons_p)
     if by_fold:
-        print(f"label consistency, pretrained - scratch over folds: {by_fold['diff']:+.3f} "
-              f"[{by_fold['ci95'][0]:+.3f}, {by_fold['ci95'][1]:+.3f}]")
+        print(f"label consistency, pretrained - scratch over folds: {_ci(by_fold, 3)}")
     same_time = _same_cpu_time(args.data, pre, runs_p, runs_s, cons_p, ratio) if args.equal_time else None
     report(f"pretrain_table2_{args.data}", rows, {
         "data": args.data, "scratch_from": scratch_from, "pretrained_run": f"bench/work/run_{args.data}_cpu_pretrained",
@@ -410,10 +407,14 @@ def _ci(d: dict, digits: int = 2) -> str:
 
 def _same_time_columns(same: dict | None) -> dict:
     """Table II's same-CPU-time arm (``table2 --equal-time``) as summary columns, "not run" without it."""
-    rows = {r["strategy"]: r for r in same["rows"]} if same else {}
-    return {k: v for s in ("diffboost", "diffboost+classic") for k, v in (
-        (f"{s} scratch, same CPU time", rows[s]["Dice"] if same else "not run"),
-        (f"{s}: pretrained - scratch, same CPU time", _ci(rows[s]["pretrained - this"]) if same else "not run"))}
+    strategies = ("diffboost", "diffboost+classic")
+    if not same:
+        return {k: "not run" for s in strategies for k in (f"{s} scratch, same CPU time",
+                                                            f"{s}: pretrained - scratch, same CPU time")}
+    rows = {r["strategy"]: r for r in same["rows"]}
+    return {k: v for s in strategies for k, v in (
+        (f"{s} scratch, same CPU time", rows[s]["Dice"]),
+        (f"{s}: pretrained - scratch, same CPU time", _ci(rows[s]["pretrained - this"])))}
 
 
 def _same_time_consistency(same: dict | None) -> dict:
