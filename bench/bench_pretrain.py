@@ -392,9 +392,15 @@ def _same_cpu_time(data: str, pre: Path, runs_p: dict, runs_s: dict, cons_p: dic
                      "pretrained - this": p, "this - scratch": sc})
         print(f"same CPU time ({steps} steps from scratch), {s}: {rows[-1]['Dice']:.2f}; pretrained - this "
               f"{_ci(p)}; this - scratch {_ci(sc)}")
+    over_classic = paired(runs["diffboost+classic"], runs_s["classic"])
+    print(f"same CPU time ({steps} steps from scratch), diffboost+classic - classic (the record's): "
+          f"{_ci(over_classic)}")
     by_fold = _consistency_by_fold(cons, cons_p)
+    if cons:
+        print(f"same CPU time ({steps} steps from scratch), label consistency {cons['pooled']['consistency']:.3f}"
+              + (f"; pretrained - this over folds {_ci(by_fold, 3)}" if by_fold else ""))
     return {"fine_tune_steps": steps, "run": str(out.relative_to(REPO)), "rows": rows,
-            "diffboost+classic_vs_classic": paired(runs["diffboost+classic"], runs_s["classic"]),
+            "diffboost+classic_vs_classic": over_classic,
             "label_consistency": cons, "consistency_pretrained_minus_this_over_folds": by_fold,
             "reused_runs": _reused(out, ARM)}
 
