@@ -277,6 +277,11 @@ def _reused(out: Path, strategies: list[str]) -> dict:
     return found
 
 
+def _pooled(cons: dict | None) -> float | None:
+    """A run's label consistency pooled over its folds, as the tables show it (None without a record)."""
+    return None if cons is None else round(cons["pooled"]["consistency"], 3)
+
+
 def _consistency_by_fold(scratch: dict | None, pretrained: dict | None) -> dict | None:
     """Pretrained - scratch label consistency paired by fold (each fold's own `none` teacher checks both
     arms' variants of the same images), a t-interval over the folds: one fine-tuned model per fold and
@@ -349,10 +354,7 @@ def cmd_table2(args) -> None:
         c, n = over_classic[arm], over_none[arm]
         print(f"{arm}: diffboost+classic - classic {_ci(c)}; diffboost - none {_ci(n)}")
 
-    def pooled(c):
-        return None if c is None else round(c["pooled"]["consistency"], 3)
-
-    print(f"label consistency: scratch {pooled(cons_s)}, pretrained {pooled(cons_p)}")
+    print(f"label consistency: scratch {_pooled(cons_s)}, pretrained {_pooled(cons_p)}")
     by_fold = _consistency_by_fold(cons_s, cons_p)
     if by_fold:
         print(f"label consistency, pretrained - scratch over folds: {_ci(by_fold, 3)}")
@@ -385,19 +387,18 @@ def _same_cpu_time(data: str, pre: Path, runs_p: dict, runs_s: dict, cons_p: dic
         common = sorted(set(a) & set(b))
         return run_stats({k: a[k] for k in common}, {k: b[k] for k in common}, ratio)
 
+    head = f"same CPU time ({steps} steps from scratch)"
     rows = []
     for s in ARM:
         p, sc = paired(runs_p[s], runs[s]), paired(runs[s], runs_s[s])
         rows.append({"strategy": s, "Dice": round(100 * np.mean(list(runs[s].values())), 2),
                      "pretrained - this": p, "this - scratch": sc})
-        print(f"same CPU time ({steps} steps from scratch), {s}: {rows[-1]['Dice']:.2f}; pretrained - this "
-              f"{_ci(p)}; this - scratch {_ci(sc)}")
+        print(f"{head}, {s}: {rows[-1]['Dice']:.2f}; pretrained - this {_ci(p)}; this - scratch {_ci(sc)}")
     over_classic = paired(runs["diffboost+classic"], runs_s["classic"])
-    print(f"same CPU time ({steps} steps from scratch), diffboost+classic - classic (the record's): "
-          f"{_ci(over_classic)}")
+    print(f"{head}, diffboost+classic - classic (the record's): {_ci(over_classic)}")
     by_fold = _consistency_by_fold(cons, cons_p)
     if cons:
-        print(f"same CPU time ({steps} steps from scratch), label consistency {cons['pooled']['consistency']:.3f}"
+        print(f"{head}, label consistency {_pooled(cons):.3f}"
               + (f"; pretrained - this over folds {_ci(by_fold, 3)}" if by_fold else ""))
     return {"fine_tune_steps": steps, "run": str(out.relative_to(REPO)), "rows": rows,
             "diffboost+classic_vs_classic": over_classic,
@@ -428,7 +429,7 @@ def _same_time_consistency(same: dict | None) -> dict:
     if not same or not same.get("label_consistency"):
         return {"scratch, same CPU time": "not run", "pretrained - scratch, same CPU time": "not run"}
     by_fold = same["consistency_pretrained_minus_this_over_folds"]
-    return {"scratch, same CPU time": round(same["label_consistency"]["pooled"]["consistency"], 3),
+    return {"scratch, same CPU time": _pooled(same["label_consistency"]),
             "pretrained - scratch, same CPU time": _ci(by_fold, 3) if by_fold else "fewer than 2 folds"}
 
 
@@ -456,8 +457,7 @@ def cmd_summary(args) -> None:
                               for m, k in (("MAE", "mae"), ("SSIM", "ssim"), ("MS-SSIM", "ms_ssim"))},
                            "SSIM - scratch": ""})
         lc = t2["label_consistency"]
-        consistency.append({"data": data, "scratch": round(lc["scratch"]["pooled"]["consistency"], 3),
-                            "pretrained": round(lc["pretrained"]["pooled"]["consistency"], 3),
+        consistency.append({"data": data, "scratch": _pooled(lc["scratch"]), "pretrained": _pooled(lc["pretrained"]),
                             "pretrained - scratch": _ci(lc["pretrained_minus_scratch_over_folds"], 3),
                             **_same_time_consistency(t2.get("same_cpu_time"))})
         record = json.loads((REPO / t2["scratch_from"]).read_text())["table"]
