@@ -117,6 +117,24 @@ def make_folders(root: Path, n: int = 3, mask_dir: str = "masks") -> Path:
     return root
 
 
+def make_busbra(root: Path) -> Path:
+    """BUS-BRA's public layout in small: Images/bus_ID.png, Masks/mask_ID.png (0/255), bus_data.csv with
+    ID,Case,...,Device columns; ID is CASE-SIDE, several images per case (patient)."""
+    rows = [("0002-l", 2, "fibroadenoma", "benign", 4, "GE Logiq 7"), ("0002-r", 2, "fibroadenoma", "benign", 4, "GE Logiq 7"),
+            ("0006-s", 6, "invasive ductal carcinoma", "malignant", 4, "GE Logiq 5"),
+            ("0010-l", 10, "cyst", "benign", 2, "Toshiba Aplio 300"), ("0010-r", 10, "cyst", "benign", 3, "Toshiba Aplio 300"),
+            ("0011-s", 11, "invasive lobular carcinoma", "malignant", 5, "GE Logiq 5"),
+            ("0012-l", 12, "fibroadenoma", "benign", 3, "U-Systems"), ("0012-r", 12, "papilloma", "malignant", 4, "U-Systems"),
+            ("0013-s", 13, "cyst", "benign", 2, "GE Logiq 7")]
+    lines = ["ID,Case,Histology,Pathology,BIRADS,Device,Width,Height,Side,BBOX"]
+    for i, (ident, case, hist, path, birads, device) in enumerate(rows):
+        save_png(root / "Images" / f"bus_{ident}.png", gradient_image(40, 48, i))
+        save_png(root / "Masks" / f"mask_{ident}.png", disk(40, 48, 20, 14 + 2 * i, 6).astype(np.uint8) * 255)
+        lines.append(f'bus_{ident},{case},{hist},{path},{birads},{device} @10-14MHz,48,40,left,"[1,2,3,4]"')
+    (root / "bus_data.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def make_corpus(root: Path) -> Path:
     for j, (mod, organ, cat) in enumerate([("CT", "Abdomen", "Arterial_Pathology"), ("MR", "Hip", "normal")]):
         for i in range(2):  # four distinct images (no near-duplicates)

@@ -122,3 +122,26 @@ def test_busi_refuses_an_image_saved_twice_under_one_name(tmp_path):
     save_png(first.parent / f"{stem}.jpg", gradient_image(20, 20))
     with pytest.raises(DataError, match="a second image file"):
         get_reader(root, PrepareConfig()).scan()
+
+
+def test_a_name_with_a_newline_is_paired_then_refused_by_name_on_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from builders import make_busi
+
+    root = make_busi(tmp_path / "busi")
+    benign = root / "Dataset_BUSI_with_GT" / "benign"
+    (benign / "benign (1).png").rename(benign / "benign\n(1).png")
+    (benign / "benign (1)_mask.png").rename(benign / "benign\n(1)_mask.png")
+    refs = get_reader(root, PrepareConfig()).scan()
+    pair = next(r for r in refs if "\n" in r.case_id)
+    assert [m.name for m in pair.masks] == ["benign\n(1)_mask.png"]  # read as a pair, not "image without mask"
+    out = tmp_path / "prepared"
+    result = subprocess.run([str(Path(sys.executable).parent / "diffboost"), "prepare", str(root), "--out", str(out),
+                             "--size", "32"], capture_output=True, text=True, timeout=300)
+    said = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2 and len(said.splitlines()) == 1, said
+    assert "benign\\n(1)" in said and "control character" in said and "without mask" not in said
+    assert not out.exists()

@@ -18,7 +18,8 @@ from diffboost.errors import DataError
 
 
 def leftovers(parent, name):
-    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+    """Temporary or set-aside folders of an atomic write (the lock file beside the folder is no leftover)."""
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.") and not p.name.endswith(".diffboost-lock")]
 
 
 def test_prepare_busi_layout_contents(tmp_path):
@@ -204,11 +205,11 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = P._Collector.add
 
-    def flaky(self, case):
+    def flaky(self, case, **kw):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, case)
+        return real(self, case, **kw)
 
     monkeypatch.setattr(P._Collector, "add", flaky)
     with pytest.raises(KeyboardInterrupt):

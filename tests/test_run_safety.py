@@ -219,3 +219,43 @@ def test_a_checkpoint_keeps_ema_and_step_as_safetensors_and_a_planted_pickle_is_
     with pytest.raises(ValueError, match="DIFFBOOST_ALLOW_PICKLE"):
         train_diffusion(ps, tmp_path / "other", idx, ModelConfig(**TINY), tcfg, resume=str(ckpt), progress=False)
     assert not mark.exists()
+
+
+@pytest.mark.parametrize("text", ["null", "[1]", '"x"', "3"])
+def test_a_control_file_of_the_wrong_shape_is_one_error_naming_it(tmp_path, text):
+    from diffboost.errors import ControlFileError
+    from diffboost.segmentation.trainer import _check_run
+    from diffboost.stages import check_stage
+    from diffboost.utils.atomic import read_control
+
+    stage = tmp_path / "prepared"
+    stage.mkdir()
+    (stage / "stage.json").write_text(text)
+    (stage / "manifest.csv").write_text("kept")
+    with pytest.raises(ControlFileError, match=f"{stage / 'stage.json'}: holds .*, expected a JSON object"):
+        check_stage(stage, "prepare", {"a": 1}, redo={"prepare"})  # even a redo deletes nothing it cannot read
+    assert (stage / "manifest.csv").read_text() == "kept"
+    run = tmp_path / "seg"
+    run.mkdir()
+    (run / "run.json").write_text(text)
+    with pytest.raises(ControlFileError, match="run.json: holds"):
+        _check_run(run, {"config": {}}, replace_stale=True)
+    assert (run / "run.json").exists()
+    with pytest.raises(ControlFileError):
+        read_control(run / "run.json")
+
+
+def test_a_stage_json_of_null_stops_run_with_one_line(tmp_path, phantom_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    (out / "prepared").mkdir(parents=True)
+    (out / "prepared" / "stage.json").write_text("null")
+    result = subprocess.run([str(Path(sys.executable).parent / "diffboost"), "run", "--data", str(phantom_root), "--out",
+                             str(out), "--preset", "demo", "-q"], capture_output=True, text=True, timeout=300)
+    said = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2 and len(said.splitlines()) == 1, said
+    assert f"{out / 'prepared' / 'stage.json'}: holds null, expected a JSON object" in said
+    assert (out / "prepared" / "stage.json").read_text() == "null"

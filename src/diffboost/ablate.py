@@ -126,7 +126,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
             _own_stage(folder, {"prepared": prepared_fingerprint(ps), "fold": k, "model": to_dict(mcfg),
                                 "train": to_dict(train)})
             if not model.exists():  # resumes from its last checkpoint after an interruption
-                train_diffusion(ps, folder, ps.indices(f.train, training=True), mcfg, train,
+                train_diffusion(ps.for_fold(k), folder, ps.indices(f.train, training=True), mcfg, train,
                                 resume="latest" if (folder / "checkpoints").exists() else None,
                                 val_indices=ps.indices(f.val, training=True), progress=progress)
         generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)

@@ -28,11 +28,12 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         from .errors import ControlFileError, DataError
         from .stages import StaleStage
-        from .utils.lock import FolderBusy
+        from .utils.lock import FolderBusy, LockError
 
         try:
             return fn(*args, **kwargs)
-        except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, ControlFileError, StaleStage) as e:
+        except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, LockError, ControlFileError,
+                StaleStage) as e:
             console.print(f"[bold red]error:[/] {_escape(str(e))}")
             raise typer.Exit(2) from None
 
@@ -58,10 +59,10 @@ def _parse_pair(text: Optional[str], name: str) -> Optional[tuple[float, float]]
 @app.command()
 @friendly_errors
 def prepare(
-    source: Path = typer.Argument(..., help="Dataset folder: BUSI, images/+masks/, MSD task, nnU-Net raw, or a modality/organ/category corpus."),
+    source: Path = typer.Argument(..., help="Dataset folder: BUSI, DDTI, BUS-BRA, images/+masks/, MSD task, nnU-Net raw, or a modality/organ/category corpus."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the prepared set to."),
     config: Optional[Path] = typer.Option(None, help="YAML config (its 'prepare:' section); options given here override it."),
-    format: Optional[str] = typer.Option(None, "--format", help="auto | busi | ddti | folders | msd | nnunet | corpus"),
+    format: Optional[str] = typer.Option(None, "--format", help="auto | busi | ddti | busbra | folders | msd | nnunet | corpus"),
     size: Optional[int] = typer.Option(None, help="Square working size in pixels (default 128)."),
     slices: Optional[str] = typer.Option(None, help="3D: slices used for training: foreground (paper) | all. Every slice is stored for whole-volume evaluation."),
     axis: Optional[int] = typer.Option(None, help="3D: slicing axis (default: the through-plane axis)."),
@@ -78,13 +79,25 @@ def prepare(
     folds: Optional[int] = typer.Option(None, help="Number of case-wise folds (default 3)."),
     val_fraction: Optional[float] = typer.Option(None, help="Part of each training fold kept for validation (default 0.2)."),
     seed: Optional[int] = typer.Option(None, help="Seed of the fold split."),
+    repeats: Optional[int] = typer.Option(None, help="Repeated k-fold: this many partitions into --folds folds, each seeded "
+                                                     "on its own (default 1); every stage and compare run over partition x fold."),
+    budget: Optional[str] = typer.Option(None, help="Label budget: keep the labels of this share of each fold's training + "
+                                                    "validation part ('0.1', '25%'), or of N images ('30'); the rest become "
+                                                    "unlabelled. Nested: a smaller budget's labels are inside a larger one's."),
+    unlabelled: Optional[list[Path]] = typer.Option(None, "--unlabelled", help="A folder of images without labels (any layout "
+                                                    "prepare reads, its masks unread, or plain images); repeatable. They train "
+                                                    "only the stages that say so, never validate or test."),
     duplicates: Optional[float] = typer.Option(None, help="Near-duplicate threshold (2D thumbnail correlation, default 0.92): each group stays in one fold. 1 = exact copies only."),
     no_duplicates: bool = typer.Option(False, "--no-duplicates", help="Do not look for near-duplicates."),
-    image_dir: Optional[str] = typer.Option(None, help="Folders layouts: the image folder (default: images/, image/, imgs/ or cropped/)."),
-    mask_dir: Optional[str] = typer.Option(None, help="Folders layouts: the mask folder (default: masks/, labels/, mask/ or label/)."),
+    image_dir: Optional[str] = typer.Option(None, help="Folders layouts: the image folder (default: images/, image/, imgs/ or cropped/, in any case)."),
+    mask_dir: Optional[str] = typer.Option(None, help="Folders layouts: the mask folder (default: masks/, labels/, mask/ or label/, in any case)."),
+    mask_pattern: Optional[str] = typer.Option(None, help="Folders layouts: the mask's file stem for an image, a template of {stem} (the image's "
+                                                          "stem) and {id} (the stem without its first '_' token), e.g. 'mask_{id}' or '{stem}_gt'. "
+                                                          "Default: STEM, STEM_mask, STEM_seg, STEM_label(s), mask_STEM or mask_ID."),
     case_pattern: Optional[str] = typer.Option(None, help="Regex on the file stem whose group 'case' (or first group) names the patient: "
                                                           "its images stay in one fold (DDTI: '^(?P<case>[^_]+)_')."),
-    categories: Optional[str] = typer.Option(None, help="CSV of NAME,CATEGORY rows: the category goes into the prompt."),
+    categories: Optional[str] = typer.Option(None, help="CSV of NAME,CATEGORY rows, or FILE:COLUMN (a CSV with a header whose ID column, else "
+                                                        "its first, names the image; e.g. bus_data.csv:Pathology): the category goes into the prompt."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable or inconsistent files with a warning (listed in dataset.json)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -101,6 +114,8 @@ def prepare(
         "percentiles": _parse_pair(percentiles, "percentiles"), "edges": edges, "hed_weights": hed_weights,
         "folds": folds, "val_fraction": val_fraction, "seed": seed, "duplicates": duplicates,
         "image_dir": image_dir, "mask_dir": mask_dir, "case_pattern": case_pattern, "categories": categories,
+        "mask_pattern": mask_pattern, "repeats": repeats, "budget": budget,
+        "unlabelled": [str(u) for u in unlabelled] if unlabelled else None,
     }
     values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
     values.update({k: v for k, v in updates.items() if v is not None})
@@ -172,8 +187,16 @@ def _print_summary(ps) -> None:
     t.add_row("cases per category", ", ".join(f"{k}: {v}" for k, v in m["cases_per_category"].items()))
     t.add_row("labels", ", ".join(f"{k}={v}" for k, v in m["labels"].items()))
     t.add_row("prompts", "; ".join(m["prompts"][:6]) + (" ..." if len(m["prompts"]) > 6 else ""))
+    if m.get("num_unlabelled_cases"):
+        t.add_row("labelled / unlabelled cases", f"{m.get('num_labelled_cases')} / {m['num_unlabelled_cases']}")
+    if m.get("budget") is not None:
+        t.add_row("label budget", f"{m['budget']} of each fold's training + validation labels (the rest hidden)")
     if ps.folds:
-        t.add_row("folds (train/val/test cases)", ", ".join(f"{len(f.train)}/{len(f.val)}/{len(f.test)}" for f in ps.folds))
+        parts = f" ({m.get('repeats')} partitions)" if (m.get("repeats") or 1) > 1 else ""
+        what = "train/val/test" + ("/unlabelled" if any(f.unlabelled for f in ps.folds) else "")
+        t.add_row(f"folds{parts} ({what} cases)", ", ".join(
+            "/".join(str(len(p)) for p in (f.train, f.val, f.test) + ((f.unlabelled,) if "unlabelled" in what else ()))
+            for f in ps.folds))
     dups = m.get("near_duplicates") or {}
     if dups.get("groups"):
         t.add_row("near-duplicate groups (kept in one fold)",
@@ -306,7 +329,7 @@ def finetune(
     from .diffusion.pretrain import check_init_corpus
     from .diffusion.train import train_diffusion
 
-    ps = PreparedSet(prepared)
+    ps = PreparedSet(prepared).for_fold(fold)
     f = ps.fold(fold)
     out = out or prepared.parent / "models" / f"fold{fold}"
     if init is not None:  # the pretraining corpus must not hold cases of this set (any fold)

@@ -33,7 +33,7 @@ class PromptConfig:
 class PrepareConfig:
     """Options of ``diffboost prepare``."""
 
-    format: str = "auto"  # auto | busi | ddti | folders | msd | nnunet | corpus
+    format: str = "auto"  # auto | busi | ddti | busbra | folders | msd | nnunet | corpus
     size: int = 128  # square working size in pixels
     slices: Literal["foreground", "all"] = "foreground"  # 3D: which slices the training stages use
     axis: int | None = None  # 3D: slicing axis; None = the through-plane (largest-spacing) axis
@@ -48,15 +48,26 @@ class PrepareConfig:
     duplicates: float | None = 0.92  # near-duplicate threshold (2D thumbnail correlation); None = off
     val_fraction: float = 0.2
     seed: int = 0
+    # repeated k-fold: this many partitions of the cases into ``folds`` folds, each seeded on its own (None: 1)
+    repeats: int | None = None
+    # label budget: the share of each fold's training + validation labels kept ("0.1", "25%"), or a number of
+    # labelled images ("30"); the rest of that part becomes unlabelled. None: every label
+    budget: str | None = None
+    # folders of images without labels (any layout prepare reads; their masks, if any, are not read)
+    unlabelled: list[str] | None = None
     skip_bad: bool = False
     preview_cases: int = 8
     # folders layouts (e.g. DDTI's cropped/ + mask/): the image and mask folders (None: detected), a regex
     # whose group ``case`` (or first group) names the patient / examination an image belongs to (its images
-    # stay in one fold; None: each image its own case), and a CSV of NAME,CATEGORY rows for the prompt
+    # stay in one fold; None: each image its own case), a CSV of NAME,CATEGORY rows for the prompt or
+    # FILE:COLUMN (a CSV with a header; its ID column, else its first, names the image), and the mask's file
+    # stem as a template of {stem} (the image's stem) and {id} (the stem without its first "_" token), e.g.
+    # "mask_{id}" (None: STEM, STEM_mask, STEM_seg, STEM_label(s), mask_STEM or mask_ID)
     image_dir: str | None = None
     mask_dir: str | None = None
     case_pattern: str | None = None
     categories: str | None = None
+    mask_pattern: str | None = None
 
     def __post_init__(self):
         if isinstance(self.prompt, dict):
@@ -95,6 +106,32 @@ class PrepareConfig:
             if rx.groups < 1:
                 raise ValueError(f"case_pattern {self.case_pattern!r} needs a group naming the case, e.g. "
                                  "'^(?P<case>[^_]+)_'")
+        if self.mask_pattern is not None:
+            check_mask_pattern(self.mask_pattern)
+        if self.repeats is not None and int(self.repeats) < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.budget is not None:
+            from .data.folds import parse_budget
+
+            self.budget = str(self.budget)
+            parse_budget(self.budget)
+        if self.unlabelled is not None:
+            self.unlabelled = [str(u) for u in ([self.unlabelled] if isinstance(self.unlabelled, str) else self.unlabelled)]
+
+
+def check_mask_pattern(pattern: str) -> None:
+    """A ValueError unless ``pattern`` is a mask file stem template of ``{stem}`` and/or ``{id}``."""
+    import string
+
+    hint = ("mask_pattern names the mask's file stem with {stem} (the image's file stem) and/or {id} (the stem "
+            "without its first '_' token), e.g. 'mask_{id}' or '{stem}_gt'")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+        pattern.format(stem="x", id="x")
+    except (ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"mask_pattern {pattern!r} is not a template ({e}); {hint}") from None
+    if not fields or not fields <= {"stem", "id"} or any(c in pattern for c in "/\\"):
+        raise ValueError(f"mask_pattern {pattern!r}: {hint}")
 
 
 def to_dict(cfg: Any) -> dict:

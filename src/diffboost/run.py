@@ -37,7 +37,8 @@ _hash = digest
 
 # prepare options added after runs were made: left out of the identity while unset, so that a run made
 # before they existed keeps its identity (and its stages) exactly
-LATER_PREPARE_OPTIONS = ("image_dir", "mask_dir", "case_pattern", "categories")
+LATER_PREPARE_OPTIONS = ("image_dir", "mask_dir", "case_pattern", "categories", "mask_pattern", "repeats", "budget",
+                         "unlabelled")
 
 
 def prepare_identity(prepare) -> dict:
@@ -175,7 +176,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
         if not finished_training(model_dir / "model"):  # new, interrupted, or stopped by train.max_minutes
-            train_diffusion(ps, model_dir, ps.indices(f.train, training=True),
+            train_diffusion(ps.for_fold(k), model_dir, ps.indices(f.train, training=True),
                             dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,
                             val_indices=ps.indices(f.val, training=True), progress=progress)

@@ -113,16 +113,21 @@ def source_fingerprint(source: str | Path, prepare_cfg) -> str:
     """The content of what ``prepare`` reads from ``source``: every image, mask and table the reader finds."""
     from .data.readers import get_reader
 
+    from .data.preparation import check_file_names
+
     reader = get_reader(source, prepare_cfg)
     refs = reader.scan()
+    check_file_names(refs)  # refused by name before a --redo removes anything
     files = {Path(p) for r in refs for p in (r.image, *r.masks)}
     root = Path(source)
     for extra in ("dataset.json", "diagnosis.csv"):
         if (root / extra).is_file():
             files.add(root / extra)
-    if getattr(prepare_cfg, "categories", None):
-        cat = Path(prepare_cfg.categories)
-        files.add(cat if cat.is_absolute() else root / cat)
+    files.update(getattr(reader, "tables", []))  # the CSVs it read: bus_data.csv, the --categories file
+    for folder in getattr(prepare_cfg, "unlabelled", None) or []:  # images without labels: their files too
+        from .data.readers.unlabelled import UnlabelledReader
+
+        files.update(Path(r.image) for r in UnlabelledReader(folder, prepare_cfg, refs).scan())
     return file_fingerprint(files)
 
 

@@ -14,12 +14,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Fold:
-    """One fold: cases to train on, to choose the checkpoint with, and to test on."""
+    """One fold: labelled cases to train on, to choose the checkpoint with, and to test on; training
+    images without a label in this fold (``unlabelled``: images that never had one, and ``hidden``, the
+    cases of the training + validation part whose labels a label budget keeps out of this fold); and the
+    partition it belongs to (repeated k-fold: ``index`` counts over all partitions)."""
 
     index: int
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    unlabelled: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()
+    partition: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -27,7 +33,13 @@ class Fold:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Fold":
-        return cls(int(d["index"]), tuple(d["train"]), tuple(d["val"]), tuple(d["test"]))
+        return cls(int(d["index"]), tuple(d["train"]), tuple(d["val"]), tuple(d["test"]),
+                   tuple(d.get("unlabelled", ())), tuple(d.get("hidden", ())), int(d.get("partition", 0)))
+
+    @property
+    def labelled(self) -> tuple[str, ...]:
+        """Every case whose label this fold may read: training, validation and test."""
+        return self.train + self.val + self.test
 
 
 def _stratified_order(units: list[str], strata: list[str], rng: np.random.Generator) -> list[str]:
@@ -142,3 +154,74 @@ def split_by_case(
         train = sorted(set(pool) - set(val))
         folds.append(Fold(i, tuple(train), tuple(val), tuple(test_parts[i])))
     return folds
+
+
+def budget_order(fold: Fold, strata: dict[str, str], groups: list[list[str]] | None, seed: int) -> list[list[str]]:
+    """The units (cases kept together) of a fold's training + validation part in the order a label budget
+    takes them: stratified by category and seeded by the fold, independent of the budget, so a smaller
+    budget's labelled cases are always inside a larger one's."""
+    pool = sorted(fold.train + fold.val)
+    units = _units(pool, [[c for c in g if c in set(pool)] for g in groups or []])
+    names = sorted(units)
+    cats = {u: max(sorted({strata.get(c, "") for c in units[u]}), key=[strata.get(c, "") for c in units[u]].count)
+            for u in names}
+    order = _stratified_order(names, [cats[u] for u in names], np.random.default_rng([seed, fold.index, 7919]))
+    return [units[u] for u in order]
+
+
+def parse_budget(budget: str | float | int | None) -> tuple[str, float] | None:
+    """``None`` (every label), a fraction in (0, 1] (``0.1``, ``"25%"``) or a number of images (``"30"``):
+    ``("fraction", f)`` or ``("images", n)``; None for all labels. A ValueError for anything else."""
+    if budget is None:
+        return None
+    text = str(budget).strip()
+    try:
+        if text.endswith("%"):
+            value, kind = float(text[:-1]) / 100, "fraction"
+        elif (isinstance(budget, int) or text.isdigit()) and int(text) != 1:  # 1 is every label, as 1.0
+            value, kind = float(int(text)), "images"
+        else:
+            value, kind = float(text), "fraction"
+    except ValueError:
+        raise ValueError(f"budget {budget!r}: expected a fraction in (0, 1] such as 0.1 or 25%, or a number of "
+                         "labelled images such as 30") from None
+    if kind == "fraction" and not 0 < value <= 1:
+        raise ValueError(f"budget {budget!r}: a fraction must be in (0, 1]")
+    if kind == "images" and value < 2:
+        raise ValueError(f"budget {budget!r}: at least 2 labelled images (one to train on, one to validate with)")
+    return (kind, value)
+
+
+def apply_budget(folds: list[Fold], budget: tuple[str, float] | None, val_fraction: float,
+                 strata: dict[str, str], groups: list[list[str]] | None, seed: int) -> list[Fold]:
+    """Each fold with the labels of a budget's share of its training + validation part (the rest moved to
+    ``hidden`` and ``unlabelled``), split again into training and validation (the validation part shrinks
+    with the budget: its labels count). Test parts are unchanged. ``None`` or a fraction of 1 keeps every fold."""
+    if budget is None or budget == ("fraction", 1.0):
+        return folds
+    kind, value = budget
+    out = []
+    for f in folds:
+        order = budget_order(f, strata, groups, seed)
+        pool = sum(len(u) for u in order)
+        want = int(value) if kind == "images" else max(2, int(round(value * pool)))
+        if want > pool:
+            raise ValueError(f"budget {value:g} images: fold {f.index} has only {pool} labelled training + "
+                             "validation images")
+        kept: list[list[str]] = []
+        for u in order:
+            if sum(map(len, kept)) >= want:
+                break
+            kept.append(u)
+        labelled = sorted(c for u in kept for c in u)
+        n_val = min(max(int(round(val_fraction * len(labelled))), 1), len(labelled) - 1) if val_fraction > 0 else 0
+        val: list[str] = []
+        for u in kept[::-1]:  # the last units taken validate
+            if len(val) >= n_val:
+                break
+            if len(labelled) - len(val) - len(u) >= 1:
+                val += u
+        hidden = sorted(set(f.train + f.val) - set(labelled))
+        out.append(Fold(f.index, tuple(sorted(set(labelled) - set(val))), tuple(sorted(val)), f.test,
+                        tuple(sorted(set(f.unlabelled) | set(hidden))), tuple(hidden), f.partition))
+    return out

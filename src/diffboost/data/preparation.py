@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import platform
 import resource
@@ -20,8 +21,9 @@ from ..conditioning.prompts import build_prompt
 from ..config import PrepareConfig, save_yaml, to_dict
 from ..errors import DataError
 from ..utils.atomic import atomic_dir
+from ..utils.lock import locks_folder
 from ..utils.progress import progress_iter
-from .folds import split_by_case
+from .folds import Fold, apply_budget, parse_budget, split_by_case
 from .preprocess import (
     in_plane_spacing,
     iter_slices,
@@ -33,6 +35,7 @@ from .preprocess import (
 from .io import is_nifti
 from .preview import preview_png
 from .readers import get_reader
+from .readers.unlabelled import read_unlabelled
 from .store import MANIFEST_FIELDS, PreparedSet
 from .types import Case
 
@@ -89,10 +92,11 @@ class _Collector:
         self.rows: list[dict] = []
         self.originals: dict[str, np.ndarray] = {}
         self.cases: dict[str, str] = {}  # case id -> category
+        self.unlabelled: list[str] = []  # case ids of the images without a label
         self.groups: dict[str, list[str]] = {}  # patient / examination -> its case ids (kept in one fold)
         self.physical = False  # whether any spacing came from a NIfTI header (mm)
 
-    def add(self, case: Case) -> None:
+    def add(self, case: Case, labelled: bool = True) -> None:
         cfg, ref = self.cfg, case.ref
         if ref.case_id in self.cases:
             raise DataError(ref.image, f"case id {ref.case_id!r} appears twice")
@@ -105,6 +109,7 @@ class _Collector:
             "case_shape": "x".join(str(s) for s in case.image.shape),
             "case_spacing": "x".join(f"{s:g}" for s in case.spacing),
             "source_image": str(ref.image), "source_mask": ";".join(str(m) for m in ref.masks),
+            "device": ref.device or "", "labelled": int(labelled),
         }
         if case.is_3d:
             axis = cfg.axis if cfg.axis is not None else through_plane_axis(case.spacing)
@@ -113,28 +118,30 @@ class _Collector:
             sp = in_plane_spacing(case.spacing, axis)
             planes = zip(iter_slices(image, axis), iter_slices(mask, axis))
             for (k, img2d), (_, m2d) in planes:
-                self._add_slice(img2d, m2d, k, axis, sp, common, 3)
+                self._add_slice(img2d, m2d, k, axis, sp, common, 3, labelled)
         else:
-            self._add_slice(image, mask, 0, -1, tuple(case.spacing[:2]), common, 2)
-        if self.has_masks:
+            self._add_slice(image, mask, 0, -1, tuple(case.spacing[:2]), common, 2, labelled)
+        if labelled:
             self.originals[ref.case_id] = mask.astype(np.uint8)
+        else:
+            self.unlabelled.append(ref.case_id)
         self.cases[ref.case_id] = category
         if ref.group is not None:
             self.groups.setdefault(ref.group, []).append(ref.case_id)
         self.physical = self.physical or is_nifti(ref.image)
 
-    def _add_slice(self, img2d, m2d, k, axis, spacing, common, ndim) -> None:
+    def _add_slice(self, img2d, m2d, k, axis, spacing, common, ndim, labelled: bool) -> None:
         size = self.cfg.size
         img = resize_image(img2d, size)
         m = resize_mask(m2d, size)
         e = np.clip(self.edges(img), 0, 1)
-        c = task_condition(e, m if self.has_masks else None)
+        c = task_condition(e, m if labelled else None)
         fg = int(np.count_nonzero(m2d))
         self.arrays["images"].append(img)
         self.arrays["masks"].append(m)
         self.arrays["edges"].append(np.rint(e * 255))
         self.arrays["conditions"].append(np.rint(c * 255))
-        train = ndim == 2 or self.cfg.slices == "all" or fg > 0 or not self.has_masks
+        train = ndim == 2 or self.cfg.slices == "all" or fg > 0 or not labelled
         self.rows.append({
             **common, "index": len(self.rows), "slice_index": k, "slice_axis": axis,
             "orig_height": img2d.shape[0], "orig_width": img2d.shape[1],
@@ -143,6 +150,20 @@ class _Collector:
         })
 
 
+def check_file_names(refs) -> None:
+    """A name that cannot go into the manifest (not UTF-8) or onto one line of a table or a log (a newline or
+    another control character) fails now, naming the file with escapes, not after every case is read."""
+    for ref in refs:
+        for p in (ref.image, *ref.masks):
+            try:
+                str(p).encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(ascii(str(p)), "the file name is not valid UTF-8; rename it") from None
+            if not str(p).isprintable():
+                raise DataError(p, "the file name holds a control character (a newline, a tab, ...); rename it")
+
+
+@locks_folder("out")
 def prepare(
     source: str | Path,
     out: str | Path,
@@ -161,22 +182,28 @@ def prepare(
     t0 = time.perf_counter()
     reader = get_reader(source, cfg)
     refs = reader.scan()
-    for ref in refs:  # a name that cannot be written into the manifest fails now, not after every case is read
-        for p in (ref.image, *ref.masks):
-            try:
-                str(p).encode("utf-8")
-            except UnicodeEncodeError:
-                raise DataError(ascii(str(p)), "the file name is not valid UTF-8; rename it") from None
+    check_file_names(refs)
+    extra = read_unlabelled(cfg.unlabelled, cfg, refs)
+    if extra and not reader.has_masks:
+        raise DataError(source, "--unlabelled adds images without labels to a labelled set; this source has no "
+                                "labels at all")
+    for _, more in extra:
+        check_file_names(more)
     detector = edge_detector(cfg)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         collector = _Collector(cfg, detector, reader.has_masks, tmp)
-        for ref in progress_iter(refs, f"prepare {reader.name}", enabled=progress):
-            try:
-                case = reader.load(ref)
-            except DataError as e:
-                reader.bad(e.path or ref.image, e.problem)  # raises unless skip_bad
-                continue
-            collector.add(case)
+        for r, todo, labelled in [(reader, refs, True)] + [(u, more, False) for u, more in extra]:
+            for ref in progress_iter(todo, f"prepare {r.name}" + ("" if labelled else f" {r.root.name}"),
+                                     enabled=progress):
+                try:
+                    case = r.load(ref)
+                except DataError as e:
+                    r.bad(e.path or ref.image, e.problem)  # raises unless skip_bad
+                    continue
+                collector.add(case, labelled=labelled and reader.has_masks)
+            reader.skipped += r.skipped if r is not reader else []
+        if not any(r["labelled"] for r in collector.rows) and reader.has_masks:
+            raise DataError(source, "no usable cases (every case was skipped)")
         if not collector.rows:
             raise DataError(source, "no usable cases (every case was skipped)")
         if reader.skipped:
@@ -184,6 +211,25 @@ def prepare(
                           f"in {out / 'dataset.json'}", stacklevel=2)
         _write(tmp, source, cfg, reader, collector, time.perf_counter() - t0)
     return PreparedSet(out)
+
+
+def make_folds(cfg: PrepareConfig, case_ids: list[str], categories: dict[str, str], together: list[list[str]],
+               unlabelled: list[str]) -> list[Fold]:
+    """The folds of every partition (``cfg.repeats``, each seeded on its own; fold ``index`` counts over
+    all of them), with the label budget applied and the unlabelled images in every fold's training part."""
+    if len(case_ids) < cfg.folds:
+        return []
+    budget = parse_budget(cfg.budget)
+    strata = [categories[c] for c in case_ids]
+    folds: list[Fold] = []
+    for p in range(cfg.repeats or 1):
+        seed = cfg.seed if p == 0 else cfg.seed + 7919 * p  # partition 0 is the split of a single k-fold
+        split = split_by_case(case_ids, cfg.folds, cfg.val_fraction, seed, strata, together)
+        split = apply_budget(split, budget, cfg.val_fraction, categories, together, seed)
+        folds += [dataclasses.replace(f, index=len(folds) + f.index, partition=p,
+                                      unlabelled=tuple(sorted(set(f.unlabelled) | set(unlabelled))))
+                  for f in split]
+    return folds
 
 
 def merge_groups(groups: list[list[str]]) -> list[list[str]]:
@@ -218,10 +264,33 @@ def _near_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray) ->
         info["note"] = ("off" if cfg.duplicates is None else "not applied to 3D volumes" if not is_2d else
                         "not applied to an unlabelled corpus (no test folds to keep apart)")
         return info
-    ids = [r["case_id"] for r in col.rows]
-    info["groups"] = near_duplicate_groups(ids, images, cfg.duplicates)
+    lab = [i for i, r in enumerate(col.rows) if r["labelled"]]
+    ids = [col.rows[i]["case_id"] for i in lab]
+    info["groups"] = near_duplicate_groups(ids, images if len(lab) == len(col.rows) else images[lab], cfg.duplicates)
     info["cases_in_groups"] = sum(len(g) for g in info["groups"])
+    if len(lab) < len(col.rows):
+        _refuse_unlabelled_duplicates(cfg, col, images, lab)
+        info["unlabelled_checked"] = len(col.rows) - len(lab)
     return info
+
+
+def _refuse_unlabelled_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray, lab: list[int]) -> None:
+    """Every labelled image is a test case in some fold, and unlabelled images train in every fold: an
+    unlabelled near-duplicate of a labelled image would leak a test case into training. Refused, naming
+    the pairs."""
+    from .duplicates import similar_pairs, thumbnails
+
+    unl = [i for i, r in enumerate(col.rows) if not r["labelled"]]
+    i, j, corr = similar_pairs(thumbnails(images[unl]), thumbnails(images[lab]), cfg.duplicates)
+    if len(i):
+        order = np.argsort(-corr)
+        pairs = [f"{col.rows[unl[i[k]]]['source_image']} ~ {col.rows[lab[j[k]]]['source_image']} ({corr[k]:.3f})"
+                 for k in order[:5]]
+        more = f" and {len(i) - 5} more" if len(i) > 5 else ""
+        raise DataError(col.rows[unl[i[order[0]]]]["source_image"],
+                        f"{len(i)} unlabelled image(s) are near-duplicates of labelled images (thumbnail correlation "
+                        f">= {cfg.duplicates}), which are test cases in some fold: {'; '.join(pairs)}{more}. Remove "
+                        "them from the unlabelled folder (or raise duplicates)")
 
 
 def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector, elapsed: float) -> None:
@@ -233,15 +302,16 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         w.writerows(col.rows)
     if col.originals:
         np.savez_compressed(tmp / "originals.npz", **col.originals)
-    case_ids = list(col.cases)
+    unlabelled = set(col.unlabelled)
+    case_ids = [c for c in col.cases if c not in unlabelled]
     images = np.load(tmp / "images.npy", mmap_mode="r")
     dups = _near_duplicates(cfg, col, images)
     patients = [g for g in col.groups.values() if len(g) > 1]
     together = merge_groups(dups["groups"] + patients)
-    folds = split_by_case(case_ids, cfg.folds, cfg.val_fraction, cfg.seed, [col.cases[c] for c in case_ids],
-                          together) if len(case_ids) >= cfg.folds else []
+    folds = make_folds(cfg, case_ids, col.cases, together, col.unlabelled)
     (tmp / "folds.json").write_text(json.dumps(
-        {"k": cfg.folds, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+        {"k": cfg.folds, "repeats": cfg.repeats or 1, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+         "budget": cfg.budget,
          "by": "case, stratified by category, near-duplicate groups and the images of one patient kept together",
          "folds": [f.to_dict() for f in folds]}, indent=1))
     save_yaml(cfg, tmp / "config.yaml", section="prepare")
@@ -260,6 +330,13 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "has_masks": reader.has_masks,
         "labels": {str(k): v for k, v in reader.label_names.items()},
         "num_cases": len(col.cases),
+        "num_labelled_cases": len(case_ids) if reader.has_masks else 0,
+        "num_unlabelled_cases": len(col.unlabelled),
+        "unlabelled_sources": [str(Path(u).resolve()) for u in cfg.unlabelled or []],
+        "budget": cfg.budget,
+        "repeats": cfg.repeats or 1,
+        "labels_per_fold": [{"train": len(f.train), "val": len(f.val), "test": len(f.test), "hidden": len(f.hidden),
+                             "unlabelled": len(f.unlabelled)} for f in folds],
         "num_samples": len(col.rows),
         "num_training_samples": sum(r["train"] for r in col.rows),
         "cases_per_category": categories,

@@ -19,6 +19,7 @@ class CaseRef:
     modality: str | None = None
     organ: str | None = None
     group: str | None = None  # the patient / examination: cases of one group stay in one fold
+    device: str | None = None  # the scanner, when the source names it (BUS-BRA's Device column)
 
 
 @dataclass

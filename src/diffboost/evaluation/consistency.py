@@ -242,6 +242,7 @@ def label_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSe
     strength = float((syn.meta.get("identity") or {}).get("strength", syn.meta.get("strength", 1.0)))
 
     # the real training images: their Dice (per image) and the mean per-pixel loss
+    ps = ps.for_fold(fold)
     real_idx = sorted(set(ps.indices(ps.fold(fold).train, training=True)) | set(syn.by_real))
     dice_real: dict[int, float] = {}
     loss_sum, pixels = 0.0, 0
@@ -397,6 +398,7 @@ def new_lesion_consistency(teacher_dir: str | Path, prepared: str | Path | Prepa
 
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     syn = SyntheticSet(synthetic_dir)
+    ps = syn.bind(ps)
     if syn.masks is None:
         raise ValueError(f"{syn.root}: its variants have no labels of their own (not a layout set)")
     teacher = Teacher(teacher_dir)

@@ -153,7 +153,7 @@ def fidelity(model: str | Path, prepared: str | Path | PreparedSet, fold: int, o
     ``table.md``, ``table.json`` and ``grid.png`` into ``out``."""
     from ..data.preview import grid_png, to_uint8
 
-    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    ps = (prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)).for_fold(fold)
     idx = held_out_images(ps, fold, limit)
     if not idx:
         raise ValueError(f"{ps.root}: fold {fold} has no test images")

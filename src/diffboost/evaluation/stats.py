@@ -116,12 +116,14 @@ def corrected_interval(diffs: Mapping[tuple[int, int], float], test_train_ratio:
 
 def holdout_ratio(folds) -> float:
     """n_test / n_train of a cross-validation, the mean over its folds (objects with ``train``, ``val``
-    and ``test`` case lists, or dicts of such lists or of their sizes); n_train = train + val cases."""
+    and ``test`` case lists, or dicts of such lists or of their sizes); n_train = train + val cases, and
+    under a label budget the cases whose labels it hides (``hidden``): the correction is for how much the
+    folds' training parts overlap, which the partition sets, not how many labels each keeps."""
     def size(f, part):
-        v = f[part] if isinstance(f, Mapping) else getattr(f, part)
+        v = f.get(part, ()) if isinstance(f, Mapping) else getattr(f, part, ())
         return v if isinstance(v, (int, np.integer)) else len(v)
 
-    ratios = [size(f, "test") / (size(f, "train") + size(f, "val")) for f in folds]
+    ratios = [size(f, "test") / (size(f, "train") + size(f, "val") + size(f, "hidden")) for f in folds]
     if not ratios:
         raise ValueError("no folds to take n_test / n_train from")
     return float(np.mean(ratios))

@@ -210,10 +210,17 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
 
 def _find_prepared(source: Path) -> PreparedSet:
     if (source / "dataset.json").exists() and (source / "manifest.csv").exists():
-        return PreparedSet(source)
-    if (source / "prepared" / "dataset.json").exists():
-        return PreparedSet(source / "prepared")
-    raise FileNotFoundError(f"{source}: neither a prepared set nor a run folder with prepared/")
+        ps = PreparedSet(source)
+    elif (source / "prepared" / "dataset.json").exists():
+        ps = PreparedSet(source / "prepared")
+    else:
+        raise FileNotFoundError(f"{source}: neither a prepared set nor a run folder with prepared/")
+    if ps.unlabelled_cases or any(f.hidden for f in ps.folds):
+        # nnU-Net trains on every label of imagesTr/labelsTr: a hidden label or an image without one would
+        # be read as a label
+        raise ValueError(f"{ps.root}: holds images without labels (--unlabelled) or a label budget; an nnU-Net / "
+                         "MSD export holds labelled cases only: export a set prepared without them")
+    return ps
 
 
 def _synthetic_sets(ps: PreparedSet, cfg: ExportConfig) -> dict:

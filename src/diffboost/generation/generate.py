@@ -143,6 +143,7 @@ def generate(
         _unpack_existing(out, work)
     state.wait_for_everyone()
 
+    ps = ps.for_fold(fold)
     indices = ps.indices(ps.fold(fold).train, training=True)
     if not indices:
         raise ValueError(f"{ps.root}: fold {fold} has no training samples")

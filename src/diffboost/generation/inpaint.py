@@ -126,6 +126,7 @@ def layout_generate(model: str | Path, prepared, out: str | Path, fold: int, kin
     work.mkdir(parents=True, exist_ok=True)
     write_control(work / "identity.json", identity)
     t0 = time.perf_counter()
+    ps = ps.for_fold(fold)
     idx = ps.indices(ps.fold(fold).train, training=True)
     planner = LayoutPlanner(ps, idx, layout)
     items = [{"placement": p} for v in range(layout.n) for j in idx if (p := planner.plan(j, v)) is not None]

@@ -421,6 +421,7 @@ def copy_paste_set(prepared, fold: int, out, cfg: LayoutConfig | None = None, pr
         if meta.get("identity") == identity and meta.get("n", 0) >= cfg.n:
             return SyntheticSet(out)
     t0 = time.perf_counter()
+    ps = ps.for_fold(fold)
     idx = ps.indices(ps.fold(fold).train, training=True)
     planner = LayoutPlanner(ps, idx, cfg)
     rows, images, masks, missing = [], [], [], 0

@@ -84,6 +84,7 @@ def train_pix2pix(ps: PreparedSet, fold: int, out: str | Path, cfg: Pix2PixConfi
         if saved["pix2pix"] != _plain(cfg) or saved["fold"] != fold:
             raise ValueError(f"{model}: holds a Pix2Pix model with other settings; choose another --out")
         return model
+    ps = ps.for_fold(fold)
     idx = ps.indices(ps.fold(fold).train, training=True)
     if not idx:
         raise ValueError(f"{ps.root}: fold {fold} has no training samples")
@@ -183,6 +184,7 @@ def generate_pix2pix(model: str | Path, ps: PreparedSet, out: str | Path, fold: 
         raise ValueError(f"{model}: trained on fold {gen.meta['fold']}, not fold {fold}")
     out = Path(out)
     check_set_folder(out)  # before the work: writing the set replaces the whole folder
+    ps = ps.for_fold(fold)
     idx = ps.indices(ps.fold(fold).train, training=True)
     cond_arr = ps.conditions if gen.cfg.condition == "condition" else ps.edges
     rows, images = [], []

@@ -92,6 +92,16 @@ class SyntheticSet:
         path = self.root / "masks.npy"
         return np.load(path, mmap_mode="r") if path.exists() else None
 
+    @property
+    def fold(self) -> int | None:
+        """The fold whose training images it varies, as its record says (None when it does not)."""
+        made_for = self.meta.get("fold", (self.meta.get("identity") or {}).get("fold"))
+        return None if made_for is None else int(made_for)
+
+    def bind(self, ps: PreparedSet) -> PreparedSet:
+        """``ps`` as this set's fold sees it (the labels it may read); unchanged when already bound."""
+        return ps if self.fold is None or ps.scope is not None else ps.for_fold(self.fold)
+
     def check_fold(self, ps: PreparedSet, fold: int) -> None:
         """Refuse a set made for another fold, or holding variants of images outside the fold's
         training part (they would leak validation or test images into training)."""

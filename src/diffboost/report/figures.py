@@ -101,6 +101,7 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
     (Dice on the variant / Dice on its real image, both against the real mask)."""
     from ..evaluation.consistency import load_consistency
 
+    ps = syn.bind(ps)
     loaded = load_consistency(syn.root)
     checked = {r["variant_index"]: r for r in loaded[1]} if loaded else None
     tile = max(128, ps.size)
@@ -124,6 +125,7 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
 def layout_variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 3) -> bytes:
     """Variants with labels of their own (new lesions in new places): the real image with its mask
     outlined, the first variant's new label, and the variants with their own labels outlined."""
+    ps = syn.bind(ps)
     tile = max(128, ps.size)
     by_real = syn.by_real
     reals = list(by_real)[:: max(1, len(by_real) // n_images)][:n_images]
@@ -177,6 +179,7 @@ def overlays(ps: PreparedSet, seg_root: Path, strategies: list[str], fold: int =
             preds[s] = np.load(p)
     if not preds:
         return None
+    ps = ps.for_fold(fold)
     cases = [c for c in ps.fold(fold).test if ps.original_mask(c).any()]
     cases = [cases[k] for k in np.linspace(0, len(cases) - 1, min(n, len(cases))).astype(int)] if cases else []
     rows, labels = [], []

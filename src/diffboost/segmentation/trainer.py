@@ -142,6 +142,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     cfg = cfg or SegConfig()
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     f = ps.fold(fold)
+    ps = ps.for_fold(fold)  # the labels of this fold's cases, no other
     out = Path(out) if out else run_folder(ps.root.parent / "seg", cfg.aug, fold, cfg.seed)
     source, classical = parse_strategy(cfg.aug)
     size = cfg.size or ps.size

@@ -205,20 +205,32 @@ def write_control(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, default=str), durable=True)
 
 
-def read_control(path: str | Path):
-    """Read a control file written by :func:`write_control`; a truncated or corrupt one is one
-    :class:`~diffboost.errors.ControlFileError` naming it, never a bare JSONDecodeError."""
+def read_control(path: str | Path, expect: type = dict):
+    """Read a control file written by :func:`write_control`; a truncated or corrupt one, or one of
+    another shape than ``expect`` (every control file is a JSON object), is one
+    :class:`~diffboost.errors.ControlFileError` naming it, never a bare JSONDecodeError or AttributeError."""
     import json
 
     from ..errors import ControlFileError
 
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except UnicodeDecodeError as e:
         raise ControlFileError(path, f"is not text ({e})") from None
     except json.JSONDecodeError as e:
         raise ControlFileError(path, f"is not valid JSON ({e.msg} at line {e.lineno}, truncated?)") from None
+    if not isinstance(obj, expect):
+        shapes = {dict: "a JSON object", list: "a JSON list"}
+        raise ControlFileError(path, f"holds {_json_kind(obj)}, expected {shapes.get(expect, expect.__name__)}")
+    return obj
+
+
+def _json_kind(obj) -> str:
+    if obj is None:
+        return "null"
+    kinds = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(obj), type(obj).__name__)
 
 
 def file_sha256(path: str | Path) -> str:

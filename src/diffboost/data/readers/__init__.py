@@ -10,12 +10,13 @@ from ...errors import DataError
 from .base import Reader
 from .busi import BusiReader, find_busi_root
 from .corpus import CorpusReader, corpus_files
-from .folders import DDTIReader, FoldersReader, find_image_dir, find_mask_dir
+from .folders import BusBraReader, DDTIReader, FoldersReader, find_image_dir, find_mask_dir, is_busbra
 from .msd import MSDReader, NnUNetReader
 
 READERS: dict[str, type[Reader]] = {
     "busi": BusiReader,
     "ddti": DDTIReader,
+    "busbra": BusBraReader,
     "folders": FoldersReader,
     "msd": MSDReader,
     "nnunet": NnUNetReader,
@@ -26,7 +27,7 @@ _NNUNET_FILE = re.compile(r"_\d{4}\.[A-Za-z.]+$")
 
 
 def detect_format(root: str | Path) -> str:
-    """Name the layout of ``root``: busi, ddti, msd, nnunet, folders or corpus."""
+    """Name the layout of ``root``: busi, ddti, busbra, msd, nnunet, folders or corpus."""
     root = Path(root)
     if not root.exists():
         raise DataError(root, "not found")
@@ -42,12 +43,12 @@ def detect_format(root: str | Path) -> str:
     if (root / "cropped").is_dir() and (root / "mask").is_dir() and (root / "diagnosis.csv").is_file():
         return "ddti"
     if find_image_dir(root) is not None and find_mask_dir(root) is not None:
-        return "folders"
+        return "busbra" if is_busbra(root) else "folders"
     if find_busi_root(root) is not None:
         return "busi"
     if corpus_files(root):
         return "corpus"
-    raise DataError(root, "cannot tell the dataset layout (BUSI, images/+masks/, MSD, nnU-Net, "
+    raise DataError(root, "cannot tell the dataset layout (BUSI, DDTI, BUS-BRA, images/+masks/, MSD, nnU-Net, "
                           "modality/organ/category corpus); name it with --format")
 
 

@@ -27,6 +27,7 @@ class Reader:
         self.root = Path(root)
         self.cfg = cfg
         self.skipped: list[dict[str, str]] = []
+        self.tables: list[Path] = []  # the files besides images and masks that scan read (CSV tables)
         if not self.root.is_dir():
             raise DataError(self.root, "not a folder")
 

@@ -14,7 +14,7 @@ from ..io import IMAGE_SUFFIXES, read_image_2d
 from ..types import Case, CaseRef
 from .base import Reader
 
-_MASK = re.compile(r"^(?P<name>.+)_mask(?:_(?P<k>\d+))?$")
+_MASK = re.compile(r"(?P<name>.+)_mask(?:_(?P<k>\d+))?", re.DOTALL)  # fullmatch: a newline in a name is a character
 
 
 def find_busi_root(root: Path) -> Path | None:
@@ -43,7 +43,7 @@ class BusiReader(Reader):
             for p in sorted(cls_dir.iterdir()):
                 if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
                     continue
-                m = _MASK.match(p.stem)
+                m = _MASK.fullmatch(p.stem)
                 if m:
                     masks.setdefault(m["name"], []).append(p)
                 elif p.stem in images:  # x.png beside x.jpg: which one is the image?
