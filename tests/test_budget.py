@@ -152,3 +152,16 @@ def test_prepare_cli_takes_budget_repeats_and_unlabelled(sources, tmp_path):
     bad = subprocess.run([str(Path(sys.executable).parent / "diffboost"), "prepare", str(labelled), "--out",
                           str(tmp_path / "q"), "--budget", "1.5"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "budget '1.5'" in bad.stderr and not (tmp_path / "q").exists()
+
+
+def test_a_budget_derived_from_a_full_set_is_the_budget_prepare_writes(sources, tmp_path):
+    from diffboost.data.preparation import with_budget
+
+    full = _prep(sources, tmp_path / "full", repeats=2)
+    derived = with_budget(full, "0.25", tmp_path / "b")
+    direct = _prep(sources, tmp_path / "direct", repeats=2, budget="0.25")
+    assert [f.to_dict() for f in derived.folds] == [f.to_dict() for f in direct.folds]
+    assert np.array_equal(np.asarray(derived._masks), np.asarray(full._masks))
+    assert with_budget(full, "0.25", tmp_path / "b").root == derived.root  # reused
+    with pytest.raises(FileExistsError):
+        with_budget(full, "0.5", tmp_path / "b")

@@ -214,3 +214,23 @@ def test_ddti_prepares_as_downloaded_with_every_case_in_one_fold(tmp_path):
     assert sum(map(len, tested)) == len(set().union(*tested))  # no case in two test folds
     for f in ps.folds:
         assert not {patient(c) for c in f.train} & {patient(c) for c in f.test}
+
+
+def test_real_budgets_and_unlabelled_images_from_another_site(tmp_path):
+    """BUSI labelled at 10% with BUS-BRA's images unlabelled (masks unread); DDTI at 10% keeps its patients
+    apart; the test folds are those of every label, and no unlabelled image validates or tests."""
+    busi, busbra, ddti = shared_path("BUSI"), shared_path("BUS-BRA"), shared_path("DDTI")
+    ps = prepare(busi, tmp_path / "busi", PrepareConfig(size=32, budget="0.1", unlabelled=[str(busbra)]), progress=False)
+    assert ps.meta["num_unlabelled_cases"] == 631 and ps.meta["num_labelled_cases"] == 624
+    full = prepare(busi, tmp_path / "busi_full", PrepareConfig(size=32), progress=False)
+    unl = set(ps.unlabelled_cases)
+    assert all(ps.manifest[i]["device"] for i in ps.indices(sorted(unl)))  # the scanner kept, masks unread
+    for f, g in zip(ps.folds, full.folds):
+        assert f.test == g.test and not unl & set(f.train + f.val + f.test)
+        want = round(0.1 * (len(g.train) + len(g.val)))  # a near-duplicate group (up to 7 images) is taken whole
+        assert want <= len(f.train) + len(f.val) <= want + 6
+    p = prepare(ddti, tmp_path / "ddti", PrepareConfig(size=32, budget="0.1"), progress=False)
+    patient = lambda c: c.split("_")[0]  # noqa: E731
+    for f in p.folds:
+        assert not {patient(c) for c in f.train + f.val + f.hidden} & {patient(c) for c in f.test}
+        assert 0 < len(f.train) + len(f.val) < len(f.hidden)

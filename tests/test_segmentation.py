@@ -19,7 +19,7 @@ from diffboost.segmentation.augment import CLASSICAL, DEEPSTACK, BatchAugmenter
 from diffboost.segmentation.predict import predict_cases
 from builders import train_tiny
 
-FAST = dict(channels=(8, 16, 32), epochs=2, batch_size=4)
+FAST = dict(channels=(8, 16, 32), epochs=2, batch_size=4, min_val_cases=1)  # the phantoms' validation parts are tiny
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,15 @@ def test_train_seg_with_generated_variants(task):
     for case, pred, _ in predict_cases(net, ps, test_cases[:2], 32):
         assert np.array_equal(pred, preds[case])
         assert pred.shape == ps.original_mask(case).shape  # the original image size
+
+
+def test_a_validation_part_under_min_val_cases_keeps_the_last_epoch(task):
+    root, ps = task
+    assert 0 < len(ps.fold(0).val) < 100
+    s = train_seg(ps, 0, SegConfig(**{**FAST, "min_val_cases": 100}), root / "runs" / "last", progress=False)
+    assert s["checkpoint"] == "last epoch" and s["best_epoch"] == FAST["epochs"] - 1
+    log = list(csv.DictReader(open(root / "runs" / "last" / "log.csv")))
+    assert not any(r["val_dice"] for r in log)  # nothing was chosen on a handful of cases
 
 
 def test_finished_fold_is_not_retrained_and_other_settings_are_refused(task, monkeypatch):

@@ -209,6 +209,37 @@ def _print_summary(ps) -> None:
 
 
 
+@app.command()
+@friendly_errors
+def predict(
+    seg_run: Path = typer.Argument(..., help="A segmentation run folder (train-seg, compare or run: seg/STRATEGY/seedS/foldK)."),
+    source: Path = typer.Argument(..., help="Images to segment: any layout prepare reads (labelled or not) or a plain folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the masks (PNG for PNG/JPG images, NIfTI for NIfTI)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Segment new images with a trained segmenter: one mask per image at its original size and grid."""
+    from .segmentation.apply import predict_folder
+
+    folder = predict_folder(seg_run, source, out, overwrite=overwrite, progress=not quiet)
+    console.print(f"masks: {folder} (list: {folder / 'predictions.csv'})")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    predictions: Path = typer.Argument(..., help="A `diffboost predict` output folder."),
+    source: Path = typer.Argument(..., help="The labelled source the images came from."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Score predicted masks against the source's labels (per-case CSV, summary with lesion rows and FP rate)."""
+    from .segmentation.apply import evaluate_folder, summary_markdown
+
+    summary = evaluate_folder(predictions, source, progress=not quiet)
+    typer.echo(summary_markdown(summary))
+    console.print(f"per case: {predictions / 'evaluation' / 'cases.csv'}")
+
+
 # ---- diffusion: pretrain, finetune, generate ---------------------------------------------------
 
 def _stage_cfg(config: Optional[Path], section: str, cls: type, **overrides):
@@ -509,19 +540,35 @@ def compare(
     threads: Optional[int] = typer.Option(None),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds: every strategy trains once per seed and fold (default: --seed)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Segmentation runs at once, in local processes (one torch thread each on a CPU)."),
+    budgets: Optional[str] = typer.Option(None, help="Learning curve: comma-separated label budgets (e.g. 0.1,0.25,1; N = N images); "
+                                                     "every strategy at every budget on the same test folds and seeds."),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="Optimiser steps per epoch (default: one pass over the labelled "
+                                                             "images); set it so that every budget trains as long."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Stage 4: every strategy on the same folds and seeds; writes the paper's Table II."""
+    """Stage 4: every strategy on the same folds and seeds; writes the paper's Table II (with --budgets,
+    one per budget and the learning curve)."""
     from .segmentation import DEFAULT_COMPARE
     from .segmentation import compare as run_compare
 
     cfg = _seg_cfg(config, channels, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
                    precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None,
-                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter)
+                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter,
+                   steps_per_epoch=steps_per_epoch)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
     seed_list = _int_list(seeds, "--seeds")
+    if budgets:
+        from .segmentation.curves import learning_curve
+
+        curve = learning_curve(prepared, [b.strip() for b in budgets.split(",") if b.strip()], strategies, cfg, out,
+                               fold_list, seed_list, jobs, progress=not quiet)
+        from .segmentation.curves import curve_markdown
+
+        typer.echo(curve_markdown(curve))
+        console.print(f"learning curve: {(out or prepared.parent) / 'compare' / 'learning_curve.md'}")
+        return
     result = run_compare(prepared, strategies, cfg, out, fold_list, progress=not quiet, seeds=seed_list, jobs=jobs)
     from .segmentation.compare import markdown_tables
 

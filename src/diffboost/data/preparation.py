@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..conditioning.edges import soft_edges, task_condition
 from ..conditioning.prompts import build_prompt
-from ..config import PrepareConfig, save_yaml, to_dict
+from ..config import PrepareConfig, load_section, save_yaml, to_dict
 from ..errors import DataError
 from ..utils.atomic import atomic_dir
 from ..utils.lock import locks_folder
@@ -274,6 +274,20 @@ def _near_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray) ->
     return info
 
 
+def _fine_correlation(cfg: PrepareConfig, a: str, b: str) -> float:
+    """Thumbnail correlation of two source images at 64 x 64 (rendered at 128 px): re-crops and re-exports of
+    one image stay above 0.95; different BUSI and BUS-BRA images that pass at 32 x 32 fall to about 0.90."""
+    from .duplicates import thumbnails
+    from .io import read_any
+
+    arrays = [read_any(p)[0] for p in (a, b)]
+    if any(x.ndim != 2 for x in arrays):
+        return 1.0  # a slice of a volume: the working-size check stands
+    tiles = [resize_image(normalize_intensity(x, cfg.percentiles, cfg.window), 128) for x in arrays]
+    t = thumbnails(np.stack(tiles), size=64)
+    return float(t[0] @ t[1])
+
+
 def _refuse_unlabelled_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray, lab: list[int]) -> None:
     """Every labelled image is a test case in some fold, and unlabelled images train in every fold: an
     unlabelled near-duplicate of a labelled image would leak a test case into training. Refused, naming
@@ -282,6 +296,11 @@ def _refuse_unlabelled_duplicates(cfg: PrepareConfig, col: _Collector, images: n
 
     unl = [i for i, r in enumerate(col.rows) if not r["labelled"]]
     i, j, corr = similar_pairs(thumbnails(images[unl]), thumbnails(images[lab]), cfg.duplicates)
+    if len(i):  # confirmed at a finer scale from the files: ultrasound images of two sites can look alike
+        fine = np.array([_fine_correlation(cfg, col.rows[unl[a]]["source_image"], col.rows[lab[b]]["source_image"])
+                         for a, b in zip(i, j)])
+        keep = fine >= cfg.duplicates
+        i, j, corr = i[keep], j[keep], fine[keep]
     if len(i):
         order = np.argsort(-corr)
         pairs = [f"{col.rows[unl[i[k]]]['source_image']} ~ {col.rows[lab[j[k]]]['source_image']} ({corr[k]:.3f})"
@@ -311,7 +330,7 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
     folds = make_folds(cfg, case_ids, col.cases, together, col.unlabelled)
     (tmp / "folds.json").write_text(json.dumps(
         {"k": cfg.folds, "repeats": cfg.repeats or 1, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
-         "budget": cfg.budget,
+         "budget": cfg.budget, "groups": together,
          "by": "case, stratified by category, near-duplicate groups and the images of one patient kept together",
          "folds": [f.to_dict() for f in folds]}, indent=1))
     save_yaml(cfg, tmp / "config.yaml", section="prepare")
@@ -355,3 +374,64 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "python": platform.python_version(),
     }
     (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
+
+
+def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path) -> PreparedSet:
+    """The prepared set ``prepared`` (every label) at a label budget, written to ``out``: the same cases,
+    arrays (hard links, else copies), partitions and test folds, each fold keeping the labels of the budget's
+    share of its training + validation part (see :func:`~diffboost.data.folds.apply_budget`). It is what
+    ``prepare --budget`` writes, without reading the source again; reused when ``out`` already holds it."""
+    import os
+    import shutil
+
+    from ..utils.atomic import artifact_dir
+
+    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    if ps.meta.get("budget") is not None:
+        raise ValueError(f"{ps.root}: already at a label budget ({ps.meta['budget']}); derive budgets from a set "
+                         "prepared with every label")
+    parsed = parse_budget(budget)
+    out = Path(out)
+    if (out / "dataset.json").exists():
+        have = PreparedSet(out)
+        if have.meta.get("budget") == str(budget) and have.meta.get("derived_from") == _fingerprint(ps):
+            return have
+        raise FileExistsError(f"{out}: holds another prepared set (not {ps.root} at budget {budget}); remove it or "
+                              "choose another folder")
+    spec = json.loads((ps.root / "folds.json").read_text())
+    cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
+    categories = {r["case_id"]: r["category"] for r in ps.manifest}
+    groups = spec.get("groups") or (ps.meta.get("near_duplicates") or {}).get("groups") or []
+    labelled = [dataclasses.replace(f, unlabelled=tuple(c for c in f.unlabelled if c not in set(f.hidden)))
+                for f in ps.folds]
+    folds: list[Fold] = []
+    for p in sorted({f.partition for f in labelled}):
+        part = [f for f in labelled if f.partition == p]
+        seed = cfg.seed if p == 0 else cfg.seed + 7919 * p
+        local = [dataclasses.replace(f, index=j) for j, f in enumerate(part)]
+        for f, g in zip(part, apply_budget(local, parsed, cfg.val_fraction, categories, groups, seed)):
+            folds.append(dataclasses.replace(g, index=f.index, partition=p,
+                                             unlabelled=tuple(sorted(set(g.unlabelled) | set(f.unlabelled)))))
+    with artifact_dir(out) as tmp:
+        for name in os.listdir(ps.root):
+            src = ps.root / name
+            if name in ("folds.json", "dataset.json", "config.yaml") or not src.is_file():
+                continue
+            try:
+                os.link(src, tmp / name)
+            except OSError:
+                shutil.copy2(src, tmp / name)
+        (tmp / "folds.json").write_text(json.dumps({**spec, "budget": str(budget),
+                                                    "folds": [f.to_dict() for f in folds]}, indent=1))
+        save_yaml(dataclasses.replace(cfg, budget=str(budget)), tmp / "config.yaml", section="prepare")
+        meta = {**ps.meta, "budget": str(budget), "derived_from": _fingerprint(ps),
+                "labels_per_fold": [{"train": len(f.train), "val": len(f.val), "test": len(f.test),
+                                     "hidden": len(f.hidden), "unlabelled": len(f.unlabelled)} for f in folds]}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return PreparedSet(out)
+
+
+def _fingerprint(ps: PreparedSet) -> str:
+    from ..stages import prepared_fingerprint
+
+    return prepared_fingerprint(ps)

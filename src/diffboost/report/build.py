@@ -94,6 +94,27 @@ def _table(result: dict) -> tuple[str, str]:
     return markdown_tables(result), htm
 
 
+def _md_html(md: str) -> str:
+    """Markdown of paragraphs and pipe tables (what curve_markdown writes) as HTML."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
+            out.append(_html_rows(rows[0], rows[1:]))
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "".join(out)
+
+
 def _md_rows(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
                       *("| " + " | ".join(r) + " |" for r in body)])
@@ -231,6 +252,13 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             fig=figures.fold_boxplots(rows, strategies), fig_name="boxplots_per_fold")
     else:
         add("Table II", "No comparison yet (run `diffboost compare`).")
+    if (run / "compare" / "learning_curve.json").exists():
+        from ..segmentation.curves import curve_markdown
+
+        curve = json.loads((run / "compare" / "learning_curve.json").read_text())
+        md = curve_markdown(curve)
+        add("Learning curve: Dice against the number of labels", md, _md_html(md),
+            figures.learning_curve(curve), "learning_curve")
     syn_root = next(iter(sorted((run / "synthetic").glob("fold*/generation.json"))), None)
     if syn_root is not None:
         from ..generation.generate import SyntheticSet

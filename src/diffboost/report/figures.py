@@ -76,6 +76,35 @@ def fold_boxplots(rows: list[dict], strategies: list[str]) -> bytes:
     return _png(fig)
 
 
+def learning_curve(curve: dict) -> bytes:
+    """Dice against the number of labelled images per strategy, the corrected 95% intervals as bands, and
+    the reference (``classic`` with every label) as a dashed line."""
+    plt = _plt()
+    order = curve["budgets"]
+    x = [curve["labelled_images"][n] for n in order]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for s, by in curve["dice"].items():
+        mean = np.array([by[n]["mean"] for n in order]) * 100
+        lo = np.array([by[n]["low"] for n in order]) * 100
+        hi = np.array([by[n]["high"] for n in order]) * 100
+        line, = ax.plot(x, mean, marker="o", label=s)
+        ax.fill_between(x, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean),
+                        color=line.get_color(), alpha=0.15)
+    ref = curve.get("reference", "")
+    name = ref.split(" ")[0]
+    if name in curve["dice"]:
+        ax.axhline(curve["dice"][name][order[-1]]["mean"] * 100, color="grey", ls="--", lw=1, label=ref)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:.0f}\n({n})" for v, n in zip(x, order)])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled images per fold (budget)")
+    ax.set_ylabel("Dice (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("learning curve: mean over fold x seed runs, corrected 95% interval")
+    return _png(fig)
+
+
 def _captioned(tile: np.ndarray, text: str, size: int) -> np.ndarray:
     """``tile`` (RGB) enlarged to ``size`` px with ``text`` on a white band along its top."""
     from PIL import Image, ImageDraw

@@ -43,6 +43,13 @@ class SegConfig:
     channels: tuple[int, ...] | None = None  # widths; None = the network's default (the paper's for attention_unet)
     size: int | None = None  # working size; None = the prepared set's
     epochs: int = 50
+    # optimiser steps per epoch (nnU-Net's fixed iterations per epoch): None = one pass over the real training
+    # samples. Set, a run's length no longer depends on how many labelled images there are (30 labelled
+    # images train as long as 330: label budgets, learning curves)
+    steps_per_epoch: int | None = None
+    # validation parts of fewer cases than this do not choose the checkpoint (a Dice over 3 cases is noise):
+    # the last epoch's model is kept
+    min_val_cases: int = 5
     batch_size: int = 16
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -94,6 +101,10 @@ class SegConfig:
         if self.pixel_filter is not None and not self.pixel_filter > 0.0:
             raise ValueError(f"pixel_filter must be positive (a multiple of the teacher's mean loss on real "
                              f"images, e.g. 1.25) or null, got {self.pixel_filter}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1 or null, got {self.steps_per_epoch}")
+        if self.min_val_cases < 1:
+            raise ValueError(f"min_val_cases must be at least 1, got {self.min_val_cases}")
         for name in ("epochs", "batch_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -109,8 +120,8 @@ class SegConfig:
         Algorithm 1's and the variant filters' options for a strategy without variants, so sweeping
         them never retrains ``none`` or a classical strategy)."""
         d = dataclasses.asdict(self)
-        for k in ("threads", "channels_last", "device", "prefetch"):
-            d.pop(k)
+        for k in ("threads", "channels_last", "device", "prefetch", "min_val_cases"):  # min_val_cases: its effect
+            d.pop(k)  # on a fold is in the run's identity (last_checkpoint)
         d["channels"] = list(d["channels"]) if d["channels"] else None
         return drop_unused(d)
 

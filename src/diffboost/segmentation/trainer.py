@@ -159,6 +159,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         identity["synthetic_variants"] = classic_identity(cfg.n)
     elif syn_path and (cfg.teacher_gate is not None or cfg.pixel_filter is not None):  # else absent, as in older runs
         identity["teacher"] = teacher_identity(syn_path, cfg.teacher_gate, cfg.pixel_filter)
+    if 0 < len(f.val) < cfg.min_val_cases:  # absent otherwise, as in runs made before the option
+        identity["last_checkpoint"] = True
     done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
@@ -175,7 +177,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     elif source:
         data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n, cfg.quality_filter,
                                         cfg.teacher_gate, cfg.pixel_filter)
-    val_idx = ps.indices(f.val)
+    val_idx = ps.indices(f.val) if len(f.val) >= cfg.min_val_cases else []  # too few: the last epoch is kept
     val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
     val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
     val_groups = [[val_idx.index(i) for i in rows] for rows in group_rows([ps.manifest[i] for i in val_idx], "case_id").values()]
@@ -234,6 +236,19 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     return _evaluate(out, ps, f, size, labels, cfg, counters, identity, time.perf_counter() - t_start)
 
 
+def epoch_batches(n: int, cfg: SegConfig, g: torch.Generator) -> list[torch.Tensor]:
+    """An epoch's batches of sample indices: one shuffled pass over the ``n`` samples, or, with
+    ``cfg.steps_per_epoch``, exactly that many full batches (shuffled passes one after another, cut)."""
+    perm = torch.randperm(n, generator=g)
+    if cfg.steps_per_epoch is not None:
+        need = cfg.steps_per_epoch * cfg.batch_size
+        perm = torch.cat([perm] + [torch.randperm(n, generator=g) for _ in range(-(-need // n) - 1)])[:need]
+    batches = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()  # a batch of one breaks batch normalisation
+    return batches
+
+
 def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: BatchAugmenter, patch: int,
                  epoch: int, prefetch: bool = False) -> float:
     """One pass over the real training samples. With ``prefetch`` the next batch (variant choice,
@@ -242,10 +257,7 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
     for group in opt.param_groups:
         group["lr"] = _lr(cfg, epoch)
     g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-    perm = torch.randperm(len(data), generator=g)
-    batches = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()  # a batch of one breaks batch normalisation
+    batches = epoch_batches(len(data), cfg, g)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     device = next(net.parameters()).device
     pool = data.synthetic
@@ -351,6 +363,9 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
                "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metric.aggregate().items()},
                "best_epoch": counters["best_epoch"], "best_val_dice": counters["best_dice"],
                "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
+               "steps_per_epoch": len(epoch_batches(len(ps.indices(f.train, training=True)), cfg, torch.Generator())),
+               "labelled_training_cases": len(f.train), "validation_cases": len(f.val),
+               "checkpoint": "last epoch" if counters["best_dice"] < 0 else "best validation Dice",
                "eval_seconds": round(eval_seconds, 3), "identity": identity}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(out / "state", ignore_errors=True)  # done: the selected model and metrics stay

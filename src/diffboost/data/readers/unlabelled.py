@@ -26,8 +26,9 @@ class UnlabelledReader(Reader):
     name = "unlabelled"
     has_masks = False
 
-    def __init__(self, root, cfg, labelled: list[CaseRef] | None = None):
+    def __init__(self, root, cfg, labelled: list[CaseRef] | None = None, prefix: bool = True):
         super().__init__(root, cfg)
+        self.prefix = prefix  # case ids DIRNAME/ID (beside a labelled source) or the layout's own
         known = Counter((r.modality, r.organ) for r in labelled or [])
         self._task = known.most_common(1)[0][0] if known else (None, None)
         self.layout: str = "images"
@@ -55,8 +56,8 @@ class UnlabelledReader(Reader):
         if not refs:
             raise self.empty_error("images")
         modality, organ = self._task
-        prefix = self.root.resolve().name or "unlabelled"
-        return [dataclasses.replace(r, case_id=f"{prefix}/{r.case_id}", masks=[], category=r.category or UNKNOWN,
+        prefix = f"{self.root.resolve().name or 'unlabelled'}/" if self.prefix else ""
+        return [dataclasses.replace(r, case_id=f"{prefix}{r.case_id}", masks=[], category=r.category or UNKNOWN,
                                     modality=r.modality or modality, organ=r.organ or organ, group=None)
                 for r in refs]
 
