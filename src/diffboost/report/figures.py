@@ -95,7 +95,9 @@ def learning_curve(curve: dict) -> bytes:
     if name in curve["dice"]:
         ax.axhline(curve["dice"][name][order[-1]]["mean"] * 100, color="grey", ls="--", lw=1, label=ref)
     ax.set_xscale("log")
-    ax.set_xticks(x, [f"{v:.0f}\n({n})" for v, n in zip(x, order)])
+    from ..segmentation.curves import budget_label
+
+    ax.set_xticks(x, [f"{v:.0f}\n({budget_label(n)})" for v, n in zip(x, order)])
     ax.minorticks_off()
     ax.set_xlabel("labelled images per fold (budget)")
     ax.set_ylabel("Dice (%)")

@@ -40,6 +40,11 @@ def budget_name(budget: str) -> str:
     return f"{int(value)}img" if kind == "images" else f"{value:g}"
 
 
+def budget_label(name: str) -> str:
+    """A budget's folder name for a reader: ``0.1`` -> ``10%``, ``30img`` -> ``30 images``."""
+    return name.replace("img", " images") if name.endswith("img") else f"{100 * float(name):g}%"
+
+
 def learning_curve(prepared: str | Path | PreparedSet, budgets, strategies, cfg: SegConfig | None = None,
                    out: str | Path | None = None, folds: list[int] | None = None, seeds: list[int] | None = None,
                    jobs: int = 1, progress: bool = True, replace_stale: bool = False,
@@ -149,7 +154,7 @@ def _pct(v) -> str:
 
 def curve_markdown(curve: dict) -> str:
     order = curve["budgets"]
-    head = ["strategy"] + [f"{n} ({curve['labelled_images'][n]:.0f} labelled)" for n in order]
+    head = ["strategy"] + [f"{budget_label(n)} ({curve['labelled_images'][n]:.0f} labelled)" for n in order]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, by in curve["dice"].items():
         lines.append("| " + " | ".join([s] + [f"{_pct(by[n]['mean'])} [{_pct(by[n]['low'])}, {_pct(by[n]['high'])}]"
@@ -163,7 +168,7 @@ def curve_markdown(curve: dict) -> str:
     pairs = list(dict.fromkeys(k for n in order for k in curve["gains"][n]))
     if pairs:
         text += ["", "Gains in Dice points at each budget, corrected 95% interval, Holm-adjusted p over the "
-                     "comparisons of that budget:", "", "| comparison | " + " | ".join(order) + " |",
+                     "comparisons of that budget:", "", "| comparison | " + " | ".join(map(budget_label, order)) + " |",
                  "|---|" + "---|" * len(order)]
         for k in pairs:
             cells = []
