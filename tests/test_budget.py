@@ -165,3 +165,19 @@ def test_a_budget_derived_from_a_full_set_is_the_budget_prepare_writes(sources, 
     assert with_budget(full, "0.25", tmp_path / "b").root == derived.root  # reused
     with pytest.raises(FileExistsError):
         with_budget(full, "0.5", tmp_path / "b")
+
+
+def test_a_run_identity_holds_the_unlabelled_images_content_not_their_place(sources, tmp_path):
+    from diffboost.run import prepare_identity
+    from diffboost.stages import source_fingerprint
+
+    labelled, more, _ = sources
+    assert prepare_identity(PrepareConfig(unlabelled=["/a/scanner2"])) == prepare_identity(PrepareConfig(unlabelled=["/b/x"]))
+    copy = tmp_path / "more"
+    shutil.copytree(more, copy)
+    cfg = PrepareConfig(unlabelled=[str(copy)])
+    before = source_fingerprint(labelled, cfg)
+    assert before != source_fingerprint(labelled, PrepareConfig())
+    img = next(p for p in copy.rglob("*.png") if "_mask" not in p.name)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(img)  # an unlabelled image changed in place
+    assert source_fingerprint(labelled, cfg) != before

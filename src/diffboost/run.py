@@ -46,6 +46,8 @@ def prepare_identity(prepare) -> dict:
     for k in LATER_PREPARE_OPTIONS:
         if d.get(k) is None:
             d.pop(k, None)
+    if d.get("unlabelled"):  # places, not content: the source fingerprint holds their files
+        d["unlabelled"] = len(d["unlabelled"])
     return d
 
 
