@@ -163,6 +163,7 @@ def test_a_budget_derived_from_a_full_set_is_the_budget_prepare_writes(sources, 
     assert [f.to_dict() for f in derived.folds] == [f.to_dict() for f in direct.folds]
     assert np.array_equal(np.asarray(derived._masks), np.asarray(full._masks))
     assert with_budget(full, "0.25", tmp_path / "b").root == derived.root  # reused
+    assert with_budget(full, "25%", tmp_path / "b").root == derived.root  # the same budget, written otherwise
     with pytest.raises(FileExistsError):
         with_budget(full, "0.5", tmp_path / "b")
 
@@ -181,3 +182,18 @@ def test_a_run_identity_holds_the_unlabelled_images_content_not_their_place(sour
     img = next(p for p in copy.rglob("*.png") if "_mask" not in p.name)
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(img)  # an unlabelled image changed in place
     assert source_fingerprint(labelled, cfg) != before
+
+
+def test_an_unlabelled_folder_in_a_labelled_layout_gives_every_image(tmp_path):
+    from diffboost.data.readers.unlabelled import UnlabelledReader
+
+    for name in ("a", "b", "c"):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "masks" / "a.png")  # one image has a mask
+    refs = UnlabelledReader(tmp_path, PrepareConfig(), prefix=False).scan()
+    assert sorted(r.case_id for r in refs) == ["a", "b", "c"] and all(not r.masks for r in refs)
+    (tmp_path / "masks" / "a.png").rename(tmp_path / "masks" / "zz.png")  # no mask pairs with any image
+    refs = UnlabelledReader(tmp_path, PrepareConfig(), prefix=False).scan()
+    assert sorted(r.case_id for r in refs) == ["a", "b", "c"]  # the image folder's files, never the masks

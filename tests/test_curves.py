@@ -27,6 +27,8 @@ def test_steps_per_epoch_fixes_the_epoch_whatever_the_number_of_images():
 def test_labels_saved_interpolates_the_crossing_and_its_interval():
     assert _crossing([10, 20, 40], [-4.0, -2.0, 2.0]) == pytest.approx(30.0)
     assert _crossing([10, 20], [-1.0, -0.5]) is None
+    assert _crossing([10, 20, 30, 40], [-1.0, 0.5, -0.5, 0.5]) == pytest.approx(35.0)  # it must stay reached
+    assert _crossing([10, 20], [float("-inf"), 1.0]) == 20 and _crossing([10, 20], [float("nan"), 1.0]) == 20
     diffs = [(10, {"dice_diff": -4.0, "ci95": [-6.0, -2.0]}), (20, {"dice_diff": -2.0, "ci95": [-4.0, 0.0]}),
              (40, {"dice_diff": 2.0, "ci95": [-1.0, 5.0]})]
     saved = labels_saved(diffs, 40)

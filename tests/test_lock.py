@@ -259,3 +259,16 @@ def test_a_read_only_folder_is_one_clear_error(tmp_path):
                 pass
     finally:
         ro.chmod(0o755)
+
+
+def test_a_symlink_followed_by_dotdot_is_the_folder_it_leads_to(tmp_path):
+    target = tmp_path / "deep" / "inside"
+    target.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(target)
+    held = _hold(tmp_path / "deep" / "x")  # link/../x is deep/x, not tmp_path/x
+    try:
+        with pytest.raises(FolderBusy, match=f"pid {held.pid}"):
+            with folder_lock(Path(str(tmp_path / "link") + "/../x")):
+                pass
+    finally:
+        _release(held)

@@ -26,6 +26,7 @@ def friendly_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .data.store import HiddenLabel
         from .errors import ControlFileError, DataError
         from .stages import StaleStage
         from .utils.lock import FolderBusy, LockError
@@ -33,7 +34,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (DataError, FileExistsError, FileNotFoundError, ValueError, FolderBusy, LockError, ControlFileError,
-                StaleStage) as e:
+                StaleStage, HiddenLabel) as e:
             console.print(f"[bold red]error:[/] {_escape(str(e))}")
             raise typer.Exit(2) from None
 

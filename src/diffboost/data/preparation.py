@@ -123,7 +123,7 @@ class _Collector:
             self._add_slice(image, mask, 0, -1, tuple(case.spacing[:2]), common, 2, labelled)
         if labelled:
             self.originals[ref.case_id] = mask.astype(np.uint8)
-        else:
+        elif self.has_masks:  # an image without a label beside labelled ones (a corpus is split as before)
             self.unlabelled.append(ref.case_id)
         self.cases[ref.case_id] = category
         if ref.group is not None:
@@ -394,7 +394,8 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
     out = Path(out)
     if (out / "dataset.json").exists():
         have = PreparedSet(out)
-        if have.meta.get("budget") == str(budget) and have.meta.get("derived_from") == _fingerprint(ps):
+        if (parse_budget(have.meta.get("budget")) == parsed  # 25% and 0.25 are one budget
+                and have.meta.get("derived_from") == _fingerprint(ps)):
             return have
         raise FileExistsError(f"{out}: holds another prepared set (not {ps.root} at budget {budget}); remove it or "
                               "choose another folder")

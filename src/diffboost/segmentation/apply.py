@@ -98,11 +98,11 @@ def _write_mask(path: Path, pred: np.ndarray, image: Path, labels: list[int]) ->
 
         src = nib.load(str(image))
         data = pred
-        if src.ndim >= 3 and pred.ndim == 3:  # predicted in the closest canonical orientation: back to the file's
+        if src.ndim >= 3:  # predicted in the closest canonical orientation (read_nifti): back to the file's
+            if pred.ndim == 2:  # a 2D image stored as (X, Y, 1): read_nifti dropped the last canonical axis
+                data = pred[..., None]
             canon = nib.as_closest_canonical(src)
-            data = apply_orientation(pred, ornt_transform(io_orientation(canon.affine), io_orientation(src.affine)))
-        elif pred.ndim == 2 and src.ndim == 3:
-            data = pred[..., None]
+            data = apply_orientation(data, ornt_transform(io_orientation(canon.affine), io_orientation(src.affine)))
         nib.save(nib.Nifti1Image(data.astype(np.uint8), src.affine), str(path))
         return
     from PIL import Image
@@ -191,7 +191,8 @@ def evaluate_folder(predictions: str | Path, source: str | Path, progress: bool 
             continue
         case = reader.load(ref)
         pred = _read_mask(predictions / row["mask"], case.mask.shape, labels)
-        axis = -1 if case.mask.ndim == 2 else (pcfg.axis if pcfg.axis is not None else _axis(case.spacing))
+        axis = -1 if case.mask.ndim == 2 else (info["prepare"].get("axis") if info["prepare"].get("axis") is not None
+                                               else _axis(case.spacing))  # the slicing the prediction used
         empty, fp = empty_references(pred, case.mask, axis)
         metric(pred, case.mask, tuple(case.spacing), case_id=ref.case_id, category=ref.category or "",
                reference_empty=int(not case.mask.any()), prediction_empty=int(not pred.any()),

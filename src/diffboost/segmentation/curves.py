@@ -125,14 +125,21 @@ def summarise_curve(per_budget: dict, sets: dict, strategies, cfg, seeds, folds,
 
 
 def _crossing(xs: list[float], ys: list[float]) -> float | None:
-    """The smallest x at which the piecewise-linear curve through (xs, ys) reaches 0 from below (the first
-    x when it starts at or above 0); None when it never does."""
-    if ys[0] >= 0:
+    """The smallest x from which the piecewise-linear curve through (xs, ys) stays at or above 0 (a dip
+    below 0 at a larger x moves it there): interpolated at the last upward crossing; the first x when the
+    curve never falls below 0; None when it ends below 0. An unknown point (nan: one fold) counts as below."""
+    ys = [y if np.isfinite(y) or y > 0 else -np.inf for y in ys]  # +inf: reached; -inf, nan: not
+    if ys[-1] < 0:
+        return None
+    k = len(ys) - 1
+    while k > 0 and ys[k - 1] >= 0:
+        k -= 1
+    if k == 0:
         return xs[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if y1 >= 0:
-            return x0 + (x1 - x0) * (0 - y0) / (y1 - y0)
-    return None
+    x0, y0, x1, y1 = xs[k - 1], ys[k - 1], xs[k], ys[k]
+    if not np.isfinite(y0) or not np.isfinite(y1):
+        return x1
+    return x0 + (x1 - x0) * (0 - y0) / (y1 - y0)
 
 
 def labels_saved(diffs: list[tuple[float, dict]], full: float) -> dict:

@@ -161,6 +161,10 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         identity["teacher"] = teacher_identity(syn_path, cfg.teacher_gate, cfg.pixel_filter)
     if 0 < len(f.val) < cfg.min_val_cases:  # absent otherwise, as in runs made before the option
         identity["last_checkpoint"] = True
+    if ps.meta.get("budget") is not None or f.unlabelled:  # which cases this fold learns from (another budget
+        from ..stages import digest  # prepared into the same folder is another run, never a silent reuse)
+
+        identity["fold_cases"] = digest([f.train, f.val, f.test])
     done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
@@ -402,13 +406,16 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all
     old["config"] = drop_unused({**every_option, "aug": "none", **old["config"]})
     old.setdefault("synthetic_variants", identity["synthetic_variants"])  # recorded before this was kept
+    if "fold_cases" in identity:  # runs at a budget recorded before their fold's cases were
+        old.setdefault("fold_cases", identity["fold_cases"])
     old, new = _placeless(old), _placeless(identity)  # where the data lies is no setting: a moved run is reused
     if old != new and replace_stale:
         shutil.rmtree(out)
         return None
     if old != new:
         diff = sorted(k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k))
-        diff += [k for k in ("fold", "synthetic_variants", "teacher", "size") if old.get(k) != new.get(k)]
+        diff += [k for k in ("fold", "synthetic_variants", "teacher", "size", "last_checkpoint", "fold_cases")
+                 if old.get(k) != new.get(k)]
         raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); nothing was "
                          "deleted. Choose another --out or remove it (diffboost run: --redo seg)")
     summary = out / "summary.json"

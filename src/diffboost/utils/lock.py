@@ -15,14 +15,18 @@ What makes one folder one lock, whatever it is called:
   takes a lock file away from under its holder and hands a fresh one to a second process.
 - **Folders nest.** Holding a folder also holds, shared, every folder above it: a process inside
   ``r7/models/fold0`` keeps another from taking ``r7`` whole, and a process holding ``r7`` keeps every
-  other process out of everything below it, whether the lower folder exists at that moment or not.
+  other process out of everything below it, whether the lower folder exists at that moment or not. This
+  nesting is kept in the lock directory: among the processes of one user on one host (one lock directory).
 - **Beside the folder too.** An exclusive lock file beside the resolved folder (``.NAME.diffboost-lock``)
   is the same file for every host that mounts the folder (NFSv4 carries ``flock``) and for every bind mount
-  of it, which the lock directory (one per user and host) does not see.
+  of it, which the lock directory does not see. It guards that folder itself, not the folders below it: two
+  hosts sharing a run folder are kept apart when both name the run folder (a requeued ``run``), not when one
+  of them runs a stage on a subfolder by hand.
 
 The lock is re-entrant within a process (``run`` holds its folder and calls stages that lock their
 own folders), and the worker processes a holder starts (``run --jobs``) count as the holder: the
-folders a process holds are listed in ``DIFFBOOST_HELD_LOCKS`` for its children.
+folders a process holds are listed in ``DIFFBOOST_HELD_LOCKS`` for its children, and a process takes the
+list of its direct parent only, while that parent lives.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class LockError(RuntimeError):
 def real_folder(folder: str | Path) -> Path:
     """The folder a path names, whatever path names it: absolute, symlinks and ``..`` resolved (as far as
     it exists; the rest is taken as written)."""
-    return Path(os.path.realpath(os.path.abspath(os.fspath(folder))))
+    return Path(os.path.realpath(os.fspath(folder)))  # symlinks first, then "..": link/../x is beside the target
 
 
 def lock_dir() -> Path:
@@ -65,9 +69,9 @@ def lock_dir() -> Path:
     ``$XDG_CACHE_HOME`` when set), else ``<tmp>/diffboost-locks-<uid>`` when the cache cannot be written."""
     named = os.environ.get("DIFFBOOST_LOCK_DIR")
     if named:
-        return Path(named)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffboost" / "locks"
-    with contextlib.suppress(OSError):
+        return Path(named).absolute()  # one folder whatever the working directory
+    with contextlib.suppress(OSError, RuntimeError, KeyError):  # no home folder: the temporary directory
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").absolute() / "diffboost" / "locks"
         cache.mkdir(parents=True, exist_ok=True)
         if os.access(cache, os.W_OK | os.X_OK):
             return cache
@@ -102,7 +106,7 @@ def _read(path: Path) -> dict | None:
 def _say(info: dict | None) -> str:
     h = info or {}
     return (f"host {h.get('host', '?')}, pid {h.get('pid', '?')}, since {h.get('started', '?')}: "
-            f"{h.get('command', '?')}")
+            f"{shown(h.get('command', '?'))}")
 
 
 def _open(path: Path, what: Path) -> int:
@@ -131,27 +135,16 @@ def _ancestors(real: Path) -> list[Path]:
     return list(reversed(real.parents))  # from the root down to the parent
 
 
-def _parent_pids() -> set[int]:
-    """This process's ancestors (its parent, its parent's parent, ...), as far as /proc tells."""
-    pids, pid = set(), os.getppid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
-
-
 def _inherited() -> set[str]:
-    """The folders that this process's ancestors hold (the parent of a worker of ``run --jobs``)."""
+    """The folders that this process's parent holds, as it listed them when it started this process (a
+    worker of ``run --jobs``). Only the direct parent counts, and only while it lives: a grandchild, or a
+    worker whose parent died and left it to another process, inherits nothing."""
     try:
         entries = json.loads(os.environ.get(_ENV) or "[]")
     except ValueError:
         return set()
-    parents = _parent_pids()
-    return {k for e in entries if isinstance(e, dict) and e.get("pid") in parents for k in e.get("keys", [])}
+    parent = os.getppid()
+    return {k for e in entries if isinstance(e, dict) and e.get("pid") == parent for k in e.get("keys", [])}
 
 
 def _publish() -> None:
@@ -176,7 +169,10 @@ def _holder_inside(real: Path) -> dict | None:
         info = _read(path)
         if not info or not str(info.get("folder", "")).startswith(inside):
             continue
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # gone or unreadable meanwhile: not the one
+            continue
         try:
             if not _try(fd, fcntl.LOCK_SH):  # somebody holds it exclusively now
                 return info
@@ -200,7 +196,7 @@ def _take(folder: Path, real: Path, fds: list[int]) -> None:
         fd = _open(lock_path(above), folder)
         fds.append(fd)
         if not _try(fd, fcntl.LOCK_SH):
-            raise _busy(folder, f"it holds {above}, which contains this folder; ", _read(lock_path(above)))
+            raise _busy(folder, f"it holds {shown(above)}, which contains this folder; ", _read(lock_path(above)))
     central = lock_path(real)
     fd = _open(central, folder)
     fds.append(fd)
@@ -208,7 +204,7 @@ def _take(folder: Path, real: Path, fds: list[int]) -> None:
         if _try(fd, fcntl.LOCK_SH):  # only shared holders: processes inside it
             fcntl.flock(fd, fcntl.LOCK_UN)
             inner = _holder_inside(real)
-            raise _busy(folder, f"it works in {inner.get('folder', '?')}, inside this folder; " if inner else
+            raise _busy(folder, f"it works in {shown(inner.get('folder', '?'))}, inside this folder; " if inner else
                         "it works inside this folder; ", inner)
         raise _busy(folder, "", _read(central))
     beside = beside_path(real)
@@ -245,7 +241,7 @@ def folder_lock(folder: str | Path, enabled: bool = True) -> Iterator[Path]:
         return
     inner = next((k for k in _held if k.startswith(key.rstrip("/") + "/")), None)
     if inner is not None:  # this process's own shared lock on the folder would refuse it
-        raise RuntimeError(f"{folder}: locked after {inner}, a folder inside it; take the outer folder first")
+        raise RuntimeError(f"{shown(folder)}: locked after {shown(inner)}, a folder inside it; take the outer folder first")
     fds: list[int] = []
     try:
         try:

@@ -45,13 +45,23 @@ class UnlabelledReader(Reader):
             own = dataclasses.replace(self.cfg, format="auto", image_dir=None, mask_dir=None, case_pattern=None,
                                       categories=None, mask_pattern=None, skip_bad=True)  # a missing mask is no error
             inner = READERS[fmt](self.root, own)
-            refs = [dataclasses.replace(r, masks=[]) for r in inner.scan()]
+            try:
+                refs = [dataclasses.replace(r, masks=[]) for r in inner.scan()]
+            except DataError:  # no image of the layout has a mask: its images are read below
+                refs = []
+            # the layout's images that have no mask are images all the same
+            taken = {r.image for r in refs}
+            refs += [CaseRef(case_id=split_suffix(Path(s["file"]).name)[0], image=Path(s["file"]))
+                     for s in inner.skipped if "without mask" in s["problem"] and Path(s["file"]) not in taken]
             self.tables = getattr(inner, "tables", [])
             self.layout = fmt
-        if not refs:  # a plain folder of images, at any depth
-            files = sorted(p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
+        if not refs:  # a plain folder of images, at any depth (the image folder of a layout whose masks pair none)
+            from .folders import find_image_dir
+
+            where = (find_image_dir(self.root) or self.root) if fmt in ("folders", "ddti", "busbra") else self.root
+            files = sorted(p for p in where.rglob("*") if p.is_file() and not p.name.startswith(".")
                            and (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(NIFTI_SUFFIXES)))
-            refs = [CaseRef(case_id=split_suffix(p.relative_to(self.root))[0], image=p) for p in files]
+            refs = [CaseRef(case_id=split_suffix(p.relative_to(where))[0], image=p) for p in files]
             self.layout = "images"
         if not refs:
             raise self.empty_error("images")
