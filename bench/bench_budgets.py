@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--convergence", action="store_true",
                     help="also train classic at the smallest budget for twice the epochs (the convergence check)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tag", default="", help="suffix of the results' name (e.g. a partial summary of some budgets)")
     args = ap.parse_args()
 
     from diffboost.data.preparation import prepare
@@ -94,14 +95,15 @@ def main() -> None:
         print(f"convergence at {convergence['budget']}: classic with {convergence['epochs'][1]} epochs - "
               f"{convergence['epochs'][0]}: {convergence['dice_diff_2x_minus_1x']:+.2f} "
               f"[{convergence['ci95'][0]:+.2f}, {convergence['ci95'][1]:+.2f}]")
-    result = {"name": f"budgets_{args.data}", "data": str(src), "protocol": {
+    name = f"budgets_{args.data}{'_' + args.tag if args.tag else ''}"
+    result = {"name": name, "data": str(src), "protocol": {
         "folds": args.folds, "repeats": args.repeats, "seeds": seeds, "strategies": strategies, "budgets": budgets,
         "budget_names": [budget_name(b) for b in budgets], "steps_per_epoch": args.steps_per_epoch,
         "epochs": seg.epochs, "optimiser_steps_per_run": args.steps_per_epoch * seg.epochs,
         "segmenter": {k: v for k, v in dataclasses.asdict(seg).items() if k in ("network", "channels", "batch_size", "precision")},
         "size": pcfg.size, "jobs": args.jobs, "threads_per_job": 1},
         "curve": curve, "convergence": convergence, "seconds_this_call": round(time.perf_counter() - t0, 1)}
-    path = REPO / "bench" / "results" / f"budgets_{args.data}.json"
+    path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     (path.with_suffix(".md")).write_text(md)
     print(f"written {path}")
