@@ -13,7 +13,7 @@ carry the corrected repeated k-fold interval over the r x k runs (r*k - 1 degree
     python bench/bench_budgets.py --data busi --convergence   # + classic at the smallest budget, twice the steps
 
 Resumable: finished runs are reused (run folders under bench/work/budgets_<data>). Writes
-``bench/results/budgets_<data>.json`` (the learning curve, labels saved, per-budget gains, the steps per
+``bench/results/budgets_<data>.json`` (and ``.md``, and ``.png``: the learning curve with its bands) (the learning curve, labels saved, per-budget gains, the steps per
 run and the convergence check) and prints the table.
 """
 
@@ -106,6 +106,9 @@ def main() -> None:
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps(result, indent=1, default=str))
     (path.with_suffix(".md")).write_text(md)
+    from diffboost.report.figures import learning_curve as curve_png
+
+    path.with_suffix(".png").write_bytes(curve_png(curve))  # the report's plot: Dice against labels, bands
     print(f"written {path}")
 
 
