@@ -12,7 +12,8 @@ carry the corrected repeated k-fold interval over the r x k runs (r*k - 1 degree
     python bench/bench_budgets.py --data busbra
     python bench/bench_budgets.py --data busi --convergence   # + classic at the smallest budget, twice the steps
 
-Resumable: finished runs are reused (run folders under bench/work/budgets_<data>). Writes
+Resumable: finished runs are reused (run folders under bench/work/budgets_<data>); their records (not
+their weights) are kept in bench/results/budgets_<data>_runs/ and put back when bench/work is gone. Writes
 ``bench/results/budgets_<data>.json`` (and ``.md``, and ``.png``: the learning curve with its bands) (the learning curve, labels saved, per-budget gains, the steps per
 run and the convergence check) and prints the table.
 """
@@ -28,6 +29,42 @@ from pathlib import Path
 from common import REPO, SHARED_DATA, need
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
+
+
+RECORDS = ("run.json", "summary.json", "metrics.csv", "config.yaml", "log.csv")  # what makes a finished run reusable
+
+
+def _archive(out: Path, keep: Path) -> int:
+    """Copy the records of every finished segmentation run under ``out`` (not its weights) to ``keep``, so
+    that a later session without ``bench/work`` reuses them instead of training them again."""
+    import shutil
+
+    n = 0
+    for summary in out.rglob("seg/*/seed*/fold*/summary.json"):
+        run = summary.parent
+        dest = keep / run.relative_to(out)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in RECORDS:
+            if (run / name).exists():
+                shutil.copy2(run / name, dest / name)
+        n += 1
+    return n
+
+
+def _restore(keep: Path, out: Path) -> int:
+    """Put archived run records back where the learning curve looks for them (runs already there stay)."""
+    import shutil
+
+    n = 0
+    for summary in keep.rglob("seg/*/seed*/fold*/summary.json") if keep.is_dir() else ():
+        dest = out / summary.parent.relative_to(keep)
+        if not (dest / "run.json").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in RECORDS:
+                if (summary.parent / name).exists():
+                    shutil.copy2(summary.parent / name, dest / name)
+            n += 1
+    return n
 
 
 def main() -> None:
@@ -64,11 +101,16 @@ def main() -> None:
         ps = PreparedSet(out / "prepared")
     else:
         ps = prepare(src, out / "prepared", pcfg, progress=True)
+    keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"  # the finished runs' records, committed
+    print(f"restored {_restore(keep, out)} finished run(s) from {keep}")
     seg = dataclasses.replace(cfg.seg, steps_per_epoch=args.steps_per_epoch)
     strategies = [s for s in args.strategies.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [b for b in args.budgets.split(",") if b]
-    curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
+    try:
+        curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
+    finally:
+        print(f"archived the records of {_archive(out, keep)} finished run(s) in {keep}")
     convergence = None
     if args.convergence:  # classic at the smallest budget, twice the epochs: does longer training move Dice?
         small = curve["budgets"][0]
