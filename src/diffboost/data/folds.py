@@ -156,6 +156,11 @@ def split_by_case(
     return folds
 
 
+def partition_seed(seed: int, partition: int) -> int:
+    """The seed of partition ``partition`` of a repeated k-fold (partition 0: the single k-fold's own)."""
+    return seed if partition == 0 else seed + 7919 * partition
+
+
 def budget_order(fold: Fold, strata: dict[str, str], groups: list[list[str]] | None, seed: int) -> list[list[str]]:
     """The units (cases kept together) of a fold's training + validation part in the order a label budget
     takes them: stratified by category and seeded by the fold, independent of the budget, so a smaller

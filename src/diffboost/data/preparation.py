@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..utils.atomic import atomic_dir
 from ..utils.lock import locks_folder
 from ..utils.progress import progress_iter
-from .folds import Fold, apply_budget, parse_budget, split_by_case
+from .folds import Fold, apply_budget, parse_budget, partition_seed, split_by_case
 from .preprocess import (
     in_plane_spacing,
     iter_slices,
@@ -201,7 +201,8 @@ def prepare(
                     r.bad(e.path or ref.image, e.problem)  # raises unless skip_bad
                     continue
                 collector.add(case, labelled=labelled and reader.has_masks)
-            reader.skipped += r.skipped if r is not reader else []
+            if r is not reader:
+                reader.skipped += r.skipped  # dataset.json lists every skipped file, labelled or not
         if not any(r["labelled"] for r in collector.rows) and reader.has_masks:
             raise DataError(source, "no usable cases (every case was skipped)")
         if not collector.rows:
@@ -223,7 +224,7 @@ def make_folds(cfg: PrepareConfig, case_ids: list[str], categories: dict[str, st
     strata = [categories[c] for c in case_ids]
     folds: list[Fold] = []
     for p in range(cfg.repeats or 1):
-        seed = cfg.seed if p == 0 else cfg.seed + 7919 * p  # partition 0 is the split of a single k-fold
+        seed = partition_seed(cfg.seed, p)
         split = split_by_case(case_ids, cfg.folds, cfg.val_fraction, seed, strata, together)
         split = apply_budget(split, budget, cfg.val_fraction, categories, together, seed)
         folds += [dataclasses.replace(f, index=len(folds) + f.index, partition=p,
@@ -408,7 +409,7 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
     folds: list[Fold] = []
     for p in sorted({f.partition for f in labelled}):
         part = [f for f in labelled if f.partition == p]
-        seed = cfg.seed if p == 0 else cfg.seed + 7919 * p
+        seed = partition_seed(cfg.seed, p)
         local = [dataclasses.replace(f, index=j) for j, f in enumerate(part)]
         for f, g in zip(part, apply_budget(local, parsed, cfg.val_fraction, categories, groups, seed)):
             folds.append(dataclasses.replace(g, index=f.index, partition=p,
