@@ -173,8 +173,8 @@ def evaluate_folder(predictions: str | Path, source: str | Path, progress: bool 
     if not (predictions / MAPPING).is_file() or not (predictions / "predict.json").is_file():
         raise FileNotFoundError(f"{predictions}: not a `diffboost predict` output (no {MAPPING} / predict.json)")
     info = json.loads((predictions / "predict.json").read_text())
-    pcfg = PrepareConfig(label_map=info["prepare"].get("label_map"), channel=info["prepare"].get("channel"))
-    pcfg = PrepareConfig(**{**{k: getattr(pcfg, k) for k in pcfg.__dataclass_fields__}, "skip_bad": True})
+    pcfg = PrepareConfig(label_map=info["prepare"].get("label_map"), channel=info["prepare"].get("channel"),
+                         skip_bad=True)
     reader = get_reader(source, pcfg)
     if not reader.has_masks:
         raise DataError(source, "has no labels to evaluate against")
