@@ -27,44 +27,9 @@ import time
 from pathlib import Path
 
 from common import REPO, SHARED_DATA, need
+from common import archive_runs as _archive, restore_runs as _restore
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
-
-
-RECORDS = ("run.json", "summary.json", "metrics.csv", "config.yaml", "log.csv")  # what makes a finished run reusable
-
-
-def _archive(out: Path, keep: Path) -> int:
-    """Copy the records of every finished segmentation run under ``out`` (not its weights) to ``keep``, so
-    that a later session without ``bench/work`` reuses them instead of training them again."""
-    import shutil
-
-    n = 0
-    for summary in out.rglob("seg/*/seed*/fold*/summary.json"):
-        run = summary.parent
-        dest = keep / run.relative_to(out)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in RECORDS:
-            if (run / name).exists():
-                shutil.copy2(run / name, dest / name)
-        n += 1
-    return n
-
-
-def _restore(keep: Path, out: Path) -> int:
-    """Put archived run records back where the learning curve looks for them (runs already there stay)."""
-    import shutil
-
-    n = 0
-    for summary in keep.rglob("seg/*/seed*/fold*/summary.json") if keep.is_dir() else ():
-        dest = out / summary.parent.relative_to(keep)
-        if not (dest / "run.json").exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in RECORDS:
-                if (summary.parent / name).exists():
-                    shutil.copy2(summary.parent / name, dest / name)
-            n += 1
-    return n
 
 
 def main() -> None:

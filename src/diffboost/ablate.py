@@ -105,7 +105,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     """The synthetic sets of a generator sweep value, made (or completed) per fold: variants at another
     ``strength`` or ``mask_strength`` from the run's own diffusion models, or new models fine-tuned with
     another ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
-    from .diffusion.train import train_diffusion
+    from .diffusion.train import finetune_indices, train_diffusion
     from .generation.generate import generate
     from .stages import prepared_fingerprint
 
@@ -126,7 +126,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
             _own_stage(folder, {"prepared": prepared_fingerprint(ps), "fold": k, "model": to_dict(mcfg),
                                 "train": to_dict(train)})
             if not model.exists():  # resumes from its last checkpoint after an interruption
-                train_diffusion(ps.for_fold(k), folder, ps.indices(f.train, training=True), mcfg, train,
+                train_diffusion(ps.for_fold(k), folder, finetune_indices(ps, k, train), mcfg, train,
                                 resume="latest" if (folder / "checkpoints").exists() else None,
                                 val_indices=ps.indices(f.val, training=True), progress=progress)
         generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)

@@ -353,13 +353,16 @@ def finetune(
     lr: Optional[float] = typer.Option(None, "--lr"),
     mixed_precision: Optional[str] = typer.Option(None),
     resume: Optional[str] = typer.Option(None, help="'latest' or a checkpoint folder."),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="Also learn from the fold's unlabelled training images (edges + a 'no mask' condition)."),
+    mask_dropout: Optional[float] = typer.Option(None, help="Probability that a labelled image trains with the 'no mask' condition too (e.g. 0.1 with --unlabelled)."),
     allow_task_overlap: bool = typer.Option(False, "--allow-task-overlap", help="Start from a model whose pretraining corpus holds cases of this set (or cannot be checked): leaks its test folds."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Stage 2: fine-tune on the training cases of one fold, condition = edges + mask boundary."""
+    """Stage 2: fine-tune on the training cases of one fold, condition = edges + mask boundary (with
+    --unlabelled, its unlabelled training images too, condition = edges + 'no mask')."""
     from .data.store import PreparedSet
     from .diffusion.pretrain import check_init_corpus
-    from .diffusion.train import train_diffusion
+    from .diffusion.train import finetune_indices, train_diffusion
 
     ps = PreparedSet(prepared).for_fold(fold)
     f = ps.fold(fold)
@@ -369,8 +372,9 @@ def finetune(
         check_init_corpus(init, ps, allow_task_overlap, record=out / "task_overlap.json")
     mcfg = _model_cfg(config, control=control, kind=kind, pretrained=pretrained, image_size=ps.size)
     tcfg = _train_cfg(config, steps=steps, batch_size=batch_size, learning_rate=lr,
-                      mixed_precision=mixed_precision, condition="condition")
-    model = train_diffusion(ps, out, ps.indices(f.train, training=True), mcfg, tcfg, init=init, resume=resume,
+                      mixed_precision=mixed_precision, condition="condition", unlabelled=True if unlabelled else None,
+                      mask_dropout=mask_dropout)
+    model = train_diffusion(ps, out, finetune_indices(ps, fold, tcfg), mcfg, tcfg, init=init, resume=resume,
                             val_indices=ps.indices(f.val, training=True), progress=not quiet)
     console.print(f"model: {model}")
 
@@ -392,6 +396,7 @@ def generate(
     blend: bool = typer.Option(False, "--blend", help="The public code's text-embedding blend (see docs)."),
     strength: Optional[float] = typer.Option(None, help="Image-to-image strength in (0, 1]: the real image noised to strength x T, then denoised; 1 = from noise (default)."),
     mask_strength: Optional[float] = typer.Option(None, help="The labelled region's own strength, in [0, strength]: the lesion changes less than its surroundings (default: strength)."),
+    unlabelled: bool = typer.Option(False, "--unlabelled", help="Also draw variants of the fold's unlabelled training images (edges + the 'no mask' condition): fixmatch-diffboost's strong views."),
     seed: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -401,7 +406,8 @@ def generate(
 
     cfg = _stage_cfg(config, "generate", GenerateConfig, n=n, sampler=sampler, steps=steps, guidance=guidance,
                      batch_size=batch_size, seed=seed, blend=True if blend else None, strength=strength,
-                     mask_strength=mask_strength, texts=None if texts is None else tuple(t.strip() for t in texts.split("|")))
+                     mask_strength=mask_strength, texts=None if texts is None else tuple(t.strip() for t in texts.split("|")),
+                     unlabelled=True if unlabelled else None)
     out = out or prepared.parent / "synthetic" / f"fold{fold}"
     syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
@@ -477,7 +483,7 @@ def _seg_table(summary: dict, title: str) -> None:
 def train_seg(
     prepared: Path = typer.Argument(..., help="A prepared set (diffboost prepare)."),
     fold: int = typer.Option(0, "--fold", "-k", help="Test fold; its training part trains, its validation part selects the checkpoint."),
-    aug: Optional[str] = typer.Option(None, "--aug", help="none | contrast | gamma | brightness | noise | resolution | mirror | rotate | scale | classic (nnU-Net) | deepstack | diffboost | diffboost+CLASSICAL."),
+    aug: Optional[str] = typer.Option(None, "--aug", help="none | contrast | gamma | brightness | noise | resolution | mirror | rotate | scale | classic (nnU-Net) | deepstack | diffboost | diffboost+CLASSICAL; with unlabelled images also fixmatch+..., fixmatch-diffboost+..., self-train+... ."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default PREPARED/../seg/AUG/foldK)."),
     config: Optional[Path] = typer.Option(None, help="YAML config with a 'seg:' section."),
     network: Optional[str] = typer.Option(None, help="attention_unet | unet | res_unet | resnet50_unet | swin_unetr | basic_unet."),
@@ -493,6 +499,9 @@ def train_seg(
     mix_prob: Optional[float] = typer.Option(None, help="Algorithm 1: probability that a sample is mixed at all (default 1)."),
     teacher_gate: Optional[float] = typer.Option(None, help="Drop variants whose teacher Dice is below this fraction of the real image's (e.g. 0.8)."),
     pixel_filter: Optional[float] = typer.Option(None, help="Ignore variant pixels whose teacher loss exceeds this multiple of the real images' mean (e.g. 1.25)."),
+    confidence: Optional[float] = typer.Option(None, help="fixmatch / self-train: a pseudo-labelled pixel counts when its confidence exceeds this (default 0.95)."),
+    unlabelled_weight: Optional[float] = typer.Option(None, help="fixmatch: weight of the unlabelled term (default 1)."),
+    self_train_keep: Optional[float] = typer.Option(None, help="self-train: share of the unlabelled images kept, the most confident (default 0.5)."),
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folder ('{fold}' is filled in); default PREPARED/../synthetic/foldK."),
     seed: Optional[int] = typer.Option(None),
     quality_filter: bool = typer.Option(False, "--quality-filter", help="Drop synthetic variants that fail the quality checks."),
@@ -507,7 +516,8 @@ def train_seg(
     cfg = _seg_cfg(config, channels, aug=aug, network=network, size=size, epochs=epochs, batch_size=batch_size,
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
                    precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None,
-                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter)
+                   mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter, confidence=confidence,
+                   unlabelled_weight=unlabelled_weight, self_train_keep=self_train_keep)
     summary = run_train_seg(prepared, fold, cfg, out, progress=not quiet)
     _seg_table(summary, f"{cfg.aug}, fold {fold}: {summary['cases']} test cases (best epoch {summary['best_epoch']})")
 
@@ -533,6 +543,9 @@ def compare(
     mix_prob: Optional[float] = typer.Option(None, help="Algorithm 1: probability that a sample is mixed at all."),
     teacher_gate: Optional[float] = typer.Option(None, help="Variant gate: fraction of the teacher's Dice on the real image."),
     pixel_filter: Optional[float] = typer.Option(None, help="Pixel filter: multiple of the teacher's mean loss on real images."),
+    confidence: Optional[float] = typer.Option(None, help="fixmatch / self-train: pseudo-label confidence threshold (default 0.95)."),
+    unlabelled_weight: Optional[float] = typer.Option(None, help="fixmatch: weight of the unlabelled term (default 1)."),
+    self_train_keep: Optional[float] = typer.Option(None, help="self-train: share of the unlabelled images kept (default 0.5)."),
     synthetic: Optional[str] = typer.Option(None),
     seed: Optional[int] = typer.Option(None),
     quality_filter: bool = typer.Option(False, "--quality-filter"),
@@ -556,7 +569,8 @@ def compare(
                    learning_rate=lr, alpha=alpha, patch=patch, n=n, mix=mix, synthetic=synthetic, seed=seed,
                    precision=precision, device=device, threads=threads, quality_filter=True if quality_filter else None,
                    mix_prob=mix_prob, teacher_gate=teacher_gate, pixel_filter=pixel_filter,
-                   steps_per_epoch=steps_per_epoch)
+                   steps_per_epoch=steps_per_epoch, confidence=confidence, unlabelled_weight=unlabelled_weight,
+                   self_train_keep=self_train_keep)
     strategies = [s.strip() for s in augs.split(",") if s.strip()] if augs else list(DEFAULT_COMPARE)
     fold_list = [int(k) for k in folds.split(",")] if folds else None
     seed_list = _int_list(seeds, "--seeds")

@@ -62,7 +62,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .ablate import ablate
     from .data.preparation import prepare
     from .data.store import PreparedSet
-    from .diffusion.train import finished_training, train_diffusion
+    from .diffusion.train import finetune_indices, finished_training, train_diffusion
     from .evaluation.consistency import consistency_for_run
     from .generation.generate import generate
     from .report import write_report
@@ -70,7 +70,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .generation.layout import COPY_PASTE, copy_paste_set
     from .runconfig import layout_kinds, parse_sweep
     from .segmentation.compare import compare
-    from .segmentation.config import parse_strategy
+    from .segmentation.config import needs_unlabelled_variants, parse_strategy
     from .segmentation.jobs import barrier, distributed
 
     cfg = cfg or preset("cpu")
@@ -178,7 +178,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
         if not finished_training(model_dir / "model"):  # new, interrupted, or stopped by train.max_minutes
-            train_diffusion(ps.for_fold(k), model_dir, ps.indices(f.train, training=True),
+            train_diffusion(ps.for_fold(k), model_dir, finetune_indices(ps, k, train),
                             dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
                             resume="latest" if (model_dir / "checkpoints").exists() else None,
                             val_indices=ps.indices(f.val, training=True), progress=progress)
@@ -186,7 +186,10 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         t0 = time.perf_counter()
         # other or more variants make the segmenters trained on them stale: train_seg sees it
         if needs_synthetic:
-            generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, cfg.generate, progress=progress,
+            gen = cfg.generate  # variants of the unlabelled images too, when a strategy trains on them
+            if any(needs_unlabelled_variants(a) for a in cfg.compare.augs):
+                gen = dataclasses.replace(gen, unlabelled=True)
+            generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, gen, progress=progress,
                      replace_stale="generate" in redo)
             times[f"generate fold{k}"] = time.perf_counter() - t0
         for kind in layout_kinds(cfg):  # new lesions in new places, drawn by the model

@@ -42,10 +42,13 @@ def _scale_range(text: str) -> str:
 SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob": float,
              "teacher_gate": _float_or_none, "pixel_filter": _float_or_none,
              "strength": float, "mask_strength": _float_or_none, "condition": str,
-             "placement": str, "scale": _scale_range, "lesion_strength": float}
+             "placement": str, "scale": _scale_range, "lesion_strength": float,
+             "confidence": float, "unlabelled_weight": float, "self_train_keep": float}
 # sweeps of the generator rather than the segmenter: new variants (strength, mask_strength) or new
 # diffusion models (condition) per value, then the diffboost strategy trained on them
 GENERATOR_SWEEPS = ("strength", "mask_strength", "condition")
+# sweeps of the semi-supervised learners' options (a strategy with fixmatch or self-train)
+SEMI_SWEEPS = ("confidence", "unlabelled_weight", "self_train_keep")
 # sweeps of the layout variants (new lesions in new places): new sets per value of the placement rule, the
 # donors' scale range (layout:) or the new lesion's strength (inpaint:, diffboost-layout only)
 LAYOUT_SWEEPS = ("placement", "scale", "lesion_strength")
@@ -66,8 +69,16 @@ def parse_sweep(text: str) -> tuple[str, list]:
 def check_strategy(strategy: str, param: str) -> str:
     """The strategy a sweep of ``param`` varies must mix variants (Algorithm 1); a sweep of the generator
     needs diffusion variants. Returns what its gain is measured against: the strategy without its
-    variants (``diffboost`` -> ``none``, ``diffboost+classic`` -> ``classic``)."""
+    variants (``diffboost`` -> ``none``, ``diffboost+classic`` -> ``classic``). A semi-supervised learner's
+    option needs that learner, and is measured against the strategy without it."""
+    from .segmentation.config import SEMI_OPTIONS, semi_of, supervised_part
+
     source, classical = parse_strategy(strategy)
+    if param in SEMI_SWEEPS:
+        if param not in SEMI_OPTIONS.get(semi_of(strategy), ()):
+            raise ValueError(f"--sweep {param} varies a semi-supervised learner that {strategy!r} does not use "
+                             f"(e.g. fixmatch+classic, self-train+classic)")
+        return supervised_part(strategy)
     if source is None:
         raise ValueError(f"ablate strategy {strategy!r} has no variants to mix: use {', '.join(VARIANT_SOURCES)} "
                          "or SOURCE+CLASSICAL (e.g. diffboost+classic)")

@@ -50,10 +50,16 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# options added after stages were first recorded, with the value those stages were made with: at that
+# value an option is left out of the comparison, so an older stage stays reusable
+ADDED_DEFAULTS = {"unlabelled": False, "mask_dropout": 0.0}
+
+
 def comparable(obj, drop: frozenset = COSMETIC):
-    """An identity without its cosmetic options (at any depth)."""
+    """An identity without its cosmetic options (at any depth), nor options added later at their default."""
     if isinstance(obj, dict):
-        return {k: comparable(v, drop) for k, v in obj.items() if k not in drop}
+        return {k: comparable(v, drop) for k, v in obj.items()
+                if k not in drop and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
     if isinstance(obj, list):
         return [comparable(v, drop) for v in obj]
     return obj

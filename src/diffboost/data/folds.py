@@ -17,7 +17,8 @@ class Fold:
     """One fold: labelled cases to train on, to choose the checkpoint with, and to test on; training
     images without a label in this fold (``unlabelled``: images that never had one, and ``hidden``, the
     cases of the training + validation part whose labels a label budget keeps out of this fold); and the
-    partition it belongs to (repeated k-fold: ``index`` counts over all partitions)."""
+    partition it belongs to (repeated k-fold: ``index`` counts over all partitions). ``unlabelled`` holds
+    every training case without a label in this fold, the hidden ones included."""
 
     index: int
     train: tuple[str, ...]

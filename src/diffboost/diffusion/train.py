@@ -67,6 +67,10 @@ class TrainConfig:
     # and the filled mask for model.condition "edges+mask") | "edges" (pretraining: soft edges only,
     # empty mask channels). What the network takes as input is model.condition.
     condition: str = "condition"
+    # fine-tuning also learns from the fold's training images without a label (prepare --unlabelled, or hidden
+    # by a label budget), conditioned on their edges and the "no mask" input (diffusion.conditions)
+    unlabelled: bool = False
+    mask_dropout: float = 0.0  # probability that a labelled image trains with the "no mask" condition too
     max_minutes: float | None = None  # stop early (and save) once this much wall time has passed
     snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (5 in the paper); None = plain MSE
     max_timestep_fraction: float = 1.0  # train on timesteps < fraction x T (img2img at strength <= it)
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"unknown augmentation phrases {unknown}; known: {', '.join(PHRASES)}")
         if self.condition not in ("condition", "edges"):
             raise ValueError(f"condition must be 'condition' or 'edges', got {self.condition!r}")
+        if not 0.0 <= self.mask_dropout <= 1.0:
+            raise ValueError(f"mask_dropout must be in [0, 1], got {self.mask_dropout}")
         if self.snr_gamma is not None:
             self.snr_gamma = float(self.snr_gamma)
             if not self.snr_gamma > 0:
@@ -175,16 +181,31 @@ def _mask_channels_for(ps, cfg: TrainConfig) -> int:
     return len(labels)
 
 
+def finetune_indices(ps, fold: int, cfg: TrainConfig) -> list[int]:
+    """The samples fine-tuning on ``fold`` learns from: its labelled training images, and with
+    ``cfg.unlabelled`` its training images without a label (never a validation or test image)."""
+    f = ps.fold(fold)
+    return ps.indices([*f.train, *(f.unlabelled if cfg.unlabelled else ())], training=True)
+
+
 def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, g: torch.Generator,
            mcfg: ModelConfig, labels: list[int] | None):
     idx = np.sort(rng.choice(indices, size=cfg.batch_size, replace=len(indices) < cfg.batch_size))
     images = torch.from_numpy(np.asarray(ps.images[idx], np.float32))[:, None]
-    cond_arr = ps.conditions if cfg.condition == "condition" else ps.edges
-    cond = torch.from_numpy(np.asarray(cond_arr[idx], np.float32) / 255.0)[:, None]
-    masks = None
-    if mcfg.condition == "edges+mask":  # the filled label map, or empty channels without masks
-        masks = (torch.from_numpy(label_channels(ps.masks[idx], labels)) if labels is not None else
-                 torch.zeros(len(idx), mcfg.mask_channels, *images.shape[2:]))
+    if cfg.condition == "condition" and (cfg.unlabelled or cfg.mask_dropout > 0):
+        from .conditions import condition_inputs
+
+        # a "no mask" condition for images without a label and, with mask_dropout, for some labelled ones
+        drop = rng.random(len(idx)) < cfg.mask_dropout if cfg.mask_dropout > 0 else np.zeros(len(idx), bool)
+        cond, masks = condition_inputs(ps, idx, drop, labels, mcfg.mask_channels if mcfg.condition == "edges+mask" else None)
+        cond, masks = torch.from_numpy(cond), None if masks is None else torch.from_numpy(masks)
+    else:
+        cond_arr = ps.conditions if cfg.condition == "condition" else ps.edges
+        cond = torch.from_numpy(np.asarray(cond_arr[idx], np.float32) / 255.0)[:, None]
+        masks = None
+        if mcfg.condition == "edges+mask":  # the filled label map, or empty channels without masks
+            masks = (torch.from_numpy(label_channels(ps.masks[idx], labels)) if labels is not None else
+                     torch.zeros(len(idx), mcfg.mask_channels, *images.shape[2:]))
     prompts = [ps.manifest[i]["prompt"] for i in idx]
     if cfg.flip:
         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
@@ -306,8 +327,10 @@ def train_diffusion(
         # temporary checkpoint folders of writers that died mid-save (the folder lock says none is alive)
         for leftover in (out / "checkpoints").glob(".step_*.tmp*"):
             shutil.rmtree(leftover, ignore_errors=True)
+        unlabelled = sum(not prepared.label_readable(int(i)) for i in indices) if uses_masks(prepared, tcfg) else 0
         save_yaml({"model": dataclasses.asdict(mcfg), "train": dataclasses.asdict(tcfg),
-                   "init": str(init) if init else None, "samples": len(indices)}, out / "config.yaml")
+                   "init": str(init) if init else None, "samples": len(indices),
+                   "labelled_samples": len(indices) - unlabelled, "unlabelled_samples": unlabelled}, out / "config.yaml")
     acc.wait_for_everyone()
     ckpt = None
     if resume:

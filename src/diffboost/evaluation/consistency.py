@@ -243,7 +243,9 @@ def label_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSe
 
     # the real training images: their Dice (per image) and the mean per-pixel loss
     ps = ps.for_fold(fold)
-    real_idx = sorted(set(ps.indices(ps.fold(fold).train, training=True)) | set(syn.by_real))
+    # variants of images without a label here (fixmatch-diffboost's strong views) have no mask to be scored
+    # against: written with an undefined (NaN) Dice, which no gate drops, and a zero loss map
+    real_idx = sorted(set(ps.indices(ps.fold(fold).train, training=True)) | {i for i in syn.by_real if ps.label_readable(i)})
     dice_real: dict[int, float] = {}
     loss_sum, pixels = 0.0, 0
     for sl in progress_iter(_batches(len(real_idx), batch_size), f"teacher fold {fold}: real images", enabled=progress):
@@ -264,6 +266,10 @@ def label_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSe
         if [r["index"] for r in rows] != list(range(len(rows))):
             raise ValueError(f"{root / 'manifest.csv'}: the index column must number the rows 0..{len(rows) - 1} "
                              "(the variants' rows of images.npy)")
+        unscored = [{"variant_index": r["index"], "real_index": r["real_index"], "text": r["text"],
+                     "strength": _strength(r, strength), "teacher_dice_variant": float("nan"),
+                     "teacher_dice_real": float("nan")} for r in rows if r["real_index"] not in dice_real]
+        rows = [r for r in rows if r["real_index"] in dice_real]
         for sl in progress_iter(_batches(len(rows), batch_size), f"teacher fold {fold}: variants", enabled=progress):
             batch = rows[sl]
             at = np.asarray([r["index"] for r in batch])
@@ -285,12 +291,13 @@ def label_consistency(teacher_dir: str | Path, prepared: str | Path | PreparedSe
     w.writeheader()
     w.writerows({**r, "teacher_dice_variant": f"{r['teacher_dice_variant']:.6f}",
                  "teacher_dice_real": f"{r['teacher_dice_real']:.6f}", "strength": f"{r['strength']:g}"}
-                for r in metric.rows)
+                for r in sorted(metric.rows + unscored, key=lambda r: r["variant_index"]))
     atomic_write_text(root / CONSISTENCY_CSV, buf.getvalue())
     summary = {"overall": metric.aggregate(), "per_text": metric.aggregate("text"),
                "per_strength": metric.aggregate("strength"),
                "real": {"images": len(real_idx), "teacher_dice": float(np.mean(list(dice_real.values())))},
                "teacher_loss_real_mean": loss_sum / max(pixels, 1), "teacher": teacher.info(),
+               "variants_of_unlabelled_images": len(unscored),
                "synthetic": str(root.resolve()), "fold": int(fold), "identity": identity}
     atomic_write_text(root / CONSISTENCY_JSON, json.dumps(_finite(summary), indent=1))
     return _finite(summary)

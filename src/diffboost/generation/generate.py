@@ -48,6 +48,10 @@ class GenerateConfig:
     control_scale: float = 1.0
     strength: float = 1.0  # 1 = from noise; < 1 = image-to-image from the real image (runs strength x steps)
     mask_strength: float | None = None  # the labelled region's own strength, in [0, strength]; None = strength
+    # also draw variants of the fold's training images without a label (prepare --unlabelled, or hidden by a
+    # budget), conditioned on their edges and the "no mask" input (diffusion.conditions): the strong views
+    # of fixmatch-diffboost, the variants of self-train's pseudo-labelled images
+    unlabelled: bool = False
 
     def __post_init__(self):
         self.texts = tuple(self.texts)
@@ -90,7 +94,7 @@ def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dic
 
 
 # identity keys added after sets were first written, with the value that older sets were made with
-IDENTITY_DEFAULTS = {"strength": 1.0, "mask_strength": None}
+IDENTITY_DEFAULTS = {"strength": 1.0, "mask_strength": None, "unlabelled": False}
 
 
 def _key(item: dict) -> str:
@@ -108,10 +112,12 @@ def generate(
     progress: bool = True,
     replace_stale: bool = False,
 ) -> SyntheticSet:
-    """Generate ``cfg.n`` variants of every training sample of ``fold`` into ``out``. A set made with
-    other settings in ``out`` is an error, or is removed and remade with ``replace_stale``."""
+    """Generate ``cfg.n`` variants of every training sample of ``fold`` (with ``cfg.unlabelled``, of its
+    unlabelled ones too) into ``out``. A set made with other settings in ``out`` is an error, or is removed
+    and remade with ``replace_stale``."""
     from accelerate import PartialState
 
+    from ..diffusion.conditions import condition_inputs
     from ..diffusion.models import label_channels
     from ..diffusion.pipeline import PUBLIC_BLEND, DiffBoostPipeline, model_hash
 
@@ -144,9 +150,12 @@ def generate(
     state.wait_for_everyone()
 
     ps = ps.for_fold(fold)
-    indices = ps.indices(ps.fold(fold).train, training=True)
+    f = ps.fold(fold)
+    indices = ps.indices(f.train, training=True)
     if not indices:
         raise ValueError(f"{ps.root}: fold {fold} has no training samples")
+    if cfg.unlabelled:  # after the labelled ones: their items keep their place
+        indices += ps.indices(f.unlabelled, training=True)
     items = _items(ps, indices, cfg)
     batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
     mine = [b for j, b in enumerate(batches) if j % state.num_processes == state.process_index]
@@ -162,14 +171,26 @@ def generate(
             raise ValueError(f"{ps.root}: has no masks, so generate.mask_strength has no region to hold")
         for batch in progress_iter(todo, f"generate fold {fold}", enabled=progress and state.is_main_process):
             real = np.asarray([it["real_index"] for it in batch])
-            cond = np.asarray(cond_arr[real], np.float32) / 255.0
+            if cfg.unlabelled:  # images without a label here: their edges and the "no mask" input
+                cond, masks = condition_inputs(ps, real, np.zeros(len(real), bool), labels,
+                                               pipe.config.mask_channels if labels is not None else None)
+                cond = cond[:, 0]
+                readable = np.array([ps.label_readable(int(i)) for i in real], bool)
+                keep = None
+                if held:  # an unlabelled image holds no region
+                    keep = np.zeros((len(real), ps.size, ps.size), np.float32)
+                    if readable.any():
+                        keep[readable] = keep_region(ps.masks[real[readable]])
+            else:
+                cond = np.asarray(cond_arr[real], np.float32) / 255.0
+                masks = label_channels(ps.masks[real], labels) if labels is not None else None
+                keep = keep_region(ps.masks[real]) if held else None
             imgs = pipe([it["prompt"] for it in batch], cond, [it["seed"] for it in batch],
                         augment=[it["text"] for it in batch], sampler=cfg.sampler, steps=cfg.steps,
                         guidance=cfg.guidance, negative=cfg.negative, blend=blend,
                         control_scale=cfg.control_scale, strength=cfg.strength,
                         images=np.asarray(ps.images[real], np.float32) if cfg.strength < 1 else None,
-                        masks=label_channels(ps.masks[real], labels) if labels is not None else None,
-                        keep=keep_region(ps.masks[real]) if held else None, keep_strength=cfg.mask_strength)
+                        masks=masks, keep=keep, keep_strength=cfg.mask_strength)
             for it, img in zip(batch, imgs):
                 _atomic_save(work / f"{_key(it)}.npy", img.astype(np.float16))
     state.wait_for_everyone()

@@ -104,11 +104,12 @@ class SyntheticSet:
 
     def check_fold(self, ps: PreparedSet, fold: int) -> None:
         """Refuse a set made for another fold, or holding variants of images outside the fold's
-        training part (they would leak validation or test images into training)."""
+        training part, labelled or not (they would leak validation or test images into training)."""
         made_for = self.meta.get("fold", self.meta.get("identity", {}).get("fold"))
         if made_for is not None and int(made_for) != fold:
             raise ValueError(f"{self.root}: synthetic set was generated for fold {made_for}, not fold {fold}")
-        foreign = sorted({r["real_index"] for r in self.manifest} - set(ps.indices(ps.fold(fold).train, training=True)))
+        f = ps.fold(fold)
+        foreign = sorted({r["real_index"] for r in self.manifest} - set(ps.indices([*f.train, *f.unlabelled], training=True)))
         if foreign:
             raise ValueError(f"{self.root}: {len(foreign)} variant source image(s) are not training samples of fold "
                              f"{fold} (e.g. sample {foreign[0]}); generate them from this fold's training part only")
@@ -149,7 +150,7 @@ def write_synthetic_set(out: Path, ps: PreparedSet, rows: list[dict], images: np
         k = min(4, max(len(v) for v in by_real.values()))
         # real | condition (or, for variants with labels of their own, the first one's label) | variants
         second = ((lambda ri: np.asarray(masks[by_real[ri][0]] > 0, np.uint8) * 255) if masks is not None
-                  else (lambda ri: np.asarray(ps.conditions[ri])))
+                  else (lambda ri: np.asarray(ps.conditions[ri] if ps.label_readable(ri) else ps.edges[ri])))
         grid = [[to_uint8(ps.images[ri]), second(ri)] + [to_uint8(images[j]) for j in by_real[ri][:k]] for ri in reals]
         first = by_real[reals[0]]
         heads = (["real", "v0's label" if masks is not None else "condition"]

@@ -84,15 +84,17 @@ def learning_curve(curve: dict) -> bytes:
     x = [curve["labelled_images"][n] for n in order]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for s, by in curve["dice"].items():
-        mean = np.array([by[n]["mean"] for n in order]) * 100
-        lo = np.array([by[n]["low"] for n in order]) * 100
-        hi = np.array([by[n]["high"] for n in order]) * 100
-        line, = ax.plot(x, mean, marker="o", label=s)
-        ax.fill_between(x, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean),
+        at = [j for j, n in enumerate(order) if by[n] is not None]  # a semi-supervised strategy: not at 100%
+        xs = [x[j] for j in at]
+        mean = np.array([by[order[j]]["mean"] for j in at], float) * 100
+        lo = np.array([by[order[j]]["low"] for j in at], float) * 100
+        hi = np.array([by[order[j]]["high"] for j in at], float) * 100
+        line, = ax.plot(xs, mean, marker="o", label=s)
+        ax.fill_between(xs, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean),
                         color=line.get_color(), alpha=0.15)
     ref = curve.get("reference", "")
     name = ref.split(" ")[0]
-    if name in curve["dice"]:
+    if name in curve["dice"] and curve["dice"][name][order[-1]] is not None:
         ax.axhline(curve["dice"][name][order[-1]]["mean"] * 100, color="grey", ls="--", lw=1, label=ref)
     ax.set_xscale("log")
     from ..segmentation.curves import budget_label

@@ -46,6 +46,11 @@ PIPELINES = (CLASSIC, DEEPSTACK)
 _NNUNET = (("rotate", 0.2), ("scale", 0.2), ("noise", 0.1), ("blur", 0.2 * 0.5), ("brightness", 0.15),
            ("contrast", 0.15), ("resolution", 0.25 * 0.5), ("gamma_inverted", 0.1), ("gamma", 0.3),
            ("mirror", 0.5))
+# the strong view of an unlabelled image (semi-supervised learners, .semisup): nnU-Net's intensity transforms,
+# more often, and nothing spatial, so that the weak view's pseudo-label stays where its pixels are
+STRONG_VIEW = "strong-view"
+_STRONG = (("noise", 0.3), ("blur", 0.3), ("brightness", 0.5), ("contrast", 0.5), ("resolution", 0.3),
+           ("gamma", 0.5))
 _DEEPSTACK = ("sharpen", "blur", "noise", "brightness", "contrast", "shift", "rotate_small", "scale", "elastic")
 
 
@@ -96,6 +101,8 @@ def build_augmentation(name: str, prob: float = 0.5):
         return T.Compose([_transform(k, p) for k, p in _NNUNET])
     if name == DEEPSTACK:
         return T.Compose([_transform(k, 0.5) for k in _DEEPSTACK])
+    if name == STRONG_VIEW:
+        return T.Compose([_transform(k, p) for k, p in _STRONG])
     if name not in CLASSICAL:
         raise ValueError(f"unknown augmentation {name!r}; classical ones: none, {', '.join(CLASSICAL)}, "
                          f"{', '.join(PIPELINES)}")
@@ -106,8 +113,8 @@ class BatchAugmenter:
     """Applies a strategy sample by sample, reproducibly: the transforms' random state is reset
     from ``(seed, epoch, step)`` before each batch, so a resumed run sees the same augmentations."""
 
-    def __init__(self, name: str, prob: float = 0.5, seed: int = 0):
-        self.name, self.seed = name, seed
+    def __init__(self, name: str, prob: float = 0.5, seed: int = 0, stream: int = 7):
+        self.name, self.seed, self.stream = name, seed, stream  # stream: another augmenter draws other numbers
         self.compose = build_augmentation(name, prob)
 
     def __bool__(self) -> bool:
@@ -117,7 +124,7 @@ class BatchAugmenter:
         """``images [B, C, H, W]`` and ``labels [B, 1, H, W]`` -> augmented copies."""
         if self.compose is None:
             return images, labels
-        seed = int(np.random.default_rng([self.seed, epoch, step, 7]).integers(2**31))
+        seed = int(np.random.default_rng([self.seed, epoch, step, self.stream]).integers(2**31))
         self.compose.set_random_state(seed=seed)
         out_i, out_l = [], []
         for x, y in zip(images, labels):

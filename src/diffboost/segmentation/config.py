@@ -16,23 +16,57 @@ DIFFUSION_SOURCES = ("diffboost", "copy-paste-harmonize", "diffboost-layout")
 MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
 VARIANT_SOURCES = (*SYNTHETIC_SOURCES, MIX_CLASSIC)  # where Algorithm 1's variants come from
 DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", MIX_CLASSIC, "diffboost+classic")
+# semi-supervised learners: the fold's unlabelled training images enter the segmenter's training
+# (see .semisup). fixmatch-diffboost is fixmatch whose strong view is a DiffBoost variant of the unlabelled
+# image, with Algorithm 1 on the labelled part: its variant source is diffboost
+FIXMATCH, FIXMATCH_DIFFBOOST, SELF_TRAIN = "fixmatch", "fixmatch-diffboost", "self-train"
+SEMI = (FIXMATCH, FIXMATCH_DIFFBOOST, SELF_TRAIN)
+
+
+def _parts(name: str) -> tuple[list[str], list[str], list[str]]:
+    """A strategy's (semi-supervised learner, variant source, classical augmentation) parts."""
+    parts = [p.strip() for p in name.split("+") if p.strip()]
+    semi = [p for p in parts if p in SEMI]
+    source = [p for p in parts if p in VARIANT_SOURCES] + (["diffboost"] if FIXMATCH_DIFFBOOST in semi else [])
+    classical = [p for p in parts if p not in VARIANT_SOURCES and p not in SEMI]
+    valid = ("none", *CLASSICAL, *PIPELINES)
+    if not parts or any(p not in valid for p in classical) or len(source) > 1 or len(classical) > 1 or len(semi) > 1:
+        raise ValueError(f"unknown augmentation strategy {name!r}: use one of {', '.join(valid)}, "
+                         f"{', '.join(VARIANT_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+classic), optionally "
+                         f"with a semi-supervised learner ({', '.join(SEMI)}, e.g. fixmatch+classic)")
+    return semi, source, classical
 
 
 def parse_strategy(name: str) -> tuple[str | None, str]:
     """``"diffboost+deepstack"`` -> (variant source, classical augmentation): ("diffboost", "deepstack").
 
     A strategy is a classical name (or ``none``), a variant source (a synthetic set's generator, or
-    ``mix-classic``), or ``SOURCE+CLASSICAL``.
+    ``mix-classic``), or ``SOURCE+CLASSICAL``; any of them may add a semi-supervised learner
+    (:func:`semi_of`): ``fixmatch+classic``, ``self-train+diffboost+classic``, ``fixmatch-diffboost+classic``
+    (whose variant source is diffboost).
     """
-    parts = [p.strip() for p in name.split("+") if p.strip()]
-    source = [p for p in parts if p in VARIANT_SOURCES]
-    classical = [p for p in parts if p not in VARIANT_SOURCES]
-    valid = ("none", *CLASSICAL, *PIPELINES)
-    bad = [p for p in classical if p not in valid]
-    if not parts or bad or len(source) > 1 or len(classical) > 1:
-        raise ValueError(f"unknown augmentation strategy {name!r}: use one of {', '.join(valid)}, "
-                         f"{', '.join(VARIANT_SOURCES)}, or SOURCE+CLASSICAL (e.g. diffboost+classic)")
+    _, source, classical = _parts(name)
     return (source[0] if source else None), (classical[0] if classical else "none")
+
+
+def semi_of(name: str) -> str | None:
+    """The semi-supervised learner of a strategy (fixmatch, fixmatch-diffboost, self-train), or None."""
+    semi = _parts(name)[0]
+    return semi[0] if semi else None
+
+
+def needs_unlabelled_variants(name: str) -> bool:
+    """Whether a strategy trains on DiffBoost variants of unlabelled images: fixmatch-diffboost's strong
+    views, or self-training's pseudo-labelled images mixed with their variants by Algorithm 1."""
+    semi, source, _ = _parts(name)
+    return FIXMATCH_DIFFBOOST in semi or (SELF_TRAIN in semi and "diffboost" in source)
+
+
+def supervised_part(name: str) -> str:
+    """The strategy without its semi-supervised learner: what a self-training teacher trains with
+    (``self-train+diffboost+classic`` -> ``diffboost+classic``)."""
+    _, source, classical = _parts(name)
+    return "+".join([*source, *[c for c in classical if c != "none" or not source]]) or "none"
 
 
 @dataclass
@@ -79,6 +113,13 @@ class SegConfig:
     threads: int | None = None  # torch CPU threads; None = torch's default
     channels_last: bool = False  # NHWC memory layout (2 CPU cores: 1.12x alone, with bf16 1.76x vs fp32 NCHW)
     prefetch: bool = False  # make the next batch in a background thread (2 CPU cores, 2 threads: 0.92x, off)
+    # semi-supervised learners (fixmatch, fixmatch-diffboost, self-train; see .semisup)
+    confidence: float = 0.95  # a pseudo-labelled pixel enters the loss when its confidence exceeds this
+    unlabelled_batch: int | None = None  # fixmatch: unlabelled images per step; None = batch_size
+    unlabelled_weight: float = 1.0  # fixmatch: weight of the unlabelled term beside the supervised loss
+    cutmix_prob: float = 0.5  # fixmatch: probability that a strong view gets a box of another unlabelled image
+    self_train_keep: float = 0.5  # self-train: share of the unlabelled images kept, the teacher's most confident
+    self_train_rounds: int = 1  # self-train: teacher -> student rounds (2: the first student teaches a second)
 
     def __post_init__(self):
         if self.channels is not None:
@@ -114,6 +155,17 @@ class SegConfig:
             raise ValueError(f"patch must be at least 1 pixel, got {self.patch}")
         if self.n is not None and self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        for name in ("confidence", "cutmix_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.self_train_keep <= 1.0:
+            raise ValueError(f"self_train_keep must be in (0, 1], got {self.self_train_keep}")
+        if self.unlabelled_weight < 0:
+            raise ValueError(f"unlabelled_weight must be at least 0, got {self.unlabelled_weight}")
+        if self.self_train_rounds < 1:
+            raise ValueError(f"self_train_rounds must be at least 1, got {self.self_train_rounds}")
+        if self.unlabelled_batch is not None and self.unlabelled_batch < 2:
+            raise ValueError(f"unlabelled_batch must be at least 2 (batch normalisation) or null, got {self.unlabelled_batch}")
 
     def identity(self) -> dict:
         """The settings that change the trained model (threads and memory layout do not; nor do
@@ -129,10 +181,17 @@ class SegConfig:
 # options that only act on a strategy with variants (Algorithm 1, which variants, their filters)
 VARIANT_OPTIONS = ("alpha", "patch", "n", "mix", "quality_filter", "synthetic", "mix_prob", "teacher_gate",
                    "pixel_filter")
+# options of the semi-supervised learners, by learner
+SEMI_OPTIONS = {FIXMATCH: ("confidence", "unlabelled_batch", "unlabelled_weight", "cutmix_prob"),
+                FIXMATCH_DIFFBOOST: ("confidence", "unlabelled_batch", "unlabelled_weight", "cutmix_prob"),
+                SELF_TRAIN: ("confidence", "self_train_keep", "self_train_rounds")}
 
 
 def drop_unused(identity: dict) -> dict:
     """A run identity's config without the options its strategy does not use."""
-    if parse_strategy(identity.get("aug", "none"))[0] is None:
-        return {k: v for k, v in identity.items() if k not in VARIANT_OPTIONS}
-    return identity
+    name = identity.get("aug", "none")
+    used = set(SEMI_OPTIONS.get(semi_of(name), ()))
+    unused = {k for opts in SEMI_OPTIONS.values() for k in opts} - used
+    if parse_strategy(name)[0] is None:
+        unused |= set(VARIANT_OPTIONS)
+    return {k: v for k, v in identity.items() if k not in unused}

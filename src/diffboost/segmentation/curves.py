@@ -14,7 +14,8 @@ fold keeping the labels of the budget's share of its training + validation part)
   interval where the difference's 95% interval crosses 0 (its upper bound first, then its lower bound).
 
 Test folds are the same at every budget, so a strategy at a budget and the reference at 100% are paired
-by (fold, seed).
+by (fold, seed). A semi-supervised strategy (fixmatch, self-train) runs at the budgets that leave it
+unlabelled images only (every label: none), its cells elsewhere empty.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..data.folds import parse_budget
 from ..data.store import PreparedSet
 from ..evaluation.stats import corrected_interval, holdout_ratio, holm
 from .compare import _interval, _mean_dice, _run_key, compare, read_rows, run_stats
-from .config import SegConfig
+from .config import SegConfig, semi_of
 from .jobs import SegJob, run_folder
 
 FULL = "1"
@@ -69,8 +70,11 @@ def learning_curve(prepared: str | Path | PreparedSet, budgets, strategies, cfg:
         else:
             root = out / "budgets" / name
             sets[name] = with_budget(ps, b, root / "prepared")
-        per_budget[name] = compare(sets[name], strategies, cfg, root, folds, progress, replace_stale, seeds, jobs)
+        # a semi-supervised strategy needs unlabelled training images: with every label there are none
+        here = [s for s in strategies if not semi_of(s) or all(sets[name].fold(k).unlabelled for k in folds)]
+        per_budget[name] = compare(sets[name], here, cfg, root, folds, progress, replace_stale, seeds, jobs)
         per_budget[name]["root"] = str(root)
+        per_budget[name]["strategies"] = here
     curve = summarise_curve(per_budget, sets, strategies, cfg, seeds, folds, reference, holdout_ratio(
         [ps.fold(k) for k in folds]))
     from ..utils.atomic import atomic_write_text
@@ -94,19 +98,20 @@ def summarise_curve(per_budget: dict, sets: dict, strategies, cfg, seeds, folds,
     order = sorted(per_budget, key=lambda n: np.mean([len(sets[n].fold(k).train) + len(sets[n].fold(k).val)
                                                       for k in folds]))
     labelled = {n: float(np.mean([len(sets[n].fold(k).train) + len(sets[n].fold(k).val) for k in folds])) for n in order}
-    runs = {n: {s: _runs(Path(per_budget[n]["root"]), s, cfg, folds, seeds) for s in strategies} for n in order}
+    runs = {n: {s: _runs(Path(per_budget[n]["root"]), s, cfg, folds, seeds)
+                for s in per_budget[n].get("strategies", strategies)} for n in order}
     dice = {}
     for s in strategies:
         dice[s] = {}
-        for n in order:
-            iv = corrected_interval(runs[n][s], ratio)
-            dice[s][n] = {"mean": iv.mean, "low": iv.low, "high": iv.high}
+        for n in order:  # None: the strategy did not run at this budget (a semi-supervised one with every label)
+            iv = corrected_interval(runs[n][s], ratio) if s in runs[n] else None
+            dice[s][n] = None if iv is None else {"mean": iv.mean, "low": iv.low, "high": iv.high}
     gains: dict[str, dict] = {}
     for n in order:  # each strategy vs none and vs the reference at the same budget; Holm within the budget
         family = {}
         for s in strategies:
             for ref in dict.fromkeys(("none", reference)):
-                if s not in (ref, "none") and ref in strategies:  # none vs X is X vs none
+                if s not in (ref, "none") and ref in runs[n] and s in runs[n]:  # none vs X is X vs none
                     family[f"{s} vs {ref}"] = run_stats(runs[n][s], runs[n][ref], ratio)
         for name, p in holm({k: d["p"] for k, d in family.items()}).items():
             family[name]["p_holm"] = p
@@ -117,7 +122,7 @@ def summarise_curve(per_budget: dict, sets: dict, strategies, cfg, seeds, folds,
     if reference in strategies:
         ref_runs = runs[full][reference]
         for s in strategies:
-            diffs = [(labelled[n], run_stats(runs[n][s], ref_runs, ratio)) for n in order]
+            diffs = [(labelled[n], run_stats(runs[n][s], ref_runs, ratio)) for n in order if s in runs[n]]
             saved[s] = labels_saved(diffs, labelled[full])
     return {"budgets": order, "labelled_images": labelled, "reference": f"{reference} with every label" if full == FULL else f"{reference} at budget {full}",
             "dice": dice, "gains": gains, "labels_saved": saved, "folds": folds, "seeds": seeds,
@@ -164,7 +169,8 @@ def curve_markdown(curve: dict) -> str:
     head = ["strategy"] + [f"{budget_label(n)} ({curve['labelled_images'][n]:.0f} labelled)" for n in order]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s, by in curve["dice"].items():
-        lines.append("| " + " | ".join([s] + [f"{_pct(by[n]['mean'])} [{_pct(by[n]['low'])}, {_pct(by[n]['high'])}]"
+        lines.append("| " + " | ".join([s] + ["–" if by[n] is None else
+                                              f"{_pct(by[n]['mean'])} [{_pct(by[n]['low'])}, {_pct(by[n]['high'])}]"
                                               for n in order]) + " |")
     text = ["Dice (%) per label budget: mean over fold x seed runs, corrected repeated k-fold 95% interval. "
             f"Every budget on the same test folds ({len(curve['folds'])} folds, seeds {curve['seeds']}); "

@@ -66,9 +66,21 @@ class FoldData:
     masks: torch.Tensor  # [N, 1, S, S] long
     indices: list[int]  # prepared-set sample indices
     synthetic: SyntheticPool | None = None
+    ignore: torch.Tensor | None = None  # [N, 1, S, S] bool: pixels left out of the loss (uncertain pseudo-labels)
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def extended(self, images: torch.Tensor, masks: torch.Tensor, indices: list[int],
+                 ignore: torch.Tensor | None = None) -> "FoldData":
+        """These samples and more (pseudo-labelled images), before any synthetic pool is attached."""
+        if self.synthetic is not None:
+            raise ValueError("extend the training samples before their variants are loaded")
+        old = self.ignore if self.ignore is not None else torch.zeros_like(self.masks, dtype=torch.bool)
+        new = ignore if ignore is not None else torch.zeros_like(masks, dtype=torch.bool)
+        both = torch.cat([old, new]) if self.ignore is not None or ignore is not None else None
+        return FoldData(torch.cat([self.images, images]), torch.cat([self.masks, masks.to(self.masks.dtype)]),
+                        [*self.indices, *indices], None, both)
 
 
 def load_training(ps: PreparedSet, indices: list[int], size: int) -> FoldData:

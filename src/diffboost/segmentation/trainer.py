@@ -42,7 +42,7 @@ from ..utils.atomic import artifact_dir, atomic_write_text, read_control, recove
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
-from .config import MIX_CLASSIC, SegConfig, drop_unused, parse_strategy
+from .config import FIXMATCH, FIXMATCH_DIFFBOOST, MIX_CLASSIC, SELF_TRAIN, SegConfig, drop_unused, parse_strategy, semi_of
 from .data import FoldData, load_synthetic, load_training, teacher_identity, to_size
 from .jobs import run_folder
 from .networks import build_network, size_multiple
@@ -165,6 +165,11 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         from ..stages import digest  # prepared into the same folder is another run, never a silent reuse)
 
         identity["fold_cases"] = digest([f.train, f.val, f.test])
+    semi = semi_of(cfg.aug)
+    if semi:  # which images it learns without labels
+        from ..stages import digest
+
+        identity["unlabelled_cases"] = digest([f.unlabelled])
     done = _check_run(out, identity, replace_stale)
     if done is not None:
         return done
@@ -174,13 +179,32 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     labels = labels_of(ps)
     train_idx = ps.indices(f.train, training=True)
     data = load_training(ps, train_idx, size)
+    unlabelled_term, semi_record = None, {}
+    if semi == SELF_TRAIN:  # the teacher's most confident pseudo-labels join the labelled images
+        from .semisup import self_training_set
+
+        idx, pseudo, keep, semi_record = self_training_set(ps, fold, cfg, out, size, progress)
+        data = data.extended(to_size(ps.images[np.asarray(idx)], size), pseudo, idx, ignore=~keep)
     if source == MIX_CLASSIC:
         from .variants import classic_variants
 
-        data.synthetic = classic_variants(data.images, train_idx, cfg.n)
+        data.synthetic = classic_variants(data.images, data.indices, cfg.n)
     elif source:
-        data.synthetic = load_synthetic(syn_path, ps, fold, train_idx, size, cfg.n, cfg.quality_filter,
+        data.synthetic = load_synthetic(syn_path, ps, fold, data.indices, size, cfg.n, cfg.quality_filter,
                                         cfg.teacher_gate, cfg.pixel_filter)
+    if semi in (FIXMATCH, FIXMATCH_DIFFBOOST):
+        from .semisup import FixMatch, unlabelled_indices
+
+        idx = unlabelled_indices(ps, fold, cfg.aug)
+        variants = None
+        if semi == FIXMATCH_DIFFBOOST:
+            try:
+                variants = load_synthetic(syn_path, ps, fold, idx, size, cfg.n)
+            except ValueError as e:
+                raise ValueError(f"{e}. {cfg.aug} takes its strong views from variants of the unlabelled images: "
+                                 "generate them with `diffboost generate --unlabelled` (generate.unlabelled: true)") from None
+        unlabelled_term = FixMatch(to_size(ps.images[np.asarray(idx)], size), cfg, variants)
+        semi_record = {"unlabelled_images": len(idx)}
     val_idx = ps.indices(f.val) if len(f.val) >= cfg.min_val_cases else []  # too few: the last epoch is kept
     val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
     val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
@@ -218,7 +242,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         while counters["epoch"] < cfg.epochs:
             epoch = counters["epoch"]
             t0 = time.perf_counter()
-            loss = _train_epoch(net, opt, loss_fn, data, cfg, augment, patch, epoch, prefetch=cfg.prefetch)
+            loss = _train_epoch(net, opt, loss_fn, data, cfg, augment, patch, epoch, prefetch=cfg.prefetch,
+                                unlabelled=unlabelled_term)
             val = None
             if val_images is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
                 val = quick_dice(net, val_images, val_masks, val_groups, labels, channels_last=cfg.channels_last)
@@ -237,7 +262,8 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
             bar.update(epoch + 1, loss=loss, **{"val Dice": val})
     finally:
         bar.close()
-    return _evaluate(out, ps, f, size, labels, cfg, counters, identity, time.perf_counter() - t_start)
+    return _evaluate(out, ps, f, size, labels, cfg, counters, identity, time.perf_counter() - t_start,
+                     {"steps_per_epoch": len(epoch_batches(len(data), cfg, torch.Generator())), **semi_record})
 
 
 def epoch_batches(n: int, cfg: SegConfig, g: torch.Generator) -> list[torch.Tensor]:
@@ -254,10 +280,11 @@ def epoch_batches(n: int, cfg: SegConfig, g: torch.Generator) -> list[torch.Tens
 
 
 def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: BatchAugmenter, patch: int,
-                 epoch: int, prefetch: bool = False) -> float:
+                 epoch: int, prefetch: bool = False, unlabelled=None) -> float:
     """One pass over the real training samples. With ``prefetch`` the next batch (variant choice,
     augmentation, Algorithm 1 mask) is made in a background thread while the network trains on the
-    current one; batches are still made one after another, in order, so the result is the same."""
+    current one; batches are still made one after another, in order, so the result is the same.
+    ``unlabelled`` (a :class:`.semisup.FixMatch`) adds its term on unlabelled images to each step's loss."""
     for group in opt.param_groups:
         group["lr"] = _lr(cfg, epoch)
     g = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
@@ -271,10 +298,13 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
         the loss (None: all))."""
         b = batches[step]
         x, y = data.images[b], data.masks[b]
+        unsure = data.ignore[b].long() if data.ignore is not None else None  # pseudo-labels' uncertain pixels
         if pool is None:
             if augment:
-                x, y = augment(x, y, epoch, step)
-            return x, y, None, None, None, None
+                packed = y if unsure is None else y + _PACK * unsure  # the ignored pixels move with the label
+                x, packed = augment(x, packed, epoch, step)
+                y, unsure = (packed, None) if unsure is None else (packed % _PACK, packed // _PACK)
+            return x, y, None, None, None, None if unsure is None else unsure == 0
         counts = pool.counts[b]
         rows = pool.rows[b, choose_variants(counts.clamp_min(1), g)]  # a sample without variants: unmixed below
         syn = pool.images[rows]
@@ -282,10 +312,13 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
         y_syn = pool.masks[rows] if pool.masks is not None else None  # variants with labels of their own
         if augment:  # the variants' labels and the pixels to ignore ride on the labels: spatial transforms move them alike
             packed = y if y_syn is None else y + _LABELS * y_syn
-            both, packed = augment(torch.cat([x, syn], 1), packed if drop is None else packed + _PACK * drop, epoch, step)
+            flags = None if drop is None and unsure is None else (0 if drop is None else drop) + 2 * (0 if unsure is None else unsure)
+            both, packed = augment(torch.cat([x, syn], 1), packed if flags is None else packed + _PACK * flags, epoch, step)
             x, syn = both[:, :1], both[:, 1:]
-            if drop is not None:
-                packed, drop = packed % _PACK, packed // _PACK
+            if flags is not None:
+                packed, flags = packed % _PACK, packed // _PACK
+                drop = None if drop is None else flags % 2
+                unsure = None if unsure is None else flags // 2
             y, y_syn = (packed, None) if y_syn is None else (packed % _LABELS, packed // _LABELS)
         m = patch_mask(len(b), x.shape[-2], x.shape[-1], cfg.alpha, patch, g)
         mixed = None
@@ -295,6 +328,8 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
         if y_syn is not None:  # the label mixed with the image's grid: the real one where m = 1
             y = mix_labels(y, y_syn, m)
         keep = None if drop is None else ~((drop > 0) & (m == 0))
+        if unsure is not None:  # a pseudo-label's uncertain pixel, from the image or its variant alike
+            keep = (unsure == 0) if keep is None else keep & (unsure == 0)
         return x, y, syn, m, mixed, keep
 
     def forward(inputs):
@@ -325,6 +360,9 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
                 loss = loss_fn(logits, y.to(device))
             else:
                 loss = masked_dice_ce(logits, y.to(device), keep.to(device), batch=cfg.batch_dice)
+            if unlabelled is not None:  # the consistency term on unlabelled images (None: no pixel passed)
+                extra = unlabelled.loss(net, forward, epoch, step)
+                loss = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -348,7 +386,7 @@ def masked_dice_ce(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tenso
 
 
 def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, counters: dict, identity: dict,
-              seconds: float) -> dict:
+              seconds: float, extra: dict) -> dict:
     from ..utils.atomic import atomic_write_bytes
 
     net, _ = load_segmenter(out / "model")  # as a user loads it: the test predictions are reproducible
@@ -367,8 +405,7 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
                "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metric.aggregate().items()},
                "best_epoch": counters["best_epoch"], "best_val_dice": counters["best_dice"],
                "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
-               "steps_per_epoch": len(epoch_batches(len(ps.indices(f.train, training=True)), cfg, torch.Generator())),
-               "labelled_training_cases": len(f.train), "validation_cases": len(f.val),
+               "labelled_training_cases": len(f.train), "validation_cases": len(f.val), **extra,
                "checkpoint": "last epoch" if counters["best_dice"] < 0 else "best validation Dice",
                "eval_seconds": round(eval_seconds, 3), "identity": identity}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
@@ -414,7 +451,8 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
         return None
     if old != new:
         diff = sorted(k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k))
-        diff += [k for k in ("fold", "synthetic_variants", "teacher", "size", "last_checkpoint", "fold_cases")
+        diff += [k for k in ("fold", "synthetic_variants", "teacher", "size", "last_checkpoint", "fold_cases",
+                             "unlabelled_cases")
                  if old.get(k) != new.get(k)]
         raise ValueError(f"{out}: holds a segmentation run with other settings ({', '.join(diff)}); nothing was "
                          "deleted. Choose another --out or remove it (diffboost run: --redo seg)")
