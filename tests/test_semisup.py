@@ -186,3 +186,14 @@ def test_a_learning_curve_runs_a_semi_supervised_strategy_where_there_are_unlabe
     from diffboost.report.figures import learning_curve as plot
 
     assert plot(curve)[:4] == b"\x89PNG"
+
+
+def test_a_run_with_a_learner_and_no_unlabelled_images_is_refused_when_the_config_loads(tmp_path):
+    from diffboost.runconfig import load_run_config
+
+    f = tmp_path / "semi.yaml"
+    f.write_text("compare:\n  augs: [classic, fixmatch+classic]\n")
+    with pytest.raises(ValueError, match=r"'fixmatch\+classic' learns from unlabelled images, and this run has none"):
+        load_run_config(f)
+    f.write_text("prepare:\n  budget: '0.1'\ncompare:\n  augs: [classic, fixmatch+classic]\n")
+    assert load_run_config(f).compare.augs[-1] == "fixmatch+classic"

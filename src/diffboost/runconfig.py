@@ -237,7 +237,9 @@ def layout_kinds(cfg: RunConfig) -> list[str]:
 def check_run_config(cfg: RunConfig) -> None:
     """Refuse, when the config is loaded, what `run` could only fail on hours later: a strategy whose
     synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
-    cannot take the widths or the working size, an ablation value that cannot train."""
+    cannot take the widths or the working size, an ablation value that cannot train, a semi-supervised
+    strategy without unlabelled images."""
+    from .segmentation.config import semi_of
     from .segmentation.networks import check_network
 
     for a in cfg.compare.augs:
@@ -247,6 +249,10 @@ def check_run_config(cfg: RunConfig) -> None:
                              f"make (it generates the diffusion model's only); remove it here, make them with "
                              f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "
                              f"`diffboost compare --augs ...,{a}`")
+        if semi_of(a) and not cfg.prepare.unlabelled and cfg.prepare.budget is None:
+            raise ValueError(f"compare.augs: {a!r} learns from unlabelled images, and this run has none: give "
+                             "prepare.unlabelled (folders of images without labels; --unlabelled) or a label "
+                             "prepare.budget (e.g. 0.1), or remove it")
     size = cfg.seg.size or cfg.prepare.size
     try:
         check_network(cfg.seg.network, cfg.seg.channels, size)
