@@ -108,6 +108,10 @@ def test_variants_of_unlabelled_images_feed_fixmatch_diffboost(budget_set, tmp_p
                     min_val_cases=1, aug="fixmatch-diffboost+classic", threads=1, unlabelled_batch=4, confidence=0.5)
     summary = train_seg(ps, 0, cfg, tmp_path / "seg", progress=False)
     assert summary["unlabelled_images"] == len(unl)
+    # self-training + DiffBoost: the pseudo-labelled images are mixed with their own variants by Algorithm 1
+    st = SegConfig(**{**cfg.__dict__, "aug": "self-train+diffboost", "self_train_keep": 1.0})
+    summary = train_seg(ps, 0, st, tmp_path / "st", progress=False)
+    assert summary["pseudo_labelled_images"] == len(unl)
     # a set without the unlabelled images' variants is refused with what to do
     plain = generate(tmp_path / "m", ps, tmp_path / "plain", 0, GenerateConfig(n=1, steps=2, batch_size=64), progress=False)
     with pytest.raises(ValueError, match="--unlabelled"):

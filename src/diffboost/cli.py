@@ -88,6 +88,9 @@ def prepare(
     unlabelled: Optional[list[Path]] = typer.Option(None, "--unlabelled", help="A folder of images without labels (any layout "
                                                     "prepare reads, its masks unread, or plain images); repeatable. They train "
                                                     "only the stages that say so, never validate or test."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Cross-site: a labelled set of another site (any layout). Its cases "
+                                                "make the test folds; every source case trains; a fold's other target cases "
+                                                "train as unlabelled images, their labels hidden."),
     duplicates: Optional[float] = typer.Option(None, help="Near-duplicate threshold (2D thumbnail correlation, default 0.92): each group stays in one fold. 1 = exact copies only."),
     no_duplicates: bool = typer.Option(False, "--no-duplicates", help="Do not look for near-duplicates."),
     image_dir: Optional[str] = typer.Option(None, help="Folders layouts: the image folder (default: images/, image/, imgs/ or cropped/, in any case)."),
@@ -117,6 +120,7 @@ def prepare(
         "image_dir": image_dir, "mask_dir": mask_dir, "case_pattern": case_pattern, "categories": categories,
         "mask_pattern": mask_pattern, "repeats": repeats, "budget": budget,
         "unlabelled": [str(u) for u in unlabelled] if unlabelled else None,
+        "target": str(target) if target else None,
     }
     values = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
     values.update({k: v for k, v in updates.items() if v is not None})

@@ -55,6 +55,9 @@ class PrepareConfig:
     budget: str | None = None
     # folders of images without labels (any layout prepare reads; their masks, if any, are not read)
     unlabelled: list[str] | None = None
+    # cross-site: a labelled layout of another site. Its cases are split into the test folds; every source case
+    # trains; a fold's other target cases are its unlabelled training images (labels hidden). None: one site
+    target: str | None = None
     skip_bad: bool = False
     preview_cases: int = 8
     # folders layouts (e.g. DDTI's cropped/ + mask/): the image and mask folders (None: detected), a regex
@@ -117,6 +120,11 @@ class PrepareConfig:
             parse_budget(self.budget)
         if self.unlabelled is not None:
             self.unlabelled = [str(u) for u in ([self.unlabelled] if isinstance(self.unlabelled, str) else self.unlabelled)]
+        if self.target is not None:
+            self.target = str(self.target)
+            if self.budget is not None:
+                raise ValueError("target (cross-site) and budget do not combine: the target's training labels are "
+                                 "hidden already, and every source label trains")
 
 
 def check_mask_pattern(pattern: str) -> None:

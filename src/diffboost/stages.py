@@ -134,6 +134,12 @@ def source_fingerprint(source: str | Path, prepare_cfg) -> str:
         from .data.readers.unlabelled import UnlabelledReader
 
         files.update(Path(r.image) for r in UnlabelledReader(folder, prepare_cfg, refs).scan())
+    if getattr(prepare_cfg, "target", None):  # the other site's images, masks and tables
+        from .data.readers.target import read_target
+
+        treader, trefs = read_target(prepare_cfg.target, prepare_cfg, refs)
+        files.update(Path(p) for r in trefs for p in (r.image, *r.masks))
+        files.update(treader.tables)
     return file_fingerprint(files)
 
 

@@ -231,3 +231,36 @@ def apply_budget(folds: list[Fold], budget: tuple[str, float] | None, val_fracti
         out.append(Fold(f.index, tuple(sorted(set(labelled) - set(val))), tuple(sorted(val)), f.test,
                         tuple(sorted(set(f.unlabelled) | set(hidden))), tuple(hidden), f.partition))
     return out
+
+
+def cross_site_folds(source: list[str], target: list[str], k: int, val_fraction: float, seed: int,
+                     strata: dict[str, str], groups: list[list[str]] | None = None) -> list[Fold]:
+    """The folds of the cross-site protocol. The target's cases are split into ``k`` test folds (a group
+    kept together, stratified by category); every source case trains, but a seeded, stratified
+    ``val_fraction`` of them, the same in every fold, chooses the checkpoint; a fold's other target cases
+    are its unlabelled training images, their labels hidden (``unlabelled`` and ``hidden``). No target
+    label is read outside its test fold."""
+    tset, sset = set(target), set(source)
+    if tset & sset:
+        raise ValueError(f"a case is both source and target: {sorted(tset & sset)[:3]}")
+    tgroups = [g for g in groups or [] if set(g) <= tset]
+    sgroups = [g for g in groups or [] if set(g) <= sset]
+    if len(tgroups) + len(sgroups) != len(groups or []):
+        raise ValueError("a group of cases spans the source and the target")
+    split = split_by_case(sorted(target), k, 0.0, seed, [strata[c] for c in sorted(target)], tgroups)
+    units = _units(sorted(source), sgroups)
+    names = sorted(units)
+    cats = {u: max(sorted({strata[c] for c in units[u]}), key=[strata[c] for c in units[u]].count) for u in names}
+    n_val = int(round(val_fraction * len(source)))
+    val: list[str] = []
+    for u in _stratified_order(names, [cats[u] for u in names], np.random.default_rng([seed, 104729])):
+        if len(val) >= n_val:
+            break
+        if len(source) - len(val) - len(units[u]) >= 1:
+            val += units[u]
+    train = tuple(sorted(sset - set(val)))
+    out = []
+    for f in split:
+        others = tuple(sorted(tset - set(f.test)))
+        out.append(Fold(f.index, train, tuple(sorted(val)), f.test, unlabelled=others, hidden=others))
+    return out

@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..utils.atomic import atomic_dir
 from ..utils.lock import locks_folder
 from ..utils.progress import progress_iter
-from .folds import Fold, apply_budget, parse_budget, partition_seed, split_by_case
+from .folds import Fold, apply_budget, cross_site_folds, parse_budget, partition_seed, split_by_case
 from .preprocess import (
     in_plane_spacing,
     iter_slices,
@@ -93,6 +93,7 @@ class _Collector:
         self.originals: dict[str, np.ndarray] = {}
         self.cases: dict[str, str] = {}  # case id -> category
         self.unlabelled: list[str] = []  # case ids of the images without a label
+        self.target: list[str] = []  # cross-site: the case ids of the target site
         self.groups: dict[str, list[str]] = {}  # patient / examination -> its case ids (kept in one fold)
         self.physical = False  # whether any spacing came from a NIfTI header (mm)
 
@@ -189,10 +190,23 @@ def prepare(
                                 "labels at all")
     for _, more in extra:
         check_file_names(more)
+    sites = []
+    if cfg.target:  # cross-site: the target's cases, labelled, for the test folds
+        from .readers.target import read_target
+
+        if not reader.has_masks:
+            raise DataError(source, "--target tests on another site a segmenter trained on this source; this "
+                                    "source has no labels")
+        treader, trefs = read_target(cfg.target, cfg, refs + [r for _, more in extra for r in more])
+        check_file_names(trefs)
+        if set(treader.label_names) != set(reader.label_names):  # the values; their names may differ
+            raise DataError(cfg.target, f"--target: its label values {sorted(treader.label_names)} differ from the "
+                                        f"source's {sorted(reader.label_names)}; map them with label_map")
+        sites = [(treader, trefs, True)]
     detector = edge_detector(cfg)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         collector = _Collector(cfg, detector, reader.has_masks, tmp)
-        for r, todo, labelled in [(reader, refs, True)] + [(u, more, False) for u, more in extra]:
+        for r, todo, labelled in [(reader, refs, True)] + sites + [(u, more, False) for u, more in extra]:
             for ref in progress_iter(todo, f"prepare {r.name}" + ("" if labelled else f" {r.root.name}"),
                                      enabled=progress):
                 try:
@@ -203,6 +217,11 @@ def prepare(
                 collector.add(case, labelled=labelled and reader.has_masks)
             if r is not reader:
                 reader.skipped += r.skipped  # dataset.json lists every skipped file, labelled or not
+        if sites:
+            collector.target = [r.case_id for r in sites[0][1] if r.case_id in collector.cases]
+            if len(collector.target) < cfg.folds:
+                raise DataError(cfg.target, f"--target: {len(collector.target)} usable case(s), fewer than the "
+                                            f"{cfg.folds} test folds")
         if not any(r["labelled"] for r in collector.rows) and reader.has_masks:
             raise DataError(source, "no usable cases (every case was skipped)")
         if not collector.rows:
@@ -275,6 +294,27 @@ def _near_duplicates(cfg: PrepareConfig, col: _Collector, images: np.ndarray) ->
     return info
 
 
+def _split_across_sites(cfg: PrepareConfig, col: _Collector, groups: list[list[str]]) -> list[list[str]]:
+    """Near-duplicate groups of a cross-site set, each cut into its source and target parts; a source-target
+    pair confirmed at the finer scale (:func:`_fine_correlation`) is refused, naming the files."""
+    target = set(col.target)
+    src_image = {r["case_id"]: r["source_image"] for r in col.rows}
+    out, confirmed = [], []
+    for g in groups:
+        s, t = [c for c in g if c not in target], [c for c in g if c in target]
+        for a in s if t else []:
+            for b in t:
+                corr = _fine_correlation(cfg, src_image[a], src_image[b])
+                if corr >= cfg.duplicates:
+                    confirmed.append(f"{src_image[a]} ~ {src_image[b]} ({corr:.3f})")
+        out += [part for part in (s, t) if len(part) > 1]
+    if confirmed:
+        raise DataError(confirmed[0].split(" ~ ")[0], f"{len(confirmed)} source image(s) are near-duplicates of target "
+                        f"images (thumbnail correlation >= {cfg.duplicates}), which are test cases: "
+                        f"{'; '.join(confirmed[:5])}. Remove them from one of the two sets (or raise duplicates)")
+    return out
+
+
 def _fine_correlation(cfg: PrepareConfig, a: str, b: str) -> float:
     """Thumbnail correlation of two source images at 64 x 64 (rendered at 128 px): re-crops and re-exports of
     one image stay above 0.95; different BUSI and BUS-BRA images that pass at 32 x 32 fall to about 0.90."""
@@ -327,8 +367,19 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
     images = np.load(tmp / "images.npy", mmap_mode="r")
     dups = _near_duplicates(cfg, col, images)
     patients = [g for g in col.groups.values() if len(g) > 1]
+    if col.target:  # a near-duplicate across the sites would test the target on a training image
+        dups["groups"] = _split_across_sites(cfg, col, dups["groups"])
     together = merge_groups(dups["groups"] + patients)
-    folds = make_folds(cfg, case_ids, col.cases, together, col.unlabelled)
+    if col.target:
+        target = set(col.target)
+        folds = []
+        for p in range(cfg.repeats or 1):
+            split = cross_site_folds([c for c in case_ids if c not in target], col.target, cfg.folds,
+                                     cfg.val_fraction, partition_seed(cfg.seed, p), col.cases, together)
+            folds += [dataclasses.replace(f, index=len(folds) + f.index, partition=p,
+                                          unlabelled=tuple(sorted(set(f.unlabelled) | unlabelled))) for f in split]
+    else:
+        folds = make_folds(cfg, case_ids, col.cases, together, col.unlabelled)
     (tmp / "folds.json").write_text(json.dumps(
         {"k": cfg.folds, "repeats": cfg.repeats or 1, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
          "budget": cfg.budget, "groups": together,
@@ -353,6 +404,11 @@ def _write(tmp: Path, source: Path, cfg: PrepareConfig, reader, col: _Collector,
         "num_labelled_cases": len(case_ids) if reader.has_masks else 0,
         "num_unlabelled_cases": len(col.unlabelled),
         "unlabelled_sources": [str(Path(u).resolve()) for u in cfg.unlabelled or []],
+        "cross_site": {"target": str(Path(cfg.target).resolve()), "target_cases": len(col.target),
+                       "source_cases": len(case_ids) - len(col.target),
+                       "protocol": "every source case trains (a fixed share validates); the target's cases are "
+                                   "split into the test folds; a fold's other target cases are unlabelled training "
+                                   "images (labels hidden)"} if col.target else None,
         "budget": cfg.budget,
         "repeats": cfg.repeats or 1,
         "labels_per_fold": [{"train": len(f.train), "val": len(f.val), "test": len(f.test), "hidden": len(f.hidden),

@@ -1,0 +1,97 @@
+"""Across sites: `prepare SOURCE --target DIR` tests on the target's cases, trains on every source case,
+and gives each fold the target's other cases as unlabelled training images whose labels stay hidden."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffboost.config import PrepareConfig
+from diffboost.data.folds import cross_site_folds
+from diffboost.data.preparation import prepare
+from diffboost.data.store import HiddenLabel
+from diffboost.errors import DataError
+from builders import disk, gradient_image, save_png
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    from diffboost.data.phantoms import generate_phantoms
+
+    root = tmp_path_factory.mktemp("sites")
+    source = generate_phantoms(root / "src", n=15, seed=21)
+    target = root / "hospital2"  # an images/ + masks/ layout; two images of one patient (p3)
+    for i in range(8):
+        name = f"p{i}_a" if i != 7 else "p3_b"
+        save_png(target / "images" / f"{name}.png", gradient_image(48, 56, 30 + i))
+        save_png(target / "masks" / f"{name}.png", disk(48, 56, 20 + i, 25, 6).astype(np.uint8) * 255)
+    return source, target
+
+
+def test_the_target_makes_the_test_folds_and_its_training_labels_stay_hidden(sites, tmp_path):
+    source, target = sites
+    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, repeats=2, target=str(target)), progress=False)
+    tcases = {c for c in ps.case_ids if c.startswith("hospital2/")}
+    scases = set(ps.case_ids) - tcases
+    assert len(tcases) == 8 and ps.meta["cross_site"]["target_cases"] == 8
+    assert ps.meta["cross_site"]["source_cases"] == len(scases) > 0
+    for p in (0, 1):
+        part = [f for f in ps.folds if f.partition == p]
+        assert sorted(c for f in part for c in f.test) == sorted(tcases)  # each target case tested once
+        for f in part:
+            assert set(f.test) <= tcases and set(f.train + f.val) <= scases  # train and validate on the source
+            assert set(f.train + f.val) == scases
+            assert set(f.unlabelled) == set(f.hidden) == tcases - set(f.test)
+    assert [f.test for f in ps.folds if f.partition == 0] != [f.test for f in ps.folds if f.partition == 1]
+    f = ps.fold(0)
+    bound = ps.for_fold(0)
+    assert bound.original_mask(f.test[0]) is not None  # a test case's label is read for scoring
+    with pytest.raises(HiddenLabel, match="hidden in fold 0"):
+        bound.masks[ps.indices(f.hidden[:1])]
+
+
+def test_cross_site_folds_by_hand():
+    src = [f"s{i}" for i in range(10)]
+    tgt = [f"t{i}" for i in range(6)]
+    strata = {c: "a" if int(c[1:]) % 2 else "b" for c in src + tgt}
+    folds = cross_site_folds(src, tgt, 3, 0.2, 0, strata, [["t0", "t1"]])
+    assert [len(f.test) for f in folds] and sum(len(f.test) for f in folds) == 6
+    assert all({"t0", "t1"} <= set(f.test) or not {"t0", "t1"} & set(f.test) for f in folds)
+    assert all(len(f.val) == 2 and f.val == folds[0].val for f in folds)  # the same source validation part
+    with pytest.raises(ValueError, match="spans the source and the target"):
+        cross_site_folds(src, tgt, 3, 0.2, 0, strata, [["s0", "t0"]])
+
+
+def test_bad_targets_are_refused_before_any_work(sites, tmp_path):
+    source, target = sites
+    with pytest.raises(ValueError, match="do not combine"):
+        PrepareConfig(target=str(target), budget="0.1")
+    with pytest.raises(DataError, match="--target: not found"):
+        prepare(source, tmp_path / "p", PrepareConfig(size=32, target=str(tmp_path / "nowhere")), progress=False)
+    plain = tmp_path / "plain" / "imgs"
+    save_png(plain / "a.png", gradient_image(20, 20, 1))
+    with pytest.raises(DataError):
+        prepare(source, tmp_path / "p2", PrepareConfig(size=32, target=str(plain.parent)), progress=False)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "p2").exists()
+
+
+def test_busi_to_busbra_keeps_each_patient_in_one_test_fold(tmp_path):
+    from conftest import shared_path
+
+    busi, busbra = shared_path("BUSI"), shared_path("BUS-BRA")
+    ps = prepare(busi, tmp_path / "p", PrepareConfig(size=32, folds=5, target=str(busbra)), progress=False)
+    rows = [r for r in ps.manifest if r["case_id"].startswith(f"{busbra.name}/")]
+    assert ps.meta["cross_site"]["target_cases"] == len({r["case_id"] for r in rows}) > 600
+    assert {r["device"] for r in rows} - {""}  # the scanner is kept, for the target's prompts
+    import csv
+
+    with open(busbra / "bus_data.csv", newline="") as fh:
+        patient = {row["ID"]: row["Case"] for row in csv.DictReader(fh)}
+    fold_of = {c: f.index for f in ps.folds for c in f.test}
+    by_patient: dict[str, set[int]] = {}
+    for c in fold_of:
+        by_patient.setdefault(patient[c.split("/", 1)[1]], set()).add(fold_of[c])
+    assert all(len(v) == 1 for v in by_patient.values())  # no patient in two test folds
+    assert len(by_patient) < len(fold_of)  # patients with several images exist, and were kept together
+    for f in ps.folds:
+        assert not any(c.startswith(f"{busbra.name}/") for c in f.train + f.val)
