@@ -95,3 +95,29 @@ def test_busi_to_busbra_keeps_each_patient_in_one_test_fold(tmp_path):
     assert len(by_patient) < len(fold_of)  # patients with several images exist, and were kept together
     for f in ps.folds:
         assert not any(c.startswith(f"{busbra.name}/") for c in f.train + f.val)
+
+
+def test_histmatch_variants_take_the_intensities_of_the_unlabelled_images_and_train(sites, tmp_path):
+    import torch
+
+    from diffboost.segmentation.config import SegConfig
+    from diffboost.segmentation.trainer import train_seg
+    from diffboost.segmentation.variants import histmatch_variants
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 16, 16, generator=g) * 2 - 1
+    refs = torch.rand(4, 1, 16, 16, generator=g) ** 3  # another site's look: other intensities
+    pool = histmatch_variants(images, [10, 11, 12], refs, n=2)
+    assert pool.images.shape == (6, 1, 16, 16) and pool.counts.tolist() == [2, 2, 2]
+    for j in range(3):
+        for v in range(2):
+            out = pool.images[pool.rows[j, v], 0].flatten()
+            # the variant's values are a reference's values, in the order of the image's own
+            assert any(torch.allclose(out.sort().values, r.flatten().sort().values, atol=1e-6) for r in refs[:, 0])
+            assert torch.equal(out.argsort(stable=True), images[j, 0].flatten().argsort(stable=True))
+    source, target = sites
+    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
+    cfg = SegConfig(network="unet", channels=(8, 16, 32), size=32, epochs=1, batch_size=4, steps_per_epoch=2,
+                    min_val_cases=1, aug="histmatch+classic", threads=1)
+    summary = train_seg(ps, 0, cfg, tmp_path / "seg", progress=False)
+    assert summary["identity"]["synthetic_variants"]["source"] == "histmatch" and summary["identity"]["unlabelled_cases"]

@@ -239,20 +239,20 @@ def check_run_config(cfg: RunConfig) -> None:
     synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
     cannot take the widths or the working size, an ablation value that cannot train, a semi-supervised
     strategy without unlabelled images."""
-    from .segmentation.config import semi_of
+    from .segmentation.config import IN_MEMORY, uses_unlabelled
     from .segmentation.networks import check_network
 
     for a in cfg.compare.augs:
         source, _ = parse_strategy(a)
-        if source not in (None, "mix-classic", COPY_PASTE, *DIFFUSION_SOURCES):  # mix-classic: in memory
+        if source not in (None, *IN_MEMORY, COPY_PASTE, *DIFFUSION_SOURCES):  # mix-classic, histmatch: in memory
             raise ValueError(f"compare.augs: {a!r} needs {source} synthetic sets, which `diffboost run` does not "
                              f"make (it generates the diffusion model's only); remove it here, make them with "
                              f"`diffboost {source} train` and `diffboost {source} generate` per fold, then run "
                              f"`diffboost compare --augs ...,{a}`")
-        if semi_of(a) and not cfg.prepare.unlabelled and cfg.prepare.budget is None:
+        if uses_unlabelled(a) and not cfg.prepare.unlabelled and cfg.prepare.budget is None and not cfg.prepare.target:
             raise ValueError(f"compare.augs: {a!r} learns from unlabelled images, and this run has none: give "
-                             "prepare.unlabelled (folders of images without labels; --unlabelled) or a label "
-                             "prepare.budget (e.g. 0.1), or remove it")
+                             "prepare.unlabelled (folders of images without labels; --unlabelled), a label "
+                             "prepare.budget (e.g. 0.1) or another site's prepare.target, or remove it")
     size = cfg.seg.size or cfg.prepare.size
     try:
         check_network(cfg.seg.network, cfg.seg.channels, size)

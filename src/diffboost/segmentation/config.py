@@ -14,7 +14,11 @@ SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste", "copy-paste-harmonize
 # the sources whose variants the fine-tuned diffusion model draws (`run` fine-tunes a model per fold for them)
 DIFFUSION_SOURCES = ("diffboost", "copy-paste-harmonize", "diffboost-layout")
 MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
-VARIANT_SOURCES = (*SYNTHETIC_SOURCES, MIX_CLASSIC)  # where Algorithm 1's variants come from
+# Algorithm 1 with variants whose intensity histogram is matched to the fold's unlabelled images (another
+# site's: the classical answer to a scanner change), made in memory (see .variants)
+HISTMATCH = "histmatch"
+IN_MEMORY = (MIX_CLASSIC, HISTMATCH)
+VARIANT_SOURCES = (*SYNTHETIC_SOURCES, *IN_MEMORY)  # where Algorithm 1's variants come from
 DEFAULT_COMPARE = ("none", *CLASSICAL, *PIPELINES, "diffboost", MIX_CLASSIC, "diffboost+classic")
 # semi-supervised learners: the fold's unlabelled training images enter the segmenter's training
 # (see .semisup). fixmatch-diffboost is fixmatch whose strong view is a DiffBoost variant of the unlabelled
@@ -53,6 +57,13 @@ def semi_of(name: str) -> str | None:
     """The semi-supervised learner of a strategy (fixmatch, fixmatch-diffboost, self-train), or None."""
     semi = _parts(name)[0]
     return semi[0] if semi else None
+
+
+def uses_unlabelled(name: str) -> bool:
+    """Whether a strategy learns from the fold's unlabelled images (a semi-supervised learner, or histmatch's
+    references)."""
+    semi, source, _ = _parts(name)
+    return bool(semi) or HISTMATCH in source
 
 
 def needs_unlabelled_variants(name: str) -> bool:

@@ -29,7 +29,7 @@ from ..data.folds import parse_budget
 from ..data.store import PreparedSet
 from ..evaluation.stats import corrected_interval, holdout_ratio, holm
 from .compare import _interval, _mean_dice, _run_key, compare, read_rows, run_stats
-from .config import SegConfig, semi_of
+from .config import SegConfig, uses_unlabelled
 from .jobs import SegJob, run_folder
 
 FULL = "1"
@@ -71,7 +71,7 @@ def learning_curve(prepared: str | Path | PreparedSet, budgets, strategies, cfg:
             root = out / "budgets" / name
             sets[name] = with_budget(ps, b, root / "prepared")
         # a semi-supervised strategy needs unlabelled training images: with every label there are none
-        here = [s for s in strategies if not semi_of(s) or all(sets[name].fold(k).unlabelled for k in folds)]
+        here = [s for s in strategies if not uses_unlabelled(s) or all(sets[name].fold(k).unlabelled for k in folds)]
         per_budget[name] = compare(sets[name], here, cfg, root, folds, progress, replace_stale, seeds, jobs)
         per_budget[name]["root"] = str(root)
         per_budget[name]["strategies"] = here

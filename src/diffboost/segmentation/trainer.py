@@ -42,7 +42,8 @@ from ..utils.atomic import artifact_dir, atomic_write_text, read_control, recove
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
 from .augment import BatchAugmenter
-from .config import FIXMATCH, FIXMATCH_DIFFBOOST, MIX_CLASSIC, SELF_TRAIN, SegConfig, drop_unused, parse_strategy, semi_of
+from .config import (FIXMATCH, FIXMATCH_DIFFBOOST, HISTMATCH, IN_MEMORY, MIX_CLASSIC, SELF_TRAIN, SegConfig, drop_unused,
+                     parse_strategy, semi_of, uses_unlabelled)
 from .data import FoldData, load_synthetic, load_training, teacher_identity, to_size
 from .jobs import run_folder
 from .networks import build_network, size_multiple
@@ -149,7 +150,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     mult = size_multiple(cfg.network, cfg.channels)
     if size % mult:
         raise ValueError(f"size {size} is not a multiple of {mult}, which {cfg.network} needs")
-    syn_path = default_synthetic(ps, fold, cfg, source) if source and source != MIX_CLASSIC else None
+    syn_path = default_synthetic(ps, fold, cfg, source) if source and source not in IN_MEMORY else None
     identity = {"config": cfg.identity(), "prepared": str(ps.root.resolve()), "fold": fold,
                 "synthetic": str(syn_path.resolve()) if syn_path else None,
                 "synthetic_variants": _variants_of(syn_path) if syn_path else None, "size": size}
@@ -157,6 +158,10 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         from .variants import classic_identity
 
         identity["synthetic_variants"] = classic_identity(cfg.n)
+    elif source == HISTMATCH:
+        from .variants import histmatch_identity
+
+        identity["synthetic_variants"] = histmatch_identity(cfg.n)
     elif syn_path and (cfg.teacher_gate is not None or cfg.pixel_filter is not None):  # else absent, as in older runs
         identity["teacher"] = teacher_identity(syn_path, cfg.teacher_gate, cfg.pixel_filter)
     if 0 < len(f.val) < cfg.min_val_cases:  # absent otherwise, as in runs made before the option
@@ -166,7 +171,7 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
 
         identity["fold_cases"] = digest([f.train, f.val, f.test])
     semi = semi_of(cfg.aug)
-    if semi:  # which images it learns without labels
+    if uses_unlabelled(cfg.aug):  # which images it learns without labels
         from ..stages import digest
 
         identity["unlabelled_cases"] = digest([f.unlabelled])
@@ -189,6 +194,13 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
         from .variants import classic_variants
 
         data.synthetic = classic_variants(data.images, data.indices, cfg.n)
+    elif source == HISTMATCH:  # matched to the fold's unlabelled images (another site's)
+        from .semisup import unlabelled_indices
+        from .variants import histmatch_variants
+
+        refs = unlabelled_indices(ps, fold, cfg.aug)
+        data.synthetic = histmatch_variants(data.images, data.indices, to_size(ps.images[np.asarray(refs)], size),
+                                            cfg.n)
     elif source:
         data.synthetic = load_synthetic(syn_path, ps, fold, data.indices, size, cfg.n, cfg.quality_filter,
                                         cfg.teacher_gate, cfg.pixel_filter)

@@ -1,4 +1,4 @@
-"""``mix-classic``: Algorithm 1 with classical variants instead of generated ones.
+"""``mix-classic`` and ``histmatch``: Algorithm 1 with classical variants instead of generated ones.
 
 The control that tells whether DiffBoost's gain comes from the diffusion model or from mixing itself:
 the same patch-wise mixing (same ``n``, ``alpha``, ``patch``, ``mix_prob``, ``mix``), but the ``n``
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import augment
-from .config import MIX_CLASSIC
+from .config import HISTMATCH, MIX_CLASSIC
 from .data import SyntheticPool
 
 KINDS = ("gamma", "contrast", "noise", "blur", "brightness")  # variant i: KINDS[i % 5]
@@ -63,3 +63,33 @@ def classic_variants(images: torch.Tensor, indices: list[int], n: int | None = N
     out = torch.stack([classic_variant(images[j], int(s), v, seed) for j, s in enumerate(indices) for v in range(n)])
     rows = torch.arange(len(indices) * n, dtype=torch.long).reshape(len(indices), n)
     return SyntheticPool(out, rows, torch.full((len(indices),), n, dtype=torch.long), f"{MIX_CLASSIC} (in memory)")
+
+
+# ---- histmatch: variants re-textured toward the unlabelled images (another site's) ----------------
+
+def histmatch_identity(n: int | None) -> dict:
+    """What defines a ``histmatch`` variant set (with the unlabelled images, in the run's identity apart)."""
+    return {"source": HISTMATCH, "n": classic_n(n), "method": "skimage.exposure.match_histograms", "seed": SEED}
+
+
+def histmatch_variants(images: torch.Tensor, indices: list[int], references: torch.Tensor, n: int | None = None,
+                       seed: int = SEED) -> SyntheticPool:
+    """``histmatch``: ``classic_n(n)`` variants of each of ``images [N, 1, S, S]`` (prepared-set samples
+    ``indices``), variant v of sample j (row ``j * n + v``) the image with its intensity histogram matched
+    to that of a reference drawn from ``(seed, sample, v)`` among ``references [R, 1, S, S]`` (the fold's
+    unlabelled images): the classical answer to a change of scanner, for Algorithm 1 as a control of the
+    variants a generator draws in the target's style."""
+    from skimage.exposure import match_histograms
+
+    n = classic_n(n)
+    if n < 1 or len(references) == 0:
+        raise ValueError("histmatch needs n >= 1 and at least one unlabelled image to match")
+    ref = references[:, 0].numpy()
+    out = []
+    for j, s in enumerate(indices):
+        for v in range(n):
+            r = int(np.random.default_rng([seed, int(s), v, 17]).integers(len(ref)))
+            out.append(torch.from_numpy(match_histograms(images[j, 0].numpy(), ref[r]).astype(np.float32))[None])
+    rows = torch.arange(len(indices) * n, dtype=torch.long).reshape(len(indices), n)
+    return SyntheticPool(torch.stack(out), rows, torch.full((len(indices),), n, dtype=torch.long),
+                         f"{HISTMATCH} (in memory)")
