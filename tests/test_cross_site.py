@@ -82,7 +82,12 @@ def test_busi_to_busbra_keeps_each_patient_in_one_test_fold(tmp_path):
     ps = prepare(busi, tmp_path / "p", PrepareConfig(size=32, folds=5, target=str(busbra)), progress=False)
     rows = [r for r in ps.manifest if r["case_id"].startswith(f"{busbra.name}/")]
     assert ps.meta["cross_site"]["target_cases"] == len({r["case_id"] for r in rows}) > 600
-    assert {r["device"] for r in rows} - {""}  # the scanner is kept, for the target's prompts
+    assert {r["device"] for r in rows} - {""}  # the scanner is kept, and ends the target's prompts
+    from diffboost.conditioning.prompts import site_style
+
+    assert all(r["prompt"].endswith(", " + site_style(r["device"], busbra.name)) for r in rows)
+    assert any(r["prompt"].endswith("GE Logiq 7") for r in rows)
+    assert not any("Logiq" in r["prompt"] for r in ps.manifest if r not in rows)
     import csv
 
     with open(busbra / "bus_data.csv", newline="") as fh:
@@ -121,3 +126,33 @@ def test_histmatch_variants_take_the_intensities_of_the_unlabelled_images_and_tr
                     min_val_cases=1, aug="histmatch+classic", threads=1)
     summary = train_seg(ps, 0, cfg, tmp_path / "seg", progress=False)
     assert summary["identity"]["synthetic_variants"]["source"] == "histmatch" and summary["identity"]["unlabelled_cases"]
+
+
+def test_target_prompts_carry_the_scanner_and_target_style_variants_draw_from_the_targets_mix(sites, tmp_path):
+    import torch
+
+    from diffboost.conditioning.prompts import site_style
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import new_pipeline
+    from diffboost.generation import GenerateConfig, generate
+    from diffboost.runconfig import load_run_config
+
+    assert site_style("GE Logiq 7 @10-14MHz", "BUS-BRA") == "GE Logiq 7" and site_style("", "BUS-BRA") == "BUS-BRA"
+    source, target = sites
+    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
+    for r in ps.manifest:  # the target's prompts end with its scanner (here: no Device column, the site)
+        assert r["prompt"].endswith(", hospital2") == r["case_id"].startswith("hospital2/")
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(tmp_path / "m")
+    cfg = GenerateConfig(n=2, steps=2, batch_size=64, target_style=True)
+    syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, cfg, progress=False)
+    source_rows = [r for r in syn.manifest if not r["case_id"].startswith("hospital2/")]
+    assert source_rows and all(r["prompt"] == ps.manifest[r["real_index"]]["prompt"] + ", hospital2" for r in source_rows)
+    assert syn.meta["identity"]["target_style"] is True
+    # a run config asking for diffboost-target without a target or a generator that learns the target is refused
+    f = tmp_path / "t.yaml"
+    f.write_text(f"prepare:\n  target: {target}\ncompare:\n  augs: [classic, diffboost-target+classic]\n")
+    with pytest.raises(ValueError, match="train.unlabelled: true"):
+        load_run_config(f)
+    f.write_text(f"prepare:\n  target: {target}\ntrain:\n  unlabelled: true\ncompare:\n  augs: [diffboost-target+classic]\n")
+    assert load_run_config(f).train.unlabelled

@@ -401,6 +401,7 @@ def generate(
     strength: Optional[float] = typer.Option(None, help="Image-to-image strength in (0, 1]: the real image noised to strength x T, then denoised; 1 = from noise (default)."),
     mask_strength: Optional[float] = typer.Option(None, help="The labelled region's own strength, in [0, strength]: the lesion changes less than its surroundings (default: strength)."),
     unlabelled: bool = typer.Option(False, "--unlabelled", help="Also draw variants of the fold's unlabelled training images (edges + the 'no mask' condition): fixmatch-diffboost's strong views."),
+    target_style: bool = typer.Option(False, "--target-style", help="Cross-site sets: draw each labelled image's variants with a target scanner in the prompt (diffboost-target; default folder PREPARED/../synthetic_diffboost-target/foldK)."),
     seed: Optional[int] = typer.Option(None),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -411,8 +412,8 @@ def generate(
     cfg = _stage_cfg(config, "generate", GenerateConfig, n=n, sampler=sampler, steps=steps, guidance=guidance,
                      batch_size=batch_size, seed=seed, blend=True if blend else None, strength=strength,
                      mask_strength=mask_strength, texts=None if texts is None else tuple(t.strip() for t in texts.split("|")),
-                     unlabelled=True if unlabelled else None)
-    out = out or prepared.parent / "synthetic" / f"fold{fold}"
+                     unlabelled=True if unlabelled else None, target_style=True if target_style else None)
+    out = out or prepared.parent / ("synthetic_diffboost-target" if cfg.target_style else "synthetic") / f"fold{fold}"
     syn = run_generate(model, prepared, out, fold, cfg, progress=not quiet)
     console.print(f"{len(syn)} synthetic images in {syn.root}; preview: {syn.root / 'preview.png'}")
 

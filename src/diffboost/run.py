@@ -192,6 +192,12 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
             generate(model_dir / "model", ps, out / "synthetic" / f"fold{k}", k, gen, progress=progress,
                      replace_stale="generate" in redo)
             times[f"generate fold{k}"] = time.perf_counter() - t0
+        if any(parse_strategy(a)[0] == "diffboost-target" for a in cfg.compare.augs):  # a cross-site set
+            t0 = time.perf_counter()
+            generate(model_dir / "model", ps, out / "synthetic_diffboost-target" / f"fold{k}", k,
+                     dataclasses.replace(cfg.generate, target_style=True), progress=progress,
+                     replace_stale="generate" in redo)
+            times[f"generate target style fold{k}"] = time.perf_counter() - t0
         for kind in layout_kinds(cfg):  # new lesions in new places, drawn by the model
             t0 = time.perf_counter()
             if main:

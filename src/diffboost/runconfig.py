@@ -253,6 +253,10 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ValueError(f"compare.augs: {a!r} learns from unlabelled images, and this run has none: give "
                              "prepare.unlabelled (folders of images without labels; --unlabelled), a label "
                              "prepare.budget (e.g. 0.1) or another site's prepare.target, or remove it")
+        if parse_strategy(a)[0] == "diffboost-target" and not (cfg.prepare.target and cfg.train.unlabelled):
+            raise ValueError(f"compare.augs: {a!r} redraws the source's images in the target site's style, which the "
+                             "generator learns from the target's unlabelled images: it needs prepare.target (another "
+                             "site's labelled set) and train.unlabelled: true")
     size = cfg.seg.size or cfg.prepare.size
     try:
         check_network(cfg.seg.network, cfg.seg.channels, size)

@@ -26,3 +26,10 @@ def build_prompt(cfg: PromptConfig, modality: str | None, organ: str | None, cat
         ) from None
     text = re.sub(r"(\s*,\s*)+", ", ", text)  # collapse separators left by empty fields
     return text.strip(" ,")
+
+
+def site_style(device: str | None, site: str) -> str:
+    """The name a target site's images carry in their prompts (cross-site sets): the scanner, without the
+    probe's frequency (BUS-BRA's ``GE Logiq 7 @10-14MHz`` -> ``GE Logiq 7``), else the site's folder name."""
+    name = re.split(r"\s+@", device or "", maxsplit=1)[0].strip(" ,")
+    return name or site

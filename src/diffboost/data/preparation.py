@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..conditioning.edges import soft_edges, task_condition
-from ..conditioning.prompts import build_prompt
+from ..conditioning.prompts import build_prompt, site_style
 from ..config import PrepareConfig, load_section, save_yaml, to_dict
 from ..errors import DataError
 from ..utils.atomic import atomic_dir
@@ -97,12 +97,16 @@ class _Collector:
         self.groups: dict[str, list[str]] = {}  # patient / examination -> its case ids (kept in one fold)
         self.physical = False  # whether any spacing came from a NIfTI header (mm)
 
-    def add(self, case: Case, labelled: bool = True) -> None:
+    def add(self, case: Case, labelled: bool = True, site: str | None = None) -> None:
+        """Add a case; ``site``: the target site of a cross-site set, whose scanner (else the site's name) ends
+        its prompt (``US, Breast, benign, GE Logiq 7``)."""
         cfg, ref = self.cfg, case.ref
         if ref.case_id in self.cases:
             raise DataError(ref.image, f"case id {ref.case_id!r} appears twice")
         category = cfg.prompt.category or ref.category or "normal"
         prompt = build_prompt(cfg.prompt, ref.modality, ref.organ, ref.category)
+        if site is not None:
+            prompt = f"{prompt}, {site_style(ref.device, site)}"
         image = normalize_intensity(case.image, cfg.percentiles, cfg.window)
         mask = case.mask if case.mask is not None else np.zeros(case.image.shape, np.uint8)
         common = {
@@ -214,7 +218,8 @@ def prepare(
                 except DataError as e:
                     r.bad(e.path or ref.image, e.problem)  # raises unless skip_bad
                     continue
-                collector.add(case, labelled=labelled and reader.has_masks)
+                collector.add(case, labelled=labelled and reader.has_masks,
+                              site=r.prefix.rstrip("/") if sites and r is sites[0][0] else None)
             if r is not reader:
                 reader.skipped += r.skipped  # dataset.json lists every skipped file, labelled or not
         if sites:

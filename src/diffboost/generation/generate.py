@@ -52,6 +52,10 @@ class GenerateConfig:
     # budget), conditioned on their edges and the "no mask" input (diffusion.conditions): the strong views
     # of fixmatch-diffboost, the variants of self-train's pseudo-labelled images
     unlabelled: bool = False
+    # cross-site sets: each variant of a labelled (source) image is drawn with the prompt of a target scanner,
+    # drawn per variant from the fold's unlabelled target images (their mix of scanners): the source's
+    # labels, redrawn as the target site's scanners see them (the diffboost-target strategy's variants)
+    target_style: bool = False
 
     def __post_init__(self):
         self.texts = tuple(self.texts)
@@ -80,21 +84,41 @@ class GenerateConfig:
         return d
 
 
-def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig) -> list[dict]:
-    """Variant-major order: raising n later only appends batches."""
+def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig, styles: list[str] | None = None) -> list[dict]:
+    """Variant-major order: raising n later only appends batches. With ``styles`` (target_style), a labelled
+    image's variant takes one of them, drawn from its seed, at the end of its prompt."""
     items = []
     for i in range(cfg.n):
         for ri in indices:
             row = ps.manifest[ri]
+            seed = variant_seed(cfg.seed, row["case_id"], row["slice_index"], i)
+            prompt = row["prompt"]
+            if styles and ps.label_readable(ri):
+                prompt = f"{prompt}, {styles[int(np.random.default_rng([seed, 23]).integers(len(styles)))]}"
             items.append({"real_index": ri, "case_id": row["case_id"], "slice_index": row["slice_index"],
-                          "variant": i, "category": row["category"], "prompt": row["prompt"],
-                          "text": cfg.texts[i % len(cfg.texts)],
-                          "seed": variant_seed(cfg.seed, row["case_id"], row["slice_index"], i)})
+                          "variant": i, "category": row["category"], "prompt": prompt,
+                          "text": cfg.texts[i % len(cfg.texts)], "seed": seed})
     return items
 
 
+def target_styles(ps: PreparedSet, fold: int) -> list[str]:
+    """The scanners (else the site's name) of the fold's unlabelled target images, one per image: the
+    target's mix, from which each target-style variant draws."""
+    from ..conditioning.prompts import site_style
+
+    site = (ps.meta.get("cross_site") or {}).get("target")
+    if not site:
+        raise ValueError(f"{ps.root}: target_style needs a cross-site set (prepare SOURCE --target DIR)")
+    name = Path(site).name
+    rows = [ps.manifest[i] for i in ps.indices(ps.fold(fold).unlabelled, training=True)]
+    styles = [site_style(r["device"], name) for r in rows if r["case_id"].startswith(f"{name}/")]
+    if not styles:
+        raise ValueError(f"{ps.root}: fold {fold} has no unlabelled target images to take the style of")
+    return styles
+
+
 # identity keys added after sets were first written, with the value that older sets were made with
-IDENTITY_DEFAULTS = {"strength": 1.0, "mask_strength": None, "unlabelled": False}
+IDENTITY_DEFAULTS = {"strength": 1.0, "mask_strength": None, "unlabelled": False, "target_style": False}
 
 
 def _key(item: dict) -> str:
@@ -156,7 +180,7 @@ def generate(
         raise ValueError(f"{ps.root}: fold {fold} has no training samples")
     if cfg.unlabelled:  # after the labelled ones: their items keep their place
         indices += ps.indices(f.unlabelled, training=True)
-    items = _items(ps, indices, cfg)
+    items = _items(ps, indices, cfg, target_styles(ps, fold) if cfg.target_style else None)
     batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
     mine = [b for j, b in enumerate(batches) if j % state.num_processes == state.process_index]
     todo = [b for b in mine if any(not (work / f"{_key(it)}.npy").exists() for it in b)]

@@ -10,9 +10,12 @@ from .networks import check_network
 
 # strategies that read a synthetic set. copy-paste, copy-paste-harmonize and diffboost-layout variants hold
 # new lesions in new places (generation.layout, generation.inpaint), with labels of their own
-SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste", "copy-paste-harmonize", "diffboost-layout")
+# diffboost-target: same-layout variants of the labelled (source) images drawn in a target site's style (a
+# cross-site set: generate.target_style)
+SYNTHETIC_SOURCES = ("diffboost", "pix2pix", "copy-paste", "copy-paste-harmonize", "diffboost-layout",
+                     "diffboost-target")
 # the sources whose variants the fine-tuned diffusion model draws (`run` fine-tunes a model per fold for them)
-DIFFUSION_SOURCES = ("diffboost", "copy-paste-harmonize", "diffboost-layout")
+DIFFUSION_SOURCES = ("diffboost", "copy-paste-harmonize", "diffboost-layout", "diffboost-target")
 MIX_CLASSIC = "mix-classic"  # Algorithm 1 with classical intensity variants, made in memory (see .variants)
 # Algorithm 1 with variants whose intensity histogram is matched to the fold's unlabelled images (another
 # site's: the classical answer to a scanner change), made in memory (see .variants)
