@@ -156,3 +156,21 @@ def test_target_prompts_carry_the_scanner_and_target_style_variants_draw_from_th
         load_run_config(f)
     f.write_text(f"prepare:\n  target: {target}\ntrain:\n  unlabelled: true\ncompare:\n  augs: [diffboost-target+classic]\n")
     assert load_run_config(f).train.unlabelled
+
+
+def test_the_target_supervised_ceiling_trains_on_the_targets_other_cases(sites, tmp_path):
+    from diffboost.data.preparation import target_supervised, with_budget
+
+    source, target = sites
+    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
+    top = target_supervised(ps, tmp_path / "ceiling")
+    assert target_supervised(ps, tmp_path / "ceiling").root == top.root  # reused
+    tcases = {c for c in ps.case_ids if c.startswith("hospital2/")}
+    for f, g in zip(ps.folds, top.folds):
+        assert g.test == f.test and set(g.train + g.val) == tcases - set(f.test) and g.val and not g.hidden
+    bound = top.for_fold(0)
+    assert bound.masks[top.indices(top.fold(0).train)].shape[0] == len(top.fold(0).train)
+    with pytest.raises(HiddenLabel):  # the source is not this fold's
+        bound.masks[top.indices([c for c in ps.case_ids if c not in tcases][:1])]
+    with pytest.raises(ValueError, match="takes no label budget"):
+        with_budget(ps, "0.5", tmp_path / "b")

@@ -882,7 +882,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run folder (prepared/, se
 @friendly_errors
 def ablate(
     run_dir: Path = typer.Argument(..., help="A run folder made by `diffboost run`."),
-    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, mask_strength, condition; for layout strategies placement, scale (LOW-HIGH), lesion_strength; repeatable."),
+    sweep: list[str] = typer.Option(..., "--sweep", help="NAME=V1,V2,... with NAME in n, alpha, patch, network, mix_prob, teacher_gate, pixel_filter, strength, mask_strength, condition; for layout strategies placement, scale (LOW-HIGH), lesion_strength; for fixmatch / self-train confidence, unlabelled_weight, self_train_keep; repeatable."),
     strategy: str = typer.Option("diffboost", "--strategy", help="The strategy swept: diffboost, diffboost+classic, mix-classic, copy-paste+classic, diffboost-layout+classic, ... (its gain is measured over the strategy without variants: none or classic)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Segmentation runs at once (default: the run's compare.jobs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),

@@ -443,15 +443,12 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
     arrays (hard links, else copies), partitions and test folds, each fold keeping the labels of the budget's
     share of its training + validation part (see :func:`~diffboost.data.folds.apply_budget`). It is what
     ``prepare --budget`` writes, without reading the source again; reused when ``out`` already holds it."""
-    import os
-    import shutil
-
-    from ..utils.atomic import artifact_dir
-
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     if ps.meta.get("budget") is not None:
         raise ValueError(f"{ps.root}: already at a label budget ({ps.meta['budget']}); derive budgets from a set "
                          "prepared with every label")
+    if ps.meta.get("cross_site") or ps.meta.get("derived"):
+        raise ValueError(f"{ps.root}: a cross-site set (or one derived from it) takes no label budget")
     parsed = parse_budget(budget)
     out = Path(out)
     if (out / "dataset.json").exists():
@@ -475,6 +472,18 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
         for f, g in zip(part, apply_budget(local, parsed, cfg.val_fraction, categories, groups, seed)):
             folds.append(dataclasses.replace(g, index=f.index, partition=p,
                                              unlabelled=tuple(sorted(set(g.unlabelled) | set(f.unlabelled)))))
+    return _derived_set(ps, out, folds, {"budget": str(budget)}, dataclasses.replace(cfg, budget=str(budget)),
+                        {"budget": str(budget)})
+
+
+def _derived_set(ps: PreparedSet, out: Path, folds: list[Fold], spec: dict, cfg: PrepareConfig, meta: dict) -> PreparedSet:
+    """Write ``ps`` with other folds to ``out``: its arrays as hard links (else copies), ``folds.json`` with
+    ``spec`` updates, ``config.yaml`` from ``cfg``, ``dataset.json`` with ``meta`` updates."""
+    import os
+    import shutil
+
+    from ..utils.atomic import artifact_dir
+
     with artifact_dir(out) as tmp:
         for name in os.listdir(ps.root):
             src = ps.root / name
@@ -484,14 +493,52 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
                 os.link(src, tmp / name)
             except OSError:
                 shutil.copy2(src, tmp / name)
-        (tmp / "folds.json").write_text(json.dumps({**spec, "budget": str(budget),
-                                                    "folds": [f.to_dict() for f in folds]}, indent=1))
-        save_yaml(dataclasses.replace(cfg, budget=str(budget)), tmp / "config.yaml", section="prepare")
-        meta = {**ps.meta, "budget": str(budget), "derived_from": _fingerprint(ps),
-                "labels_per_fold": [{"train": len(f.train), "val": len(f.val), "test": len(f.test),
-                                     "hidden": len(f.hidden), "unlabelled": len(f.unlabelled)} for f in folds]}
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
+        old = json.loads((ps.root / "folds.json").read_text())
+        (tmp / "folds.json").write_text(json.dumps({**old, **spec, "folds": [f.to_dict() for f in folds]}, indent=1))
+        save_yaml(cfg, tmp / "config.yaml", section="prepare")
+        (tmp / "dataset.json").write_text(json.dumps({
+            **ps.meta, **meta, "derived_from": _fingerprint(ps),
+            "labels_per_fold": [{"train": len(f.train), "val": len(f.val), "test": len(f.test), "hidden": len(f.hidden),
+                                 "unlabelled": len(f.unlabelled)} for f in folds]}, indent=1))
     return PreparedSet(out)
+
+
+def target_supervised(prepared: str | Path | PreparedSet, out: str | Path) -> PreparedSet:
+    """The ceiling of a cross-site set: the same target test folds, each fold training on the target's other
+    cases with their labels (a seeded, stratified ``val_fraction`` of them validating), the source unused.
+    Written to ``out`` like :func:`with_budget` (hard links); reused when ``out`` already holds it."""
+    from .folds import _stratified_order, _units
+
+    ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
+    if not ps.meta.get("cross_site"):
+        raise ValueError(f"{ps.root}: not a cross-site set (prepare SOURCE --target DIR)")
+    out = Path(out)
+    if (out / "dataset.json").exists():
+        have = PreparedSet(out)
+        if have.meta.get("derived") == "target-supervised" and have.meta.get("derived_from") == _fingerprint(ps):
+            return have
+        raise FileExistsError(f"{out}: holds another prepared set (not the target-supervised ceiling of {ps.root}); "
+                              "remove it or choose another folder")
+    spec = json.loads((ps.root / "folds.json").read_text())
+    cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
+    categories = {r["case_id"]: r["category"] for r in ps.manifest}
+    folds = []
+    for f in ps.folds:
+        pool = sorted(f.hidden)  # the target's other cases
+        units = _units(pool, [[c for c in g if c in set(pool)] for g in spec.get("groups") or []])
+        names = sorted(units)
+        cats = {u: categories[units[u][0]] for u in names}
+        n_val = max(1, int(round(cfg.val_fraction * len(pool))))
+        val: list[str] = []
+        for u in _stratified_order(names, [cats[u] for u in names], np.random.default_rng([cfg.seed, f.index, 31])):
+            if len(val) >= n_val:
+                break
+            if len(pool) - len(val) - len(units[u]) >= 1:
+                val += units[u]
+        extra = tuple(c for c in f.unlabelled if c not in set(f.hidden))  # --unlabelled images, if any
+        folds.append(dataclasses.replace(f, train=tuple(sorted(set(pool) - set(val))), val=tuple(sorted(val)),
+                                         unlabelled=extra, hidden=()))
+    return _derived_set(ps, out, folds, {"derived": "target-supervised"}, cfg, {"derived": "target-supervised"})
 
 
 def _fingerprint(ps: PreparedSet) -> str:
