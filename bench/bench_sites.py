@@ -1,0 +1,101 @@
+"""Across sites, the protocol of `prepare SOURCE --target DIR`: every source image labelled and training,
+the target's patients split into test folds, each fold's other target images training without their
+labels. Table II per strategy on the target's test folds, with the corrected repeated k-fold interval
+against ``classic`` over target folds x seeds; the floor is ``classic`` (source labels only), the ceiling
+``classic`` trained on the target's own labelled training part (``target_supervised``).
+
+    python bench/bench_sites.py                                   # BUSI -> BUS-BRA, 2 x 5 target folds
+    python bench/bench_sites.py --source busbra --target busi     # the reverse (BUSI's normal images: false positives)
+    python bench/bench_sites.py --strategies classic,histmatch+classic,fixmatch+classic,self-train+classic
+
+The strategies here need no generator. ``diffboost-target+classic`` needs one fine-tuned per fold on the
+source and the target's unlabelled images (``train.unlabelled: true``): `diffboost run` makes it, with this
+bench's prepared set and ``compare.augs: [diffboost-target+classic]``. `cpu` preset segmenter, 25 optimiser
+steps per epoch; resumable (finished runs are reused). Writes ``bench/results/sites_<source>_to_<target>.json``
+(and ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+from common import REPO, SHARED_DATA, need
+
+SOURCES = {"busi": "BUSI", "busbra": "BUS-BRA", "ddti": "DDTI"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--source", choices=list(SOURCES), default="busi")
+    ap.add_argument("--target", choices=list(SOURCES), default="busbra")
+    ap.add_argument("--strategies", default="classic,histmatch+classic,fixmatch+classic,self-train+classic")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--steps-per-epoch", type=int, default=25)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+
+    from diffboost.data.preparation import prepare, target_supervised
+    from diffboost.data.store import PreparedSet
+    from diffboost.evaluation.stats import holdout_ratio
+    from diffboost.runconfig import preset
+    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.jobs import SegJob, run_folder
+
+    src, tgt = need(SHARED_DATA / SOURCES[args.source]), need(SHARED_DATA / SOURCES[args.target])
+    out = REPO / "bench" / "work" / f"sites_{args.source}_to_{args.target}"
+    cfg = preset("cpu")
+    pcfg = dataclasses.replace(cfg.prepare, folds=args.folds, repeats=args.repeats, target=str(tgt))
+    t0 = time.perf_counter()
+    ps = PreparedSet(out / "prepared") if (out / "prepared" / "dataset.json").exists() else \
+        prepare(src, out / "prepared", pcfg, progress=True)
+    ceiling = target_supervised(ps, out / "ceiling" / "prepared")
+    seg = dataclasses.replace(cfg.seg, steps_per_epoch=args.steps_per_epoch)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    strategies = [s for s in args.strategies.split(",") if s]
+    folds = list(range(len(ps.folds)))
+    compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
+    compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
+
+    def runs(root, s):
+        jobs = [SegJob(dataclasses.replace(seg, aug=s, seed=x), k, run_folder(root / "seg", s, k, x))
+                for x in seeds for k in folds]
+        return _mean_dice(read_rows(jobs), _run_key)
+
+    ratio = holdout_ratio([ps.fold(k) for k in folds])
+    base = runs(out, "classic")
+    rows = {s: runs(out, s) for s in strategies}
+    rows["target-supervised classic (ceiling)"] = runs(out / "ceiling", "classic")
+    table = {}
+    for name, r in rows.items():
+        mean = 100 * sum(r.values()) / len(r)
+        diff = None if name == "classic" else run_stats(r, base, ratio)
+        table[name] = {"dice": mean, "vs_classic": None if diff is None else
+                       {"dice_diff": diff["dice_diff"], "ci95": diff["ci95"], "runs": diff["runs"]}}
+    lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds ({len(folds)} folds, seeds {seeds}); "
+             "Dice (%) mean over runs; difference to classic (source labels only) in Dice points, corrected 95% "
+             "interval.", "", "| strategy | Dice | − classic |", "|---|---|---|"]
+    for name, t in table.items():
+        d = t["vs_classic"]
+        cell = "–" if d is None else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+        lines.append(f"| {name} | {t['dice']:.2f} | {cell} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    name = f"sites_{args.source}_to_{args.target}"
+    path = REPO / "bench" / "results" / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
+                                "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,
+                                             "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
+                                             "jobs": args.jobs, "threads_per_job": 1,
+                                             "cross_site": ps.meta["cross_site"]},
+                                "table": table, "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
+    path.with_suffix(".md").write_text(md)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
