@@ -51,7 +51,7 @@ import torch
 
 from ..data.store import PreparedSet
 from .augment import STRONG_VIEW, BatchAugmenter
-from .config import FIXMATCH_DIFFBOOST, SegConfig
+from .config import FIXMATCH_DIFFBOOST, SegConfig, semi_of
 from .data import SyntheticPool, to_size
 from .patchmix import choose_variants
 
@@ -150,6 +150,22 @@ class FixMatch:
         logits = forward(strong)
         ce = torch.nn.functional.cross_entropy(logits, labels[:, 0].to(logits.device), reduction="none")
         return self.cfg.unlabelled_weight * (ce * keep[:, 0].to(ce.device)).mean()
+
+
+def fixmatch_term(ps: PreparedSet, fold: int, cfg: SegConfig, size: int, synthetic: Path | None) -> FixMatch:
+    """The fold's :class:`FixMatch` term: its unlabelled training images and, for fixmatch-diffboost, their
+    variants from the ``synthetic`` set (an error saying how to make them when they are not there)."""
+    from .data import load_synthetic
+
+    idx = unlabelled_indices(ps, fold, cfg.aug)
+    variants = None
+    if semi_of(cfg.aug) == FIXMATCH_DIFFBOOST:
+        try:
+            variants = load_synthetic(synthetic, ps, fold, idx, size, cfg.n)
+        except ValueError as e:
+            raise ValueError(f"{e}. {cfg.aug} takes its strong views from variants of the unlabelled images: "
+                             "generate them with `diffboost generate --unlabelled` (generate.unlabelled: true)") from None
+    return FixMatch(to_size(ps.images[np.asarray(idx)], size), cfg, variants)
 
 
 def image_confidence(labels: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:

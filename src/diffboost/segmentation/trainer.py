@@ -204,19 +204,11 @@ def train_seg(prepared: str | Path | PreparedSet, fold: int, cfg: SegConfig | No
     elif source:
         data.synthetic = load_synthetic(syn_path, ps, fold, data.indices, size, cfg.n, cfg.quality_filter,
                                         cfg.teacher_gate, cfg.pixel_filter)
-    if semi in (FIXMATCH, FIXMATCH_DIFFBOOST):
-        from .semisup import FixMatch, unlabelled_indices
+    if semi in (FIXMATCH, FIXMATCH_DIFFBOOST):  # a consistency term on unlabelled images in every step
+        from .semisup import fixmatch_term
 
-        idx = unlabelled_indices(ps, fold, cfg.aug)
-        variants = None
-        if semi == FIXMATCH_DIFFBOOST:
-            try:
-                variants = load_synthetic(syn_path, ps, fold, idx, size, cfg.n)
-            except ValueError as e:
-                raise ValueError(f"{e}. {cfg.aug} takes its strong views from variants of the unlabelled images: "
-                                 "generate them with `diffboost generate --unlabelled` (generate.unlabelled: true)") from None
-        unlabelled_term = FixMatch(to_size(ps.images[np.asarray(idx)], size), cfg, variants)
-        semi_record = {"unlabelled_images": len(idx)}
+        unlabelled_term = fixmatch_term(ps, fold, cfg, size, syn_path)
+        semi_record = {"unlabelled_images": len(unlabelled_term.images)}
     val_idx = ps.indices(f.val) if len(f.val) >= cfg.min_val_cases else []  # too few: the last epoch is kept
     val_images = to_size(ps.images[np.asarray(val_idx)], size) if val_idx else None
     val_masks = to_size(ps.masks[np.asarray(val_idx)], size, labels=True) if val_idx else None
