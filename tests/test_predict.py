@@ -82,3 +82,23 @@ def test_predict_on_nifti_writes_the_images_grid(tmp_path):
         for r in csv.DictReader(f):  # whole volumes, in mm: the run's own numbers from the written files
             for m in ("dice", "hd95"):
                 assert float(scored[r["case_id"]][m]) == pytest.approx(float(r[m]), abs=1e-5, nan_ok=True)
+
+
+def test_evaluate_takes_the_layout_options_of_prepare(tmp_path, phantom_root):
+    from builders import disk, gradient_image, save_png
+
+    from diffboost.segmentation.apply import evaluate_folder, predict_folder
+
+    ps = prepare(phantom_root, tmp_path / "run" / "prepared", PrepareConfig(size=32), progress=False)
+    run = tmp_path / "run" / "seg" / "none" / "seed0" / "fold0"
+    train_seg(ps, 0, SegConfig(channels=(8, 16, 32), epochs=1, batch_size=4), run, progress=False)
+    site = tmp_path / "site"  # masks named IMAGE_gt.png: no default pairing finds them
+    for i in range(3):
+        save_png(site / "images" / f"s{i}.png", gradient_image(40, 48, 50 + i))
+        save_png(site / "masks" / f"s{i}_gt.png", disk(40, 48, 20, 24, 6).astype(np.uint8) * 255)
+    out = predict_folder(run, site / "images", tmp_path / "masks", progress=False)
+    summary = evaluate_folder(out, site, progress=False, layout={"mask_pattern": "{stem}_gt"})
+    assert summary["cases"] == 3
+    r = subprocess.run([str(BIN / "diffboost"), "evaluate", str(out), str(site), "--mask-pattern", "{stem}_gt", "-q"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Dice" in r.stdout, r.stdout + r.stderr

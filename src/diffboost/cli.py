@@ -235,12 +235,17 @@ def predict(
 def evaluate(
     predictions: Path = typer.Argument(..., help="A `diffboost predict` output folder."),
     source: Path = typer.Argument(..., help="The labelled source the images came from."),
+    format: Optional[str] = typer.Option(None, "--format", help="The source's layout when detection fails (as prepare's)."),
+    image_dir: Optional[str] = typer.Option(None, help="Folders layouts: the image folder."),
+    mask_dir: Optional[str] = typer.Option(None, help="Folders layouts: the mask folder."),
+    mask_pattern: Optional[str] = typer.Option(None, help="Folders layouts: the mask's file stem, e.g. 'mask_{id}' or '{stem}_gt' (as prepare's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Score predicted masks against the source's labels (per-case CSV, summary with lesion rows and FP rate)."""
     from .segmentation.apply import evaluate_folder, summary_markdown
 
-    summary = evaluate_folder(predictions, source, progress=not quiet)
+    summary = evaluate_folder(predictions, source, progress=not quiet, layout={
+        "format": format, "image_dir": image_dir, "mask_dir": mask_dir, "mask_pattern": mask_pattern})
     typer.echo(summary_markdown(summary))
     console.print(f"per case: {predictions / 'evaluation' / 'cases.csv'}")
 

@@ -162,9 +162,12 @@ def predict_folder(seg_run: str | Path, source: str | Path, out: str | Path, ove
     return out
 
 
-def evaluate_folder(predictions: str | Path, source: str | Path, progress: bool = True) -> dict:
+def evaluate_folder(predictions: str | Path, source: str | Path, progress: bool = True,
+                    layout: dict | None = None) -> dict:
     """Score the masks of ``predictions`` (a ``predict`` output) against the labels of ``source``; write
-    ``predictions/evaluation/`` and return the summary."""
+    ``predictions/evaluation/`` and return the summary. ``layout``: how ``source``'s labels pair with its
+    images when detection does not find them (``format``, ``image_dir``, ``mask_dir``, ``mask_pattern``,
+    ``case_pattern``: the options of ``prepare``)."""
     from ..data.readers import get_reader
     from ..evaluation.metrics import SegmentationMetric, lesion_detection
     from .predict import empty_references
@@ -174,7 +177,7 @@ def evaluate_folder(predictions: str | Path, source: str | Path, progress: bool 
         raise FileNotFoundError(f"{predictions}: not a `diffboost predict` output (no {MAPPING} / predict.json)")
     info = json.loads((predictions / "predict.json").read_text())
     pcfg = PrepareConfig(label_map=info["prepare"].get("label_map"), channel=info["prepare"].get("channel"),
-                         skip_bad=True)
+                         skip_bad=True, **{k: v for k, v in (layout or {}).items() if v is not None})
     reader = get_reader(source, pcfg)
     if not reader.has_masks:
         raise DataError(source, "has no labels to evaluate against")
