@@ -142,6 +142,8 @@ def test_target_prompts_carry_the_scanner_and_target_style_variants_draw_from_th
     ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
     for r in ps.manifest:  # the target's prompts end with its scanner (here: no Device column, the site)
         assert r["prompt"].endswith(", hospital2") == r["case_id"].startswith("hospital2/")
+        if r["case_id"].startswith("hospital2/"):  # the source's task, no category invented
+            assert r["prompt"] == "US, Breast, unknown, hospital2"
     torch.manual_seed(0)
     new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(tmp_path / "m")
     cfg = GenerateConfig(n=2, steps=2, batch_size=64, target_style=True)

@@ -196,6 +196,12 @@ def _print_summary(ps) -> None:
         t.add_row("labelled / unlabelled cases", f"{m.get('num_labelled_cases')} / {m['num_unlabelled_cases']}")
     if m.get("budget") is not None:
         t.add_row("label budget", f"{m['budget']} of each fold's training + validation labels (the rest hidden)")
+    if m.get("cross_site"):
+        x = m["cross_site"]
+        t.add_row("across sites", f"{x['source_cases']} source cases train; {x['target_cases']} cases of {x['target']} "
+                                  "make the test folds (a fold's others train unlabelled)")
+    if m.get("derived"):
+        t.add_row("derived", m["derived"])
     if ps.folds:
         parts = f" ({m.get('repeats')} partitions)" if (m.get("repeats") or 1) > 1 else ""
         what = "train/val/test" + ("/unlabelled" if any(f.unlabelled for f in ps.folds) else "")

@@ -1,7 +1,8 @@
 """The target site of a cross-site set (``prepare SOURCE --target DIR``): a labelled layout of another
 hospital or scanner, read with its own layout's reader and default options (the source's options name
 the source's files). Its case ids and patient groups are ``DIRNAME/ID`` so that they never collide with
-the source's. Its labels are read for its test folds only: in a fold's training part its images are
+the source's. Modality and organ come from its layout when it names them, else from the source (the same
+task); the category from its layout, else ``unknown``. Its labels are read for its test folds only: in a fold's training part its images are
 unlabelled (their labels hidden), see :func:`diffboost.data.folds.cross_site_folds`.
 """
 
@@ -18,7 +19,7 @@ from .base import Reader
 class TargetReader(Reader):
     """The target's own reader, its case ids and groups prefixed with the folder's name."""
 
-    def __init__(self, root, cfg, taken: set[str]):
+    def __init__(self, root, cfg, taken: set[str], task: tuple[str | None, str | None] = (None, None)):
         from . import READERS, detect_format
 
         super().__init__(root, cfg)
@@ -33,12 +34,15 @@ class TargetReader(Reader):
         self.has_masks = self.inner.has_masks
         self.prefix = f"{self.root.resolve().name or 'target'}/"
         self.taken = taken
+        self.task = task  # the source's (modality, organ): the same task, for a layout that names neither
 
     def scan(self) -> list[CaseRef]:
         refs = self.inner.scan()
         self.tables = getattr(self.inner, "tables", [])
         self.skipped = self.inner.skipped
-        out = [dataclasses.replace(r, case_id=self.prefix + r.case_id,
+        modality, organ = self.task
+        out = [dataclasses.replace(r, case_id=self.prefix + r.case_id, category=r.category or "unknown",
+                                   modality=r.modality or modality, organ=r.organ or organ,
                                    group=None if r.group is None else self.prefix + r.group) for r in refs]
         clash = sorted(self.taken & {r.case_id for r in out})
         if clash:
@@ -61,7 +65,10 @@ def read_target(folder, cfg, source_refs: list[CaseRef]) -> tuple[TargetReader, 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "--target: not found or not a folder")
-    reader = TargetReader(folder, cfg, {r.case_id for r in source_refs})
+    from collections import Counter
+
+    task = Counter((r.modality, r.organ) for r in source_refs).most_common(1)
+    reader = TargetReader(folder, cfg, {r.case_id for r in source_refs}, task[0][0] if task else (None, None))
     if not reader.has_masks:
         raise DataError(folder, "--target: has no labels to test on")
     return reader, reader.scan()
