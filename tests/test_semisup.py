@@ -197,3 +197,37 @@ def test_a_run_with_a_learner_and_no_unlabelled_images_is_refused_when_the_confi
         load_run_config(f)
     f.write_text("prepare:\n  budget: '0.1'\ncompare:\n  augs: [classic, fixmatch+classic]\n")
     assert load_run_config(f).compare.augs[-1] == "fixmatch+classic"
+
+
+def test_todays_options_leave_older_stages_and_ablations_reusable():
+    from diffboost.config import PrepareConfig as P
+    from diffboost.config import to_dict
+    from diffboost.run import prepare_identity
+    from diffboost.runconfig import load_run_config, preset
+    from diffboost.stages import comparable
+
+    assert "target" not in prepare_identity(P())  # a run made before --target keeps its prepare stage
+    assert prepare_identity(P(target="/x/BUS-BRA"))["target"] is True  # content is in the source fingerprint
+    cfg = preset("cpu")
+    new = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "train", "generate", "seg")}
+    old = {k: dict(v) for k, v in new.items()}
+    for section, keys in {"prepare": ["target"], "train": ["unlabelled", "mask_dropout"],
+                          "generate": ["unlabelled", "target_style"],
+                          "seg": ["confidence", "unlabelled_batch", "unlabelled_weight", "cutmix_prob", "self_train_keep",
+                                  "self_train_rounds"]}.items():
+        for k in keys:
+            old[section].pop(k)
+    assert comparable(old) == comparable(new)  # an ablation recorded before them matches
+    new["seg"]["confidence"] = 0.9
+    assert comparable(old) != comparable(new)  # a changed option still counts
+
+
+def test_a_strategy_on_variants_of_unlabelled_images_needs_a_generator_that_learns_them(tmp_path):
+    from diffboost.runconfig import load_run_config
+
+    f = tmp_path / "fd.yaml"
+    f.write_text("prepare:\n  budget: '0.1'\ncompare:\n  augs: [fixmatch-diffboost+classic]\n")
+    with pytest.raises(ValueError, match="train.unlabelled: true, or train.mask_dropout"):
+        load_run_config(f)
+    f.write_text("prepare:\n  budget: '0.1'\ntrain:\n  unlabelled: true\ncompare:\n  augs: [fixmatch-diffboost+classic]\n")
+    assert load_run_config(f).train.unlabelled

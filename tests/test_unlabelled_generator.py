@@ -118,3 +118,31 @@ def test_variants_of_unlabelled_images_feed_fixmatch_diffboost(budget_set, tmp_p
         train_seg(ps, 0, SegConfig(**{**cfg.__dict__, "synthetic": str(plain.root)}), tmp_path / "seg2", progress=False)
     with pytest.raises(HiddenLabel):
         ps.for_fold(0).masks[sorted(unl)[:1]]
+
+
+def test_hidden_images_show_no_category_and_give_every_slice(budget_set, tmp_path):
+    from builders import make_msd
+
+    from diffboost.diffusion.conditions import visible_prompt
+    from diffboost.generation.quality import quality_filter
+    from diffboost.segmentation.semisup import unlabelled_indices
+
+    root, ps = budget_set
+    bound = ps.for_fold(0)
+    f = ps.fold(0)
+    for i in ps.indices(f.unlabelled):  # a hidden image's category (an image-level label) is not shown
+        assert visible_prompt(bound, i) == ps.manifest[i]["prompt"].replace(ps.manifest[i]["category"], "unknown")
+    for i in ps.indices(f.train):
+        assert visible_prompt(bound, i) == ps.manifest[i]["prompt"]
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(**TINY)).save_pretrained(tmp_path / "m")
+    syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, GenerateConfig(n=1, steps=2, batch_size=64, unlabelled=True),
+                   progress=False)
+    kept = quality_filter(syn, bound)  # scores the labelled images' variants, keeps the others unscored
+    assert {r["index"] for r in syn.manifest if not bound.label_readable(r["real_index"])} <= kept
+    # a volume whose label is hidden gives every slice, not the ones its mask marks for training
+    vol = prepare(make_msd(tmp_path / "Task99", n=8), tmp_path / "p3d", PrepareConfig(size=32, folds=2, budget="0.5"),
+                  progress=False)
+    g = vol.fold(0)
+    idx = unlabelled_indices(vol, 0, "fixmatch")
+    assert idx == vol.indices(g.unlabelled) and len(idx) > len(vol.indices(g.unlabelled, training=True))

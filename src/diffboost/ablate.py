@@ -70,6 +70,7 @@ def ablation_identity(cfg, ps) -> str:
     from .stages import digest as _hash
     from .stages import prepared_fingerprint
 
+    # options added since ablations were first recorded are left out at their defaults (stages.ADDED_DEFAULTS)
     sections = {k: to_dict(getattr(cfg, k)) for k in ("prepare", "model", "train", "generate", "seg")}
     sections["compare"] = {"folds": to_dict(cfg.compare).get("folds"), "seeds": cfg.compare.seed_list(cfg.seg)}
     from .generation.layout import COPY_PASTE
@@ -112,6 +113,10 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     base = run_dir / "ablations" / param / str(value)
     own_models = param != "condition"  # strength, mask_strength: new variants from the run's models
     gen = dataclasses.replace(cfg.generate, **({param: value} if own_models else {}))
+    from .segmentation.config import needs_unlabelled_variants
+
+    if any(needs_unlabelled_variants(a) for a in cfg.compare.augs):  # as `run` makes them
+        gen = dataclasses.replace(gen, unlabelled=True)
     for k in folds:
         if own_models:
             model = run_dir / "models" / f"fold{k}" / "model"

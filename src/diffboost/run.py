@@ -38,7 +38,7 @@ _hash = digest
 # prepare options added after runs were made: left out of the identity while unset, so that a run made
 # before they existed keeps its identity (and its stages) exactly
 LATER_PREPARE_OPTIONS = ("image_dir", "mask_dir", "case_pattern", "categories", "mask_pattern", "repeats", "budget",
-                         "unlabelled")
+                         "unlabelled", "target")
 
 
 def prepare_identity(prepare) -> dict:
@@ -48,6 +48,8 @@ def prepare_identity(prepare) -> dict:
             d.pop(k, None)
     if d.get("unlabelled"):  # places, not content: the source fingerprint holds their files
         d["unlabelled"] = len(d["unlabelled"])
+    if d.get("target"):
+        d["target"] = True
     return d
 
 

@@ -239,7 +239,7 @@ def check_run_config(cfg: RunConfig) -> None:
     synthetic sets `run` does not make (only the diffusion model's), a segmentation network that
     cannot take the widths or the working size, an ablation value that cannot train, a semi-supervised
     strategy without unlabelled images."""
-    from .segmentation.config import IN_MEMORY, uses_unlabelled
+    from .segmentation.config import IN_MEMORY, needs_unlabelled_variants, uses_unlabelled
     from .segmentation.networks import check_network
 
     for a in cfg.compare.augs:
@@ -253,6 +253,9 @@ def check_run_config(cfg: RunConfig) -> None:
             raise ValueError(f"compare.augs: {a!r} learns from unlabelled images, and this run has none: give "
                              "prepare.unlabelled (folders of images without labels; --unlabelled), a label "
                              "prepare.budget (e.g. 0.1) or another site's prepare.target, or remove it")
+        if needs_unlabelled_variants(a) and not (cfg.train.unlabelled or cfg.train.mask_dropout > 0):
+            raise ValueError(f"compare.augs: {a!r} trains on variants of unlabelled images, drawn with the 'no mask' "
+                             "condition: the generator must learn it (train.unlabelled: true, or train.mask_dropout > 0)")
         if parse_strategy(a)[0] == "diffboost-target" and not (cfg.prepare.target and cfg.train.unlabelled):
             raise ValueError(f"compare.augs: {a!r} redraws the source's images in the target site's style, which the "
                              "generator learns from the target's unlabelled images: it needs prepare.target (another "

@@ -52,7 +52,10 @@ def digest(obj) -> str:
 
 # options added after stages were first recorded, with the value those stages were made with: at that
 # value an option is left out of the comparison, so an older stage stays reusable
-ADDED_DEFAULTS = {"unlabelled": False, "mask_dropout": 0.0}
+ADDED_DEFAULTS = {"unlabelled": False, "mask_dropout": 0.0, "target_style": False, "target": None,
+                  # the semi-supervised learners' options (SegConfig)
+                  "confidence": 0.95, "unlabelled_batch": None, "unlabelled_weight": 1.0, "cutmix_prob": 0.5,
+                  "self_train_keep": 0.5, "self_train_rounds": 1}
 
 
 def comparable(obj, drop: frozenset = COSMETIC):

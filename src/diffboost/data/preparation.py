@@ -510,8 +510,8 @@ def target_supervised(prepared: str | Path | PreparedSet, out: str | Path) -> Pr
     from .folds import _stratified_order, _units
 
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
-    if not ps.meta.get("cross_site"):
-        raise ValueError(f"{ps.root}: not a cross-site set (prepare SOURCE --target DIR)")
+    if not ps.meta.get("cross_site") or ps.meta.get("derived"):
+        raise ValueError(f"{ps.root}: not a cross-site set as prepared (prepare SOURCE --target DIR)")
     out = Path(out)
     if (out / "dataset.json").exists():
         have = PreparedSet(out)

@@ -18,6 +18,18 @@ from ..data.store import PreparedSet
 from .models import label_channels
 
 NO_MASK = -1.0  # the label channels' value for "no mask given"
+UNKNOWN = "unknown"
+
+
+def visible_prompt(ps: PreparedSet, index: int) -> str:
+    """The prompt of sample ``index`` as a stage may use it: an image whose label this set may not read
+    (hidden by a budget, a cross-site target's training image) has its category, an image-level label,
+    replaced by ``unknown``; other prompts are as prepared."""
+    row = ps.manifest[index]
+    if ps.label_readable(index) or not row["category"]:
+        return row["prompt"]
+    parts = row["prompt"].split(", ")
+    return ", ".join(UNKNOWN if p == row["category"] else p for p in parts)
 
 
 def condition_inputs(ps: PreparedSet, indices: np.ndarray, no_mask: np.ndarray, labels: list[int] | None,

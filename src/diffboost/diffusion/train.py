@@ -31,6 +31,7 @@ from ..config import save_yaml
 from ..utils.atomic import artifact_dir, commit_artifact, recover_artifact, recover_artifacts
 from ..utils.csvlog import append_row, trim_rows
 from ..utils.progress import ProgressBar
+from .conditions import visible_prompt
 from .models import ModelConfig, foreground_labels, label_channels, set_mask_channels
 from .pipeline import DiffBoostPipeline
 
@@ -184,8 +185,8 @@ def _mask_channels_for(ps, cfg: TrainConfig) -> int:
 def finetune_indices(ps, fold: int, cfg: TrainConfig) -> list[int]:
     """The samples fine-tuning on ``fold`` learns from: its labelled training images, and with
     ``cfg.unlabelled`` its training images without a label (never a validation or test image)."""
-    f = ps.fold(fold)
-    return ps.indices([*f.train, *(f.unlabelled if cfg.unlabelled else ())], training=True)
+    f = ps.fold(fold)  # an unlabelled volume gives every slice: a hidden label may not choose them
+    return ps.indices(f.train, training=True) + (ps.indices(f.unlabelled) if cfg.unlabelled else [])
 
 
 def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, g: torch.Generator,
@@ -206,7 +207,7 @@ def _batch(ps, indices: np.ndarray, cfg: TrainConfig, rng: np.random.Generator, 
         if mcfg.condition == "edges+mask":  # the filled label map, or empty channels without masks
             masks = (torch.from_numpy(label_channels(ps.masks[idx], labels)) if labels is not None else
                      torch.zeros(len(idx), mcfg.mask_channels, *images.shape[2:]))
-    prompts = [ps.manifest[i]["prompt"] for i in idx]
+    prompts = [visible_prompt(ps, int(i)) for i in idx]  # a hidden image's category is not shown
     if cfg.flip:
         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
         images[flip] = images[flip].flip(-1)

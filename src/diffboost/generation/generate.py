@@ -85,6 +85,8 @@ class GenerateConfig:
 
 
 def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig, styles: list[str] | None = None) -> list[dict]:
+    from ..diffusion.conditions import visible_prompt
+
     """Variant-major order: raising n later only appends batches. With ``styles`` (target_style), a labelled
     image's variant takes one of them, drawn from its seed, at the end of its prompt."""
     items = []
@@ -92,7 +94,7 @@ def _items(ps: PreparedSet, indices: list[int], cfg: GenerateConfig, styles: lis
         for ri in indices:
             row = ps.manifest[ri]
             seed = variant_seed(cfg.seed, row["case_id"], row["slice_index"], i)
-            prompt = row["prompt"]
+            prompt = visible_prompt(ps, ri)  # a hidden image's category is not shown
             if styles and ps.label_readable(ri):
                 prompt = f"{prompt}, {styles[int(np.random.default_rng([seed, 23]).integers(len(styles)))]}"
             items.append({"real_index": ri, "case_id": row["case_id"], "slice_index": row["slice_index"],
@@ -110,7 +112,7 @@ def target_styles(ps: PreparedSet, fold: int) -> list[str]:
     if not site:
         raise ValueError(f"{ps.root}: target_style needs a cross-site set (prepare SOURCE --target DIR)")
     name = Path(site).name
-    rows = [ps.manifest[i] for i in ps.indices(ps.fold(fold).unlabelled, training=True)]
+    rows = [ps.manifest[i] for i in ps.indices(ps.fold(fold).unlabelled)]
     styles = [site_style(r["device"], name) for r in rows if r["case_id"].startswith(f"{name}/")]
     if not styles:
         raise ValueError(f"{ps.root}: fold {fold} has no unlabelled target images to take the style of")
@@ -179,7 +181,7 @@ def generate(
     if not indices:
         raise ValueError(f"{ps.root}: fold {fold} has no training samples")
     if cfg.unlabelled:  # after the labelled ones: their items keep their place
-        indices += ps.indices(f.unlabelled, training=True)
+        indices += ps.indices(f.unlabelled)  # every slice: a hidden label may not choose them
     items = _items(ps, indices, cfg, target_styles(ps, fold) if cfg.target_style else None)
     batches = [items[i : i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)]
     mine = [b for j, b in enumerate(batches) if j % state.num_processes == state.process_index]

@@ -98,7 +98,8 @@ def _text_statistics(real: np.ndarray, texts) -> dict[str, tuple[float, float, f
 def score_variants(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> list[dict]:
     """One row per variant of the synthetic set ``syn`` (rows in manifest order)."""
     cfg = cfg or QualityConfig()
-    reals = sorted(syn.by_real)
+    # variants of images without a readable label (fixmatch-diffboost's strong views) are not scored: kept
+    reals = sorted(ri for ri in syn.by_real if ps.label_readable(ri))
     real_imgs = np.asarray(ps.images[np.asarray(reals)], np.float32)
     stats = _text_statistics(real_imgs, {r["text"] for r in syn.manifest})
     ref: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
@@ -108,6 +109,11 @@ def score_variants(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> li
         ref[ri] = (cond, region, _corr(soft_edges(real_imgs[k])[region], cond[region]))
     rows = []
     for r in syn.manifest:
+        if r["real_index"] not in ref:
+            rows.append({"row": r["index"], "real_index": r["real_index"], "variant": r["variant"], "text": r["text"],
+                         "edge_agreement": float("nan"), "real_edge_agreement": float("nan"), "z_mean": float("nan"),
+                         "z_std": float("nan"), "keep": 1, "reason": "no label to check against"})
+            continue
         img = np.asarray(syn.images[r["index"]], np.float32)
         cond, region, real_agree = ref[r["real_index"]]
         agree = _corr(soft_edges(img)[region], cond[region])
@@ -153,6 +159,6 @@ def quality_filter(syn, ps: PreparedSet, cfg: QualityConfig | None = None) -> se
         "removed": len(removed),
         "removed_for_edges": sum("edges" in r["reason"] for r in removed),
         "removed_for_intensity": sum("intensity" in r["reason"] for r in removed),
-        "mean_edge_agreement": float(np.mean([r["edge_agreement"] for r in rows])),
-        "mean_real_edge_agreement": float(np.mean([r["real_edge_agreement"] for r in rows]))}, indent=1))
+        "mean_edge_agreement": float(np.nanmean([r["edge_agreement"] for r in rows])),
+        "mean_real_edge_agreement": float(np.nanmean([r["real_edge_agreement"] for r in rows]))}, indent=1))
     return {r["row"] for r in rows if r["keep"]}

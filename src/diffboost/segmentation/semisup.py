@@ -60,7 +60,9 @@ def unlabelled_indices(ps: PreparedSet, fold: int, strategy: str) -> list[int]:
     """The training samples of ``fold`` without a label there (prepared without one, or hidden by the
     budget); an error naming the set when there are none."""
     f = ps.fold(fold)
-    idx = ps.indices(f.unlabelled, training=True)  # the hidden cases are among them
+    # the hidden cases are among them; every slice of a volume, since a hidden label may not choose them
+    # (``slices: foreground`` marks a labelled case's training slices by its mask)
+    idx = ps.indices(f.unlabelled)
     if not idx:
         raise ValueError(f"{ps.root}: fold {fold} has no unlabelled training images, which {strategy} learns from; "
                          "prepare the set with --unlabelled DIR or a label --budget")
