@@ -139,7 +139,7 @@ def test_target_prompts_carry_the_scanner_and_target_style_variants_draw_from_th
 
     assert site_style("GE Logiq 7 @10-14MHz", "BUS-BRA") == "GE Logiq 7" and site_style("", "BUS-BRA") == "BUS-BRA"
     source, target = sites
-    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
+    ps = prepare(source, tmp_path / "prepared", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
     for r in ps.manifest:  # the target's prompts end with its scanner (here: no Device column, the site)
         assert r["prompt"].endswith(", hospital2") == r["case_id"].startswith("hospital2/")
         if r["case_id"].startswith("hospital2/"):  # the source's task, no category invented
@@ -147,10 +147,15 @@ def test_target_prompts_carry_the_scanner_and_target_style_variants_draw_from_th
     torch.manual_seed(0)
     new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(tmp_path / "m")
     cfg = GenerateConfig(n=2, steps=2, batch_size=64, target_style=True)
-    syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, cfg, progress=False)
+    syn = generate(tmp_path / "m", ps, tmp_path / "synthetic_diffboost-target" / "fold0", 0, cfg, progress=False)
     source_rows = [r for r in syn.manifest if not r["case_id"].startswith("hospital2/")]
     assert source_rows and all(r["prompt"] == ps.manifest[r["real_index"]]["prompt"] + ", hospital2" for r in source_rows)
     assert syn.meta["identity"]["target_style"] is True
+    from diffboost.report import write_report
+
+    html = write_report(tmp_path).read_text()  # the grid of source images in the target's styles
+    assert "target&#x27;s scanner styles" in html or "target's scanner styles" in html
+    assert (tmp_path / "figures" / "target_styles.png").stat().st_size > 0
     # a run config asking for diffboost-target without a target or a generator that learns the target is refused
     f = tmp_path / "t.yaml"
     f.write_text(f"prepare:\n  target: {target}\ncompare:\n  augs: [classic, diffboost-target+classic]\n")

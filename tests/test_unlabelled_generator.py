@@ -138,6 +138,9 @@ def test_hidden_images_show_no_category_and_give_every_slice(budget_set, tmp_pat
     new_pipeline(ModelConfig(**TINY)).save_pretrained(tmp_path / "m")
     syn = generate(tmp_path / "m", ps, tmp_path / "s", 0, GenerateConfig(n=1, steps=2, batch_size=64, unlabelled=True),
                    progress=False)
+    from diffboost.report import figures
+
+    assert figures.variants(ps, syn)[:4] == b"\x89PNG"  # the report's grid shows labelled images' variants only
     kept = quality_filter(syn, bound)  # scores the labelled images' variants, keeps the others unscored
     assert {r["index"] for r in syn.manifest if not bound.label_readable(r["real_index"])} <= kept
     # a volume whose label is hidden gives every slice, not the ones its mask marks for training

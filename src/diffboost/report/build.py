@@ -270,7 +270,8 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         add("Synthetic variants (Fig. 3)", f"Real image, its condition (edges + mask boundary), the mask outline and "
             f"variants of {syn.root.name} with their augmentation texts; the real mask outlined on each variant.{ratio}",
             fig=figures.variants(ps, syn), fig_name="variants")
-        ri = max(syn.by_real, key=lambda i: ps.manifest[i]["foreground_pixels"])
+        bound = syn.bind(ps)  # a labelled image of the fold: an unlabelled one's mask size is not shown
+        ri = max((i for i in syn.by_real if bound.label_readable(i)), key=lambda i: ps.manifest[i]["foreground_pixels"])
         add("Algorithm 1 mixing (Fig. 4)", f"The mixed input m·real + (1−m)·synthetic for alpha from 0 (all synthetic) "
             f"to 1 (all real), patch {default_patch(ps.size)} px, one fixed draw of the grid.",
             fig=figures.alpha_strip(np.asarray(ps.images[ri], np.float32),
@@ -278,6 +279,14 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
             fig_name="alpha_strip")
     else:
         add("Synthetic variants", "No synthetic set yet (run `diffboost generate`).")
+    target_set = next(iter(sorted(run.glob("synthetic_diffboost-target/fold*/generation.json"))), None)
+    if target_set is not None:  # cross-site: the source's images as the target's scanners see them
+        from ..generation.generate import SyntheticSet
+
+        syn = SyntheticSet(target_set.parent)
+        add("Source images in the target's scanner styles", f"Labelled source images of {syn.root.name}, their edges, "
+            "and their variants drawn with a target scanner in the prompt (diffboost-target), the source mask outlined: "
+            "the label must still fit.", fig=figures.target_styles(ps, syn), fig_name="target_styles")
     for kind_dir in sorted({p.parent.parent for p in run.glob("synthetic_*/fold*/masks.npy")}):  # new lesions
         from ..evaluation.consistency import NEW_LESION_JSON
         from ..generation.generate import SyntheticSet

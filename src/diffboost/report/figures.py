@@ -139,7 +139,8 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
     checked = {r["variant_index"]: r for r in loaded[1]} if loaded else None
     tile = max(128, ps.size)
     by_real = syn.by_real
-    reals = sorted(by_real, key=lambda i: -ps.manifest[i]["foreground_pixels"])
+    # the labelled images only: a variant of an unlabelled one has no mask to outline (nor a size to sort by)
+    reals = sorted((i for i in by_real if ps.label_readable(i)), key=lambda i: -ps.manifest[i]["foreground_pixels"])
     reals = [reals[k] for k in np.linspace(0, max(len(reals) // 2 - 1, 0), n_images).astype(int)] if reals else []
     rows, heads = [], []
     for ri in dict.fromkeys(reals):
@@ -155,13 +156,39 @@ def variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 4) -> by
     return grid_png(rows, [""] * len(rows), heads, tile=tile)
 
 
+def target_styles(ps: PreparedSet, syn, n_images: int = 4) -> bytes:
+    """Cross-site sets: a source image, its edges, and its variants in the target's scanner styles (each
+    variant's scanner in its title band, the source's mask outlined)."""
+    from ..conditioning.prompts import site_style
+
+    ps = syn.bind(ps)
+    tile = max(128, ps.size)
+    by_real = syn.by_real
+    reals = [i for i in by_real if ps.label_readable(i)]
+    reals = reals[:: max(1, len(reals) // n_images)][:n_images]
+    site = Path((ps.meta.get("cross_site") or {}).get("target", "target")).name
+    rows, shown = [], 0
+    for ri in reals:
+        img = np.asarray(ps.images[ri], np.float32)
+        vs = sorted(by_real[ri], key=lambda j: syn.manifest[j]["variant"])
+        shown = max(shown, len(vs))
+        own = ps.manifest[ri]["prompt"]
+        tiles = [_captioned(overlay(np.asarray(syn.images[j], np.float32), np.asarray(ps.masks[ri]), fill=0.0),
+                            syn.manifest[j]["prompt"].removeprefix(own).strip(", ")[:24] or site_style("", site), tile)
+                 for j in vs]
+        rows.append([overlay(img, np.asarray(ps.masks[ri]), fill=0.0), np.asarray(ps.edges[ri])] + tiles)
+    heads = ["source image, its mask", "edges"] + [f"variant {v}: scanner" for v in range(shown)]
+    return grid_png(rows, [""] * len(rows), heads, tile=tile)
+
+
 def layout_variants(ps: PreparedSet, syn, n_images: int = 4, n_variants: int = 3) -> bytes:
     """Variants with labels of their own (new lesions in new places): the real image with its mask
     outlined, the first variant's new label, and the variants with their own labels outlined."""
     ps = syn.bind(ps)
     tile = max(128, ps.size)
     by_real = syn.by_real
-    reals = list(by_real)[:: max(1, len(by_real) // n_images)][:n_images]
+    reals = [i for i in by_real if ps.label_readable(i)]
+    reals = reals[:: max(1, len(reals) // n_images)][:n_images]
     rows, shown = [], 0
     for ri in reals:
         img = np.asarray(ps.images[ri], np.float32)
