@@ -231,3 +231,29 @@ def test_a_strategy_on_variants_of_unlabelled_images_needs_a_generator_that_lear
         load_run_config(f)
     f.write_text("prepare:\n  budget: '0.1'\ntrain:\n  unlabelled: true\ncompare:\n  augs: [fixmatch-diffboost+classic]\n")
     assert load_run_config(f).train.unlabelled
+
+
+def test_the_validation_rule_keeps_images_where_the_teachers_labels_were_more_right_than_wrong():
+    from diffboost.segmentation.semisup import confidence_cut
+
+    class Half(torch.nn.Module):  # foreground on the left half, confidence rising with the image's mean
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            s = 2 + 4 * x.mean((1, 2, 3), keepdim=True)
+            left = torch.zeros_like(x)
+            left[..., : x.shape[-1] // 2] = 1
+            return torch.cat([(1 - left) * s, left * s], 1)
+
+    images = torch.linspace(0, 1, 4)[:, None, None, None].expand(4, 1, 4, 4).contiguous()
+    masks = torch.zeros(4, 1, 4, 4, dtype=torch.long)
+    masks[2:, ..., :2] = 1  # the teacher is right on the two most confident images, wrong on the others
+    cut = confidence_cut(Half(), images, masks, [1])
+    from diffboost.segmentation.semisup import _predict, image_confidence
+
+    score = image_confidence(*_predict(Half(), images))
+    assert cut == pytest.approx(float(score[2]))  # images 2 and 3 enter, 0 and 1 do not
+    masks[:] = 0
+    assert confidence_cut(Half(), images, masks, [1]) == float("inf")  # never more right than wrong: none

@@ -43,7 +43,7 @@ SWEEPABLE = {"n": int, "alpha": float, "patch": int, "network": str, "mix_prob":
              "teacher_gate": _float_or_none, "pixel_filter": _float_or_none,
              "strength": float, "mask_strength": _float_or_none, "condition": str,
              "placement": str, "scale": _scale_range, "lesion_strength": float,
-             "confidence": float, "unlabelled_weight": float, "self_train_keep": float}
+             "confidence": float, "unlabelled_weight": float, "self_train_keep": _float_or_none}
 # sweeps of the generator rather than the segmenter: new variants (strength, mask_strength) or new
 # diffusion models (condition) per value, then the diffboost strategy trained on them
 GENERATOR_SWEEPS = ("strength", "mask_strength", "condition")

@@ -132,7 +132,9 @@ class SegConfig:
     unlabelled_batch: int | None = None  # fixmatch: unlabelled images per step; None = batch_size
     unlabelled_weight: float = 1.0  # fixmatch: weight of the unlabelled term beside the supervised loss
     cutmix_prob: float = 0.5  # fixmatch: probability that a strong view gets a box of another unlabelled image
-    self_train_keep: float = 0.5  # self-train: share of the unlabelled images kept, the teacher's most confident
+    # self-train: share of the unlabelled images kept, the teacher's most confident; None = those above the image
+    # confidence at which the teacher's labels of the validation images were more right than wrong (semisup)
+    self_train_keep: float | None = 0.5
     self_train_rounds: int = 1  # self-train: teacher -> student rounds (2: the first student teaches a second)
 
     def __post_init__(self):
@@ -172,8 +174,8 @@ class SegConfig:
         for name in ("confidence", "cutmix_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.self_train_keep <= 1.0:
-            raise ValueError(f"self_train_keep must be in (0, 1], got {self.self_train_keep}")
+        if self.self_train_keep is not None and not 0.0 < self.self_train_keep <= 1.0:
+            raise ValueError(f"self_train_keep must be in (0, 1] or null (chosen on validation), got {self.self_train_keep}")
         if self.unlabelled_weight < 0:
             raise ValueError(f"unlabelled_weight must be at least 0, got {self.unlabelled_weight}")
         if self.self_train_rounds < 1:

@@ -30,8 +30,9 @@ the pseudo-label still comes from the real image. The labelled batch is trained 
 **self-train** (the nnU-Net maintainers' recipe for unlabelled images): a teacher is trained with the
 strategy's supervised part (``self-train+classic``: ``classic``) in ``OUT/teacher``; it predicts every
 unlabelled training image; the ``self_train_keep`` share of them on which it is most confident (mean
-confidence over the pixels it calls foreground, over all pixels when it calls none) join the labelled
-images with their pseudo-labels, the pixels at or under ``confidence`` left out of the loss; a fresh
+confidence over the pixels it calls foreground, over all pixels when it calls none; ``self_train_keep:
+null``: those above the cut chosen on the fold's validation images, :func:`confidence_cut`) join the
+labelled images with their pseudo-labels, the pixels at or under ``confidence`` left out of the loss; a fresh
 segmenter trains on both. ``self_train_rounds = 2`` makes the first student the teacher of a second.
 With a variant source (``self-train+diffboost+classic``) the kept images are mixed with their own
 variants by Algorithm 1 as the labelled ones are.
@@ -178,18 +179,43 @@ def image_confidence(labels: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, on_fg, conf.flatten(1).mean(1))
 
 
-def pseudo_labelled(net: torch.nn.Module, images: torch.Tensor, cfg: SegConfig, batch_size: int = 32):
-    """Self-training's choice: ``(chosen image positions, their pseudo-labels, their pixels kept, the
-    image confidences of all)``, the ``self_train_keep`` most confident share of ``images``."""
+def _predict(net: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     labels, conf = [], []
     for i in range(0, len(images), batch_size):
         lab, c = pseudo_label(net, images[i : i + batch_size])
         labels.append(lab)
         conf.append(c)
-    labels, conf = torch.cat(labels), torch.cat(conf)
+    return torch.cat(labels), torch.cat(conf)
+
+
+def confidence_cut(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: list[int]) -> float:
+    """Self-training's rule, chosen on labelled validation images: the image-confidence cut that maximises
+    sum(2 Dice - 1) over the validation images at or above it. An image enters when, at its confidence, the
+    teacher's labels were more right than wrong (Dice above 0.5). Returns +inf (keep none) when no cut
+    gives a positive sum."""
+    from ..evaluation.metrics import label_dice
+
+    pred, conf = _predict(net, images)
+    score = image_confidence(pred, conf)
+    dice = torch.tensor([label_dice(p[0].numpy(), m[0].numpy(), labels) for p, m in zip(pred, masks)])
+    order = torch.argsort(score, descending=True, stable=True)
+    gain = torch.cumsum(2 * dice[order] - 1, 0)
+    best = int(torch.argmax(gain))
+    return float(score[order[best]]) if float(gain[best]) > 0 else float("inf")
+
+
+def pseudo_labelled(net: torch.nn.Module, images: torch.Tensor, cfg: SegConfig, cut: float | None = None,
+                    batch_size: int = 32):
+    """Self-training's choice: ``(chosen image positions, their pseudo-labels, their pixels kept, the
+    image confidences of all)``: the ``self_train_keep`` most confident share of ``images``, or, with a
+    ``cut`` (:func:`confidence_cut`), the images whose confidence reaches it."""
+    labels, conf = _predict(net, images, batch_size)
     score = image_confidence(labels, conf)
-    n = max(1, round(cfg.self_train_keep * len(images)))
-    chosen = torch.sort(torch.argsort(score, descending=True, stable=True)[:n]).values
+    if cut is not None:
+        chosen = torch.nonzero(score >= cut)[:, 0]
+    else:
+        n = max(1, round(cfg.self_train_keep * len(images)))
+        chosen = torch.sort(torch.argsort(score, descending=True, stable=True)[:n]).values
     return chosen, labels[chosen], conf[chosen] > cfg.confidence, score
 
 
@@ -209,8 +235,22 @@ def self_training_set(ps: PreparedSet, fold: int, cfg: SegConfig, out: Path, siz
     net, _ = load_segmenter(out / "teacher" / "model")
     idx = unlabelled_indices(ps, fold, cfg.aug)
     images = to_size(ps.images[np.asarray(idx)], size)
-    chosen, labels, keep, score = pseudo_labelled(net, images, cfg)
+    cut = None
+    if cfg.self_train_keep is None:  # the rule chosen on the fold's validation images
+        from .trainer import labels_of
+
+        f = ps.fold(fold)
+        if not f.val:
+            raise ValueError(f"{ps.root}: fold {fold} has no validation images to choose self-training's "
+                             "confidence cut on; set seg.self_train_keep")
+        val = np.asarray(ps.indices(f.val))
+        cut = confidence_cut(net, to_size(ps.images[val], size), to_size(ps.masks[val], size, labels=True), labels_of(ps))
+    chosen, labels, keep, score = pseudo_labelled(net, images, cfg, cut)
+    if len(chosen) == 0:
+        raise ValueError(f"{ps.root}: fold {fold}: the teacher's pseudo-labels were no better than chance on its "
+                         "validation images at any confidence, so none would be kept; set seg.self_train_keep")
     record = {"teacher": teacher_cfg.aug, "teacher_rounds": cfg.self_train_rounds - 1,
+              "confidence_cut": None if cut is None else round(cut, 4),
               "teacher_test_dice": teacher["metrics"].get("dice", {}).get("mean"),
               "unlabelled_images": len(idx), "pseudo_labelled_images": len(chosen),
               "pixels_kept": round(float(keep.float().mean()), 4),
