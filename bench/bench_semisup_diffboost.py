@@ -1,0 +1,188 @@
+"""DiffBoost with unlabelled images at a label budget, beside the rows of ``bench_semisup.py`` (same
+partitions, folds, seed and optimiser steps; its ``classic`` and ``fixmatch+classic`` runs are the references):
+
+- the generator, fine-tuned per fold with the `cpu` preset on the budget's labelled images only
+  (``--generator labelled``) or on every training image (``--generator every``: ``train.unlabelled``,
+  ``mask_dropout`` 0.1), draws 3 variants of every training image, labelled (mask condition) and unlabelled
+  ("no mask" condition);
+- ``diffboost+classic``, ``fixmatch-diffboost+classic`` and ``self-train+diffboost+classic`` train on them;
+- the label consistency of the unlabelled images' variants, for this benchmark only: the fold's ``classic``
+  segmenter (trained on the budget's labels) scores each variant and its real image against the real image's
+  hidden label, read from the prepared arrays directly (no stage can read it).
+
+    python bench/bench_semisup.py --data busi                                 # first: the references
+    python bench/bench_semisup_diffboost.py --data busi --generator every     # ~20 min per fold and job
+
+Resumable: fine-tuning resumes from its checkpoints, generation from the variants written, finished
+segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from common import REPO, SHARED_DATA, archive_runs, need, restore_runs
+
+SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
+STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
+
+
+def _generator(job: tuple) -> str:
+    """Fine-tune (or resume) fold k's generator and draw its variants; one torch thread."""
+    import torch
+
+    from diffboost.data.store import PreparedSet
+    from diffboost.diffusion.train import finetune_indices, finished_training, train_diffusion
+    from diffboost.generation.generate import generate
+    from diffboost.runconfig import preset
+
+    torch.set_num_threads(1)
+    prepared, root, k, every = job
+    cfg = preset("cpu")
+    train = dataclasses.replace(cfg.train, unlabelled=every, mask_dropout=0.1 if every else 0.0)
+    ps = PreparedSet(prepared).for_fold(k)
+    model_dir = Path(root) / "models" / f"fold{k}"
+    if not finished_training(model_dir / "model"):
+        train_diffusion(ps, model_dir, finetune_indices(ps, k, train), dataclasses.replace(cfg.model, image_size=ps.size),
+                        train, resume="latest" if (model_dir / "checkpoints").exists() else None,
+                        val_indices=ps.indices(ps.fold(k).val), progress=False)
+    generate(model_dir / "model", ps, Path(root) / "synthetic" / f"fold{k}", k,
+             dataclasses.replace(cfg.generate, unlabelled=True), progress=False)
+    return str(model_dir)
+
+
+def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
+    """Teacher Dice on the unlabelled images' variants / on their real images, against the hidden labels
+    (benchmark only: the masks are read from the arrays, past the store's guard)."""
+    from diffboost.evaluation.metrics import label_dice
+    from diffboost.generation.synthetic import SyntheticSet
+    from diffboost.segmentation.data import to_size
+    from diffboost.segmentation.jobs import run_folder
+    from diffboost.segmentation.predict import predict_probs
+    from diffboost.segmentation.trainer import load_segmenter
+
+    masks = np.load(ps.root / "masks.npy", mmap_mode="r")  # hidden labels: this benchmark's scoring only
+    out = {}
+    for k in folds:
+        syn = SyntheticSet(root / "synthetic" / f"fold{k}")
+        net, conf = load_segmenter(run_folder(seg_root, "classic", k, 0) / "model")
+        hidden = set(ps.indices(ps.fold(k).hidden))  # images with a label, hidden by the budget
+        rows = [r for r in syn.manifest if r["real_index"] in hidden]
+        reals = sorted({r["real_index"] for r in rows})
+        size = conf["size"]
+        pred_real = predict_probs(net, to_size(ps.images[np.asarray(reals)], size)).argmax(1).numpy()
+        pred_var = predict_probs(net, to_size(np.asarray(syn.images[np.asarray([r["index"] for r in rows])],
+                                                         np.float32), size)).argmax(1).numpy()
+        ref = {ri: to_size(masks[[ri]], size, labels=True)[0, 0].numpy() for ri in reals}
+        d_real = {ri: label_dice(p, ref[ri], [1]) for ri, p in zip(reals, pred_real)}
+        d_var = [label_dice(p, ref[r["real_index"]], [1]) for r, p in zip(rows, pred_var)]
+        out[k] = {"variants": len(rows), "teacher_dice_variant": float(np.mean(d_var)),
+                  "teacher_dice_real": float(np.mean(list(d_real.values())))}
+    v = np.mean([o["teacher_dice_variant"] for o in out.values()])
+    r = np.mean([o["teacher_dice_real"] for o in out.values()])
+    return {"per_fold": out, "teacher_dice_variant": float(v), "teacher_dice_real": float(r),
+            "consistency": float(v / r) if r > 0 else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", choices=list(SOURCES), default="busi")
+    ap.add_argument("--budget", default="0.1")
+    ap.add_argument("--generator", choices=["every", "labelled"], default="every")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
+    ap.add_argument("--steps-per-epoch", type=int, default=25)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+
+    from diffboost.data.preparation import with_budget
+    from diffboost.data.store import PreparedSet
+    from diffboost.evaluation.stats import holdout_ratio
+    from diffboost.runconfig import preset
+    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.curves import budget_name
+    from diffboost.segmentation.jobs import SegJob, run_folder
+
+    need(SHARED_DATA / SOURCES[args.data])
+    base = REPO / "bench" / "work" / f"budgets_{args.data}"
+    if not (base / "prepared" / "dataset.json").exists():
+        raise SystemExit(f"run `python bench/bench_budgets.py --data {args.data}` and bench_semisup.py first")
+    keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"
+    print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
+    budget_root = base / "budgets" / budget_name(args.budget)
+    ps = with_budget(PreparedSet(base / "prepared"), args.budget, budget_root / "prepared")
+    root = budget_root / f"generator_{args.generator}"
+    folds = [int(k) for k in args.folds.split(",")] if args.folds else list(range(len(ps.folds)))
+    t0 = time.perf_counter()
+    jobs = [(str(ps.root), str(root), k, args.generator == "every") for k in folds]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for done in pool.map(_generator, jobs):
+            print(f"generator ready: {done}")
+    seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
+                              synthetic=str(root / "synthetic" / "fold{fold}"))
+    strategies = [s for s in args.strategies.split(",") if s]
+    try:
+        first = [s for s in strategies if not s.startswith("self-train")]
+        if first:
+            compare(ps, first, seg, root, folds, jobs=args.jobs)
+        for s in strategies:  # a self-training teacher trains as the fold's run without self-train did: copied in
+            if s.startswith("self-train+"):
+                for k in folds:
+                    src = run_folder(root / "seg", s.removeprefix("self-train+"), k, 0)
+                    dest = run_folder(root / "seg", s, k, 0) / "teacher"
+                    if (src / "summary.json").exists() and not dest.exists():
+                        shutil.copytree(src, dest)
+        compare(ps, strategies, seg, root, folds, jobs=args.jobs)
+    finally:
+        print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
+    plain = dataclasses.replace(seg, synthetic=None)
+
+    def runs(where: Path, s: str, cfg) -> dict:
+        return _mean_dice(read_rows([SegJob(dataclasses.replace(cfg, aug=s, seed=0), k, run_folder(where / "seg", s, k, 0))
+                                     for k in folds]), _run_key)
+
+    ratio = holdout_ratio([ps.fold(k) for k in folds])
+    refs = {s: runs(budget_root, s, plain) for s in ("classic", "fixmatch+classic")}
+    table = {}
+    for s in strategies:
+        r = runs(root, s, seg)
+        table[s] = {"dice": 100 * float(np.mean(list(r.values()))), "runs": len(r),
+                    **{f"vs {ref}": {k: v for k, v in run_stats(r, rr, ratio).items() if k in ("dice_diff", "ci95", "runs")}
+                       for ref, rr in refs.items() if rr}}
+    for ref, rr in refs.items():
+        table[ref] = {"dice": 100 * float(np.mean(list(rr.values()))) if rr else None, "runs": len(rr)}
+    consistency = _consistency(ps, root, budget_root / "seg", folds)
+    lines = [f"{SOURCES[args.data]} at {args.budget} labels, generator from {args.generator} training images; "
+             f"{len(folds)} folds, seed 0. Dice (%); differences in Dice points, corrected 95% interval.", "",
+             "| strategy | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|"]
+    for s, t in table.items():
+        cells = []
+        for ref in ("classic", "fixmatch+classic"):
+            d = t.get(f"vs {ref}")
+            cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        lines.append(f"| {s} | {'–' if t['dice'] is None else format(t['dice'], '.2f')} | {cells[0]} | {cells[1]} |")
+    lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against the "
+                  f"hidden labels): {100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
+                  f"= {consistency['consistency']:.2f}"]
+    md = "\n".join(lines) + "\n"
+    print(md)
+    name = f"semisup_diffboost_{args.data}_{args.generator}"
+    path = REPO / "bench" / "results" / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
+                                "generator": args.generator, "folds": folds, "table": table,
+                                "unlabelled_variant_consistency": consistency, "jobs": args.jobs, "threads_per_job": 1,
+                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
+    path.with_suffix(".md").write_text(md)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
