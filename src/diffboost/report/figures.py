@@ -90,8 +90,11 @@ def learning_curve(curve: dict) -> bytes:
         lo = np.array([by[order[j]]["low"] for j in at], float) * 100
         hi = np.array([by[order[j]]["high"] for j in at], float) * 100
         line, = ax.plot(xs, mean, marker="o", label=s)
-        ax.fill_between(xs, np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean),
-                        color=line.get_color(), alpha=0.15)
+        lo, hi = np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean)
+        if len(xs) == 1:  # one budget (a semi-supervised strategy): its interval as an error bar
+            ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], color=line.get_color(), capsize=4)
+        else:
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
     ref = curve.get("reference", "")
     name = ref.split(" ")[0]
     if name in curve["dice"] and curve["dice"][name][order[-1]] is not None:
