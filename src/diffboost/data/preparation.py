@@ -451,13 +451,10 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
         raise ValueError(f"{ps.root}: a cross-site set (or one derived from it) takes no label budget")
     parsed = parse_budget(budget)
     out = Path(out)
-    if (out / "dataset.json").exists():
-        have = PreparedSet(out)
-        if (parse_budget(have.meta.get("budget")) == parsed  # 25% and 0.25 are one budget
-                and have.meta.get("derived_from") == _fingerprint(ps)):
-            return have
-        raise FileExistsError(f"{out}: holds another prepared set (not {ps.root} at budget {budget}); remove it or "
-                              "choose another folder")
+    have = _existing_derived(ps, out, lambda m: parse_budget(m.get("budget")) == parsed,  # 25% and 0.25: one budget
+                             f"{ps.root} at budget {budget}")
+    if have is not None:
+        return have
     spec = json.loads((ps.root / "folds.json").read_text())
     cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
     categories = {r["case_id"]: r["category"] for r in ps.manifest}
@@ -474,6 +471,17 @@ def with_budget(prepared: str | Path | PreparedSet, budget: str, out: str | Path
                                              unlabelled=tuple(sorted(set(g.unlabelled) | set(f.unlabelled)))))
     return _derived_set(ps, out, folds, {"budget": str(budget)}, dataclasses.replace(cfg, budget=str(budget)),
                         {"budget": str(budget)})
+
+
+def _existing_derived(ps: PreparedSet, out: Path, matches, what: str) -> PreparedSet | None:
+    """The set already derived at ``out`` when ``matches(its meta)`` and it was derived from ``ps`` as it is
+    now; None when ``out`` holds none; an error when it holds another."""
+    if not (out / "dataset.json").exists():
+        return None
+    have = PreparedSet(out)
+    if matches(have.meta) and have.meta.get("derived_from") == _fingerprint(ps):
+        return have
+    raise FileExistsError(f"{out}: holds another prepared set (not {what}); remove it or choose another folder")
 
 
 def _derived_set(ps: PreparedSet, out: Path, folds: list[Fold], spec: dict, cfg: PrepareConfig, meta: dict) -> PreparedSet:
@@ -513,12 +521,10 @@ def target_supervised(prepared: str | Path | PreparedSet, out: str | Path) -> Pr
     if not ps.meta.get("cross_site") or ps.meta.get("derived"):
         raise ValueError(f"{ps.root}: not a cross-site set as prepared (prepare SOURCE --target DIR)")
     out = Path(out)
-    if (out / "dataset.json").exists():
-        have = PreparedSet(out)
-        if have.meta.get("derived") == "target-supervised" and have.meta.get("derived_from") == _fingerprint(ps):
-            return have
-        raise FileExistsError(f"{out}: holds another prepared set (not the target-supervised ceiling of {ps.root}); "
-                              "remove it or choose another folder")
+    have = _existing_derived(ps, out, lambda m: m.get("derived") == "target-supervised",
+                             f"the target-supervised ceiling of {ps.root}")
+    if have is not None:
+        return have
     spec = json.loads((ps.root / "folds.json").read_text())
     cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
     categories = {r["case_id"]: r["category"] for r in ps.manifest}
