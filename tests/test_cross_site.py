@@ -181,3 +181,27 @@ def test_the_target_supervised_ceiling_trains_on_the_targets_other_cases(sites, 
         bound.masks[top.indices([c for c in ps.case_ids if c not in tcases][:1])]
     with pytest.raises(ValueError, match="takes no label budget"):
         with_budget(ps, "0.5", tmp_path / "b")
+
+
+@pytest.mark.parametrize("aug", ["histmatch+classic", "fixmatch"])
+def test_no_target_training_label_is_read_in_training_or_selection(sites, tmp_path, aug):
+    import shutil
+
+    from diffboost.data.store import PreparedSet
+    from diffboost.segmentation.config import SegConfig
+    from diffboost.segmentation.trainer import train_seg
+
+    source, target = sites
+    ps = prepare(source, tmp_path / "p", PrepareConfig(size=32, folds=4, target=str(target)), progress=False)
+    shutil.copytree(ps.root, tmp_path / "q")
+    masks = np.load(tmp_path / "q" / "masks.npy")
+    hidden = ps.indices(ps.fold(0).hidden)  # the target's training cases of fold 0: their labels scrambled
+    masks[hidden] = np.random.default_rng(1).integers(0, 2, masks[hidden].shape, dtype=masks.dtype)
+    np.save(tmp_path / "q" / "masks.npy", masks)
+    cfg = SegConfig(network="unet", channels=(8, 16, 32), size=32, epochs=2, batch_size=4, steps_per_epoch=2,
+                    min_val_cases=1, aug=aug, threads=1, unlabelled_batch=4, confidence=0.5)
+    a = train_seg(ps, 0, cfg, tmp_path / "a", progress=False)
+    b = train_seg(PreparedSet(tmp_path / "q"), 0, cfg, tmp_path / "b", progress=False)
+    assert a["metrics"] == b["metrics"] and a["best_epoch"] == b["best_epoch"]
+    pa, pb = np.load(tmp_path / "a" / "predictions.npz"), np.load(tmp_path / "b" / "predictions.npz")
+    assert all(np.array_equal(pa[k], pb[k]) for k in pa.files)
