@@ -144,17 +144,25 @@ def split_by_case(
         n_val = int(round(val_fraction * len(pool)))
         if val_fraction > 0 and len(pool) >= 2:
             n_val = min(max(n_val, 1), len(pool) - 1)
-        frng = np.random.default_rng([seed, i])
-        val: list[str] = []
-        for u in _stratified_order(pool_units, [ustratum[u] for u in pool_units], frng):
-            if len(val) >= n_val:
-                break
-            if len(pool) - len(val) - len(units[u]) >= 1:  # the training part keeps at least one case
-                val += units[u]
-        val = sorted(val)
+        val = validation_part({u: units[u] for u in pool_units}, ustratum, n_val, np.random.default_rng([seed, i]))
         train = sorted(set(pool) - set(val))
         folds.append(Fold(i, tuple(train), tuple(val), tuple(test_parts[i])))
     return folds
+
+
+def validation_part(units: dict[str, list[str]], strata: dict[str, str], n_val: int,
+                    rng: np.random.Generator) -> list[str]:
+    """The cases of a validation part of about ``n_val`` cases taken from ``units`` (name -> cases kept
+    together) in a stratified, seeded order, whole units only, leaving at least one case to train on."""
+    total = sum(len(m) for m in units.values())
+    names = sorted(units)
+    val: list[str] = []
+    for u in _stratified_order(names, [strata[u] for u in names], rng):
+        if len(val) >= n_val:
+            break
+        if total - len(val) - len(units[u]) >= 1:  # the training part keeps at least one case
+            val += units[u]
+    return sorted(val)
 
 
 def partition_seed(seed: int, partition: int) -> int:
@@ -251,16 +259,10 @@ def cross_site_folds(source: list[str], target: list[str], k: int, val_fraction:
     units = _units(sorted(source), sgroups)
     names = sorted(units)
     cats = {u: max(sorted({strata[c] for c in units[u]}), key=[strata[c] for c in units[u]].count) for u in names}
-    n_val = int(round(val_fraction * len(source)))
-    val: list[str] = []
-    for u in _stratified_order(names, [cats[u] for u in names], np.random.default_rng([seed, 104729])):
-        if len(val) >= n_val:
-            break
-        if len(source) - len(val) - len(units[u]) >= 1:
-            val += units[u]
+    val = validation_part(units, cats, int(round(val_fraction * len(source))), np.random.default_rng([seed, 104729]))
     train = tuple(sorted(sset - set(val)))
     out = []
     for f in split:
         others = tuple(sorted(tset - set(f.test)))
-        out.append(Fold(f.index, train, tuple(sorted(val)), f.test, unlabelled=others, hidden=others))
+        out.append(Fold(f.index, train, tuple(val), f.test, unlabelled=others, hidden=others))
     return out

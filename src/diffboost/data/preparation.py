@@ -515,7 +515,7 @@ def target_supervised(prepared: str | Path | PreparedSet, out: str | Path) -> Pr
     """The ceiling of a cross-site set: the same target test folds, each fold training on the target's other
     cases with their labels (a seeded, stratified ``val_fraction`` of them validating), the source unused.
     Written to ``out`` like :func:`with_budget` (hard links); reused when ``out`` already holds it."""
-    from .folds import _stratified_order, _units
+    from .folds import _units, validation_part
 
     ps = prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)
     if not ps.meta.get("cross_site") or ps.meta.get("derived"):
@@ -534,15 +534,10 @@ def target_supervised(prepared: str | Path | PreparedSet, out: str | Path) -> Pr
         units = _units(pool, [[c for c in g if c in set(pool)] for g in spec.get("groups") or []])
         names = sorted(units)
         cats = {u: categories[units[u][0]] for u in names}
-        n_val = max(1, int(round(cfg.val_fraction * len(pool))))
-        val: list[str] = []
-        for u in _stratified_order(names, [cats[u] for u in names], np.random.default_rng([cfg.seed, f.index, 31])):
-            if len(val) >= n_val:
-                break
-            if len(pool) - len(val) - len(units[u]) >= 1:
-                val += units[u]
+        val = validation_part(units, cats, max(1, int(round(cfg.val_fraction * len(pool)))),
+                              np.random.default_rng([cfg.seed, f.index, 31]))
         extra = tuple(c for c in f.unlabelled if c not in set(f.hidden))  # --unlabelled images, if any
-        folds.append(dataclasses.replace(f, train=tuple(sorted(set(pool) - set(val))), val=tuple(sorted(val)),
+        folds.append(dataclasses.replace(f, train=tuple(sorted(set(pool) - set(val))), val=tuple(val),
                                          unlabelled=extra, hidden=()))
     return _derived_set(ps, out, folds, {"derived": "target-supervised"}, cfg, {"derived": "target-supervised"})
 
