@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 
-from common import REPO, SHARED_DATA, archive_runs, need, restore_runs
+from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 
@@ -43,9 +42,7 @@ def main() -> None:
     from diffboost.data.preparation import with_budget
     from diffboost.data.store import PreparedSet
     from diffboost.runconfig import preset
-    from diffboost.segmentation.config import semi_of
     from diffboost.segmentation.curves import budget_name, curve_markdown, learning_curve
-    from diffboost.segmentation.jobs import run_folder
 
     need(SHARED_DATA / SOURCES[args.data])
     out = REPO / "bench" / "work" / f"budgets_{args.data}"  # bench_budgets.py's folder: its runs are reused
@@ -66,14 +63,7 @@ def main() -> None:
     for b in budgets[:-1]:
         root = out / "budgets" / budget_name(b)
         sps = with_budget(ps, b, root / "prepared")
-        for s in [s for s in semi if semi_of(s) == "self-train"]:
-            teacher_strategy = s.replace("self-train+", "", 1) or "none"
-            for seed in seeds:
-                for k in range(len(sps.folds)):
-                    src = run_folder(root / "seg", teacher_strategy, k, seed)
-                    dest = run_folder(root / "seg", s, k, seed) / "teacher"
-                    if (src / "model").exists() and (src / "summary.json").exists() and not dest.exists():
-                        shutil.copytree(src, dest)
+        copy_teachers(root / "seg", semi, range(len(sps.folds)), seeds)
     try:
         curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
     finally:

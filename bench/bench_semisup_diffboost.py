@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED_DATA, archive_runs, need, restore_runs
+from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
@@ -133,13 +132,7 @@ def main() -> None:
         first = [s for s in strategies if not s.startswith("self-train")]
         if first:
             compare(ps, first, seg, root, folds, jobs=args.jobs)
-        for s in strategies:  # a self-training teacher trains as the fold's run without self-train did: copied in
-            if s.startswith("self-train+"):
-                for k in folds:
-                    src = run_folder(root / "seg", s.removeprefix("self-train+"), k, 0)
-                    dest = run_folder(root / "seg", s, k, 0) / "teacher"
-                    if (src / "summary.json").exists() and not dest.exists():
-                        shutil.copytree(src, dest)
+        copy_teachers(root / "seg", strategies, folds, [0])  # the diffboost runs just made teach
         compare(ps, strategies, seg, root, folds, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")

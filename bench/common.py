@@ -86,3 +86,23 @@ def restore_runs(keep: Path, out: Path) -> int:
                     shutil.copy2(summary.parent / name, dest / name)
             n += 1
     return n
+
+
+def copy_teachers(seg_root: Path, strategies, folds, seeds) -> int:
+    """A self-training strategy's teacher trains exactly as the fold's run of its supervised part did (same
+    settings, same identity): copy that finished run into ``RUN/teacher`` so that it is not trained again."""
+    import shutil
+
+    from diffboost.segmentation.config import semi_of, supervised_part
+    from diffboost.segmentation.jobs import run_folder
+
+    n = 0
+    for s in [s for s in strategies if semi_of(s) == "self-train"]:
+        for seed in seeds:
+            for k in folds:
+                src = run_folder(seg_root, supervised_part(s), k, seed)
+                dest = run_folder(seg_root, s, k, seed) / "teacher"
+                if (src / "model").exists() and (src / "summary.json").exists() and not dest.exists():
+                    shutil.copytree(src, dest)
+                    n += 1
+    return n
