@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
+from common import REPO, SHARED_DATA, archive_runs, checkpoint_rule, copy_teachers, need, restore_runs
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
@@ -150,6 +150,7 @@ def main() -> None:
         table[s] = {"dice": 100 * float(np.mean(list(r.values()))), "runs": len(r),
                     **{f"vs {ref}": {k: v for k, v in run_stats(r, rr, ratio).items() if k in ("dice_diff", "ci95", "runs")}
                        for ref, rr in refs.items() if rr}}
+        table[s]["checkpoint_rule"] = checkpoint_rule({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds}, ratio)
     for ref, rr in refs.items():
         table[ref] = {"dice": 100 * float(np.mean(list(rr.values()))) if rr else None, "runs": len(rr)}
     consistency = _consistency(ps, root, budget_root / "seg", folds)
@@ -162,6 +163,12 @@ def main() -> None:
             d = t.get(f"vs {ref}")
             cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
         lines.append(f"| {s} | {'–' if t['dice'] is None else format(t['dice'], '.2f')} | {cells[0]} | {cells[1]} |")
+    rules = {s: t["checkpoint_rule"] for s, t in table.items() if t.get("checkpoint_rule")}
+    if rules:
+        lines += ["", "Checkpoint rule (test Dice of the checkpoint chosen on the validation part, and of the last epoch):", "",
+                  "| strategy | chosen | last epoch | last − chosen |", "|---|---|---|---|"]
+        lines += [f"| {s} | {r['chosen']:.2f} | {r['last_epoch']:.2f} | {r['last_minus_chosen']:+.2f} "
+                  f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |" for s, r in rules.items()]
     lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against the "
                   f"hidden labels): {100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
                   f"= {consistency['consistency']:.2f}"]

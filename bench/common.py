@@ -106,3 +106,22 @@ def copy_teachers(seg_root: Path, strategies, folds, seeds) -> int:
                     shutil.copytree(src, dest)
                     n += 1
     return n
+
+
+def checkpoint_rule(runs: dict, ratio: float) -> dict | None:
+    """The checkpoint rule on finished runs ``{(fold, seed): run folder}``: test Dice of the checkpoint chosen
+    on the validation part against the last epoch's, on the runs whose ``summary.json`` records both
+    (``last_epoch_metrics``), with the corrected interval of last − chosen. None when no run records it."""
+    from diffboost.segmentation.compare import run_stats
+
+    chosen, last = {}, {}
+    for key, folder in runs.items():
+        path = Path(folder) / "summary.json"
+        s = json.loads(path.read_text()) if path.exists() else {}
+        if (s.get("last_epoch_metrics") or {}).get("dice") is not None:
+            chosen[key], last[key] = s["metrics"]["dice"]["mean"], s["last_epoch_metrics"]["dice"]
+    if not chosen:
+        return None
+    d = run_stats(last, chosen, ratio)
+    return {"runs": len(chosen), "chosen": 100 * sum(chosen.values()) / len(chosen),
+            "last_epoch": 100 * sum(last.values()) / len(last), "last_minus_chosen": d["dice_diff"], "ci95": d["ci95"]}

@@ -108,6 +108,25 @@ def test_a_validation_part_under_min_val_cases_keeps_the_last_epoch(task):
     assert not any(r["val_dice"] for r in log)  # nothing was chosen on a handful of cases
 
 
+def test_the_last_epochs_test_metrics_are_recorded_beside_the_selected_checkpoints(task, monkeypatch):
+    """Validation changes which weights are tested, not training: the last-epoch record of a run that
+    chose its first epoch equals the metrics of the same run keeping its last epoch."""
+    import diffboost.segmentation.trainer as trainer
+
+    root, ps = task
+    falling = iter([0.9, 0.5, 0.1])
+    monkeypatch.setattr(trainer, "quick_dice", lambda *a, **k: next(falling))
+    cfg = SegConfig(**{**FAST, "epochs": 3, "val_every": 1}, seed=3)
+    chosen = train_seg(ps, 0, cfg, root / "runs" / "rule_val", progress=False)
+    last = train_seg(ps, 0, SegConfig(**{**FAST, "epochs": 3, "val_every": 1, "min_val_cases": 100}, seed=3),
+                     root / "runs" / "rule_last", progress=False)
+    assert chosen["best_epoch"] == 0 and last["checkpoint"] == "last epoch"
+    for k in ("dice", "precision"):
+        assert chosen["last_epoch_metrics"][k] == pytest.approx(last["metrics"][k]["mean"], rel=1e-5, abs=1e-6)
+        assert last["last_epoch_metrics"][k] == last["metrics"][k]["mean"]
+    assert chosen["metrics"]["dice"]["mean"] != chosen["last_epoch_metrics"]["dice"]  # epoch 0 was tested
+
+
 def test_finished_fold_is_not_retrained_and_other_settings_are_refused(task, monkeypatch):
     root, ps = task
     out = root / "runs" / "none"

@@ -9,7 +9,8 @@ Output folder::
     state/         last epoch's weights, optimizer and counters (safetensors + JSON), to resume
     metrics.csv    per test case: Dice, Precision, Recall, HD95, ASSD (per label and mean)
     predictions.npz  the test predictions at the original size
-    summary.json   mean ± std per metric, best epoch, timings; its presence marks the fold as done
+    summary.json   mean ± std per metric, best epoch, timings, and the last epoch's test means (to judge
+                   the checkpoint rule; nothing selects on them); its presence marks the fold as done
 
 Every random choice of an epoch (order, variants, masks, which samples are mixed, augmentations) is
 drawn from (seed, epoch), so a run resumed from ``state/`` ends with the same weights as an
@@ -398,6 +399,8 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     t0 = time.perf_counter()
     metric, preds = evaluate_cases(net, ps, f.test, size, labels, keep=set(f.test))
     eval_seconds = time.perf_counter() - t0
+    means = {k: m for k, (m, _) in metric.aggregate().items()}
+    last = means if counters["best_epoch"] == cfg.epochs - 1 else _last_epoch_means(out, net, ps, f, size, labels)
     rows = [{"strategy": cfg.aug, "fold": f.index, **r} for r in metric.rows]
     _write_csv(out / "metrics.csv", rows)
     import io
@@ -411,10 +414,23 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
                "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
                "labelled_training_cases": len(f.train), "validation_cases": len(f.val), **extra,
                "checkpoint": "last epoch" if counters["best_dice"] < 0 else "best validation Dice",
-               "eval_seconds": round(eval_seconds, 3), "identity": identity}
+               "last_epoch_metrics": last, "eval_seconds": round(eval_seconds, 3), "identity": identity}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(out / "state", ignore_errors=True)  # done: the selected model and metrics stay
     return summary
+
+
+def _last_epoch_means(out: Path, net, ps: PreparedSet, f, size: int, labels) -> dict | None:
+    """Mean test metrics of the last epoch's weights (``state/``), beside the selected checkpoint's: a
+    record for judging the checkpoint rule over many runs. Nothing chooses a model from it."""
+    from safetensors.torch import load_file
+
+    if not (out / "state" / "state.safetensors").exists():
+        return None
+    tensors = load_file(str(out / "state" / "state.safetensors"))
+    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    metric, _ = evaluate_cases(net, ps, f.test, size, labels)
+    return {k: m for k, (m, _) in metric.aggregate().items()}
 
 
 def _variants_of(syn_path: Path) -> dict | None:
