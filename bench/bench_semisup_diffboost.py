@@ -11,7 +11,7 @@ partitions, folds, seed and optimiser steps; its ``classic`` and ``fixmatch+clas
   hidden label, read from the prepared arrays directly (no stage can read it).
 
     python bench/bench_semisup.py --data busi                                 # first: the references
-    python bench/bench_semisup_diffboost.py --data busi --generator every     # ~20 min per fold and job
+    python bench/bench_semisup_diffboost.py --data busi --generator every     # ~45 min per fold and job
 
 Resumable: fine-tuning resumes from its checkpoints, generation from the variants written, finished
 segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``.
