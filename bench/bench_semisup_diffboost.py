@@ -14,7 +14,8 @@ partitions, folds, seed and optimiser steps; its ``classic`` and ``fixmatch+clas
     python bench/bench_semisup_diffboost.py --data busi --generator every     # ~45 min per fold and job
 
 Resumable: fine-tuning resumes from its checkpoints, generation from the variants written, finished
-segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``.
+segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``
+(``..._folds0-1-2-3`` when ``--folds`` leaves folds out).
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ def main() -> None:
                   f"= {consistency['consistency']:.2f}"]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"semisup_diffboost_{args.data}_{args.generator}"
+    part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))  # a partial table
+    name = f"semisup_diffboost_{args.data}_{args.generator}{part}"  # never overwrites the whole one
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
                                 "generator": args.generator, "folds": folds, "table": table,
