@@ -108,6 +108,7 @@ def main() -> None:
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
     from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.config import semi_of
     from diffboost.segmentation.curves import budget_name
     from diffboost.segmentation.jobs import SegJob, run_folder
 
@@ -130,7 +131,7 @@ def main() -> None:
                               synthetic=str(root / "synthetic" / "fold{fold}"))
     strategies = [s for s in args.strategies.split(",") if s]
     try:
-        first = [s for s in strategies if not s.startswith("self-train")]
+        first = [s for s in strategies if semi_of(s) != "self-train"]  # the teachers first
         if first:
             compare(ps, first, seg, root, folds, jobs=args.jobs)
         copy_teachers(root / "seg", strategies, folds, [0])  # the diffboost runs just made teach

@@ -95,12 +95,19 @@ def _save_state(out: Path, net, opt, counters: dict) -> None:
         (tmp / "state.json").write_text(json.dumps({**counters, "param_groups": sd["param_groups"]}, indent=1))
 
 
-def _load_state(out: Path, net, opt) -> dict:
+def _load_state_weights(out: Path, net) -> dict:
+    """Load the last epoch's weights from ``state/`` into ``net``; returns every tensor there (the
+    optimizer's too)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(out / "state" / "state.safetensors"))
-    meta = json.loads((out / "state" / "state.json").read_text())
     net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    return tensors
+
+
+def _load_state(out: Path, net, opt) -> dict:
+    tensors = _load_state_weights(out, net)
+    meta = json.loads((out / "state" / "state.json").read_text())
     state: dict = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -399,8 +406,9 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     t0 = time.perf_counter()
     metric, preds = evaluate_cases(net, ps, f.test, size, labels, keep=set(f.test))
     eval_seconds = time.perf_counter() - t0
-    means = {k: m for k, (m, _) in metric.aggregate().items()}
-    last = means if counters["best_epoch"] == cfg.epochs - 1 else _last_epoch_means(out, net, ps, f, size, labels)
+    aggregate = metric.aggregate()
+    last = ({k: m for k, (m, _) in aggregate.items()} if counters["best_epoch"] == cfg.epochs - 1
+            else _last_epoch_means(out, net, ps, f, size, labels))
     rows = [{"strategy": cfg.aug, "fold": f.index, **r} for r in metric.rows]
     _write_csv(out / "metrics.csv", rows)
     import io
@@ -409,7 +417,7 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
     np.savez_compressed(buf, **preds)
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
     summary = {"strategy": cfg.aug, "fold": f.index, "cases": len(rows),
-               "metrics": {k: {"mean": m, "std": s} for k, (m, s) in metric.aggregate().items()},
+               "metrics": {k: {"mean": m, "std": s} for k, (m, s) in aggregate.items()},
                "best_epoch": counters["best_epoch"], "best_val_dice": counters["best_dice"],
                "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
                "labelled_training_cases": len(f.train), "validation_cases": len(f.val), **extra,
@@ -423,12 +431,9 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
 def _last_epoch_means(out: Path, net, ps: PreparedSet, f, size: int, labels) -> dict | None:
     """Mean test metrics of the last epoch's weights (``state/``), beside the selected checkpoint's: a
     record for judging the checkpoint rule over many runs. Nothing chooses a model from it."""
-    from safetensors.torch import load_file
-
     if not (out / "state" / "state.safetensors").exists():
         return None
-    tensors = load_file(str(out / "state" / "state.safetensors"))
-    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_state_weights(out, net)
     metric, _ = evaluate_cases(net, ps, f.test, size, labels)
     return {k: m for k, (m, _) in metric.aggregate().items()}
 
