@@ -206,8 +206,8 @@ class Probe:
             probe.gen_devices.add(self.device.type)
             return call(self, prompts, *a, **k)
 
-        def save_checkpoint(acc, out, step, limit):
-            save_ckpt(acc, out, step, limit)
+        def save_checkpoint(acc, out, step, *a, **k):  # passes on whatever the trainer's checkpoint takes
+            save_ckpt(acc, out, step, *a, **k)
             probe.ckpt_steps.append(step)
             if probe.interrupt_step is not None and step == probe.interrupt_step:
                 raise Interrupted(f"interrupted after the checkpoint of step {step}")
