@@ -59,6 +59,18 @@ def _generator(job: tuple) -> str:
     return str(model_dir)
 
 
+PER_FOLD_REFS = ("classic", "fixmatch+classic", "self-train+classic")  # bench_semisup.py's runs, beside each fold
+
+
+def _fold_cell(run: Path) -> str:
+    """``Dice (chosen epoch)`` of one finished run, from its summary; ``–`` where it has not run."""
+    f = run / "summary.json"
+    if not f.exists():
+        return "–"
+    summary = json.loads(f.read_text())
+    return f"{100 * summary['metrics']['dice']['mean']:.1f} ({summary['best_epoch']})"
+
+
 def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
     """Teacher Dice on the unlabelled images' variants / on their real images, against the hidden labels
     (benchmark only: the masks are read from the arrays, past the store's guard)."""
@@ -171,6 +183,11 @@ def main() -> None:
                   "| strategy | chosen | last epoch | last − chosen |", "|---|---|---|---|"]
         lines += [f"| {s} | {r['chosen']:.2f} | {r['last_epoch']:.2f} | {r['last_minus_chosen']:+.2f} "
                   f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |" for s, r in rules.items()]
+    lines += ["", "Per fold: Dice (%) and the epoch of the chosen checkpoint:", "",
+              "| fold | " + " | ".join(PER_FOLD_REFS + tuple(strategies)) + " |", "|---" * (1 + len(PER_FOLD_REFS) + len(strategies)) + "|"]
+    where = {**{s: budget_root for s in PER_FOLD_REFS}, **{s: root for s in strategies}}
+    for k in folds:
+        lines.append(f"| {k} | " + " | ".join(_fold_cell(run_folder(where[s] / "seg", s, k, 0)) for s in where) + " |")
     lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against the "
                   f"hidden labels): {100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
                   f"= {consistency['consistency']:.2f}"]
