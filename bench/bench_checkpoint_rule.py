@@ -38,7 +38,8 @@ def gaps(records: Path) -> list[dict]:
         run = log.parent
         if not (run / "summary.json").exists():
             continue
-        val = [float(r["val_dice"]) for r in csv.DictReader(open(log)) if r["val_dice"]]
+        with log.open(newline="") as fh:
+            val = [float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]]
         if not val:
             continue  # no validation part: the last epoch was kept
         s = json.loads((run / "summary.json").read_text())
