@@ -52,10 +52,7 @@ def main() -> None:
     from diffboost.data.preparation import prepare
     from diffboost.data.store import PreparedSet
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import _mean_dice, _run_key, read_rows, run_stats
     from diffboost.segmentation.curves import budget_name, curve_markdown, learning_curve
-    from diffboost.segmentation.jobs import SegJob, run_folder
-    from diffboost.evaluation.stats import holdout_ratio
 
     src = need(SHARED_DATA / SOURCES[args.data])
     out = args.out or REPO / "bench" / "work" / f"budgets_{args.data}"
@@ -74,28 +71,9 @@ def main() -> None:
     budgets = [b for b in args.budgets.split(",") if b]
     try:
         curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
+        convergence = _convergence(args, curve, ps, seg, seeds, out) if args.convergence else None
     finally:
         print(f"archived the records of {_archive(out, keep)} finished run(s) in {keep}")
-    convergence = None
-    if args.convergence:  # classic at the smallest budget, twice the epochs: does longer training move Dice?
-        small = curve["budgets"][0]
-        root = out / "budgets" / small if small != "1" else out
-        longer = dataclasses.replace(seg, epochs=2 * seg.epochs)
-        from diffboost.segmentation.jobs import run_jobs
-
-        sps = PreparedSet(root / "prepared") if small != "1" else ps
-        folds = list(range(len(sps.folds)))
-        todo = [SegJob(dataclasses.replace(longer, aug="classic", seed=s), k,
-                       run_folder(root / "seg_2x", "classic", k, s)) for s in seeds for k in folds]
-        run_jobs(sps, todo, args.jobs)
-        base = [SegJob(dataclasses.replace(seg, aug="classic", seed=s), k, run_folder(root / "seg", "classic", k, s))
-                for s in seeds for k in folds]
-        stats = run_stats(_mean_dice(read_rows(todo), _run_key), _mean_dice(read_rows(base), _run_key),
-                          holdout_ratio([ps.fold(k) for k in folds]))
-        convergence = {"budget": small, "strategy": "classic", "epochs": [seg.epochs, longer.epochs],
-                       "dice_diff_2x_minus_1x": stats["dice_diff"], "ci95": stats["ci95"],
-                       "half_width": (stats["ci95"][1] - stats["ci95"][0]) / 2,
-                       "converged": abs(stats["dice_diff"]) < (stats["ci95"][1] - stats["ci95"][0]) / 2}
     md = curve_markdown(curve)
     print(md)
     if convergence:
@@ -118,6 +96,31 @@ def main() -> None:
     path.with_suffix(".png").write_bytes(curve_png(curve))  # the report's plot: Dice against labels, bands
     print(f"written {path}")
 
+
+def _convergence(args, curve: dict, ps, seg, seeds: list[int], out: Path) -> dict:
+    """`classic` at the smallest budget for twice the epochs, against the curve's own runs: does longer
+    training move Dice by more than the corrected interval?"""
+    from diffboost.data.store import PreparedSet
+    from diffboost.evaluation.stats import holdout_ratio
+    from diffboost.segmentation.compare import _mean_dice, _run_key, read_rows, run_stats
+    from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
+
+    small = curve["budgets"][0]
+    root = out / "budgets" / small if small != "1" else out
+    longer = dataclasses.replace(seg, epochs=2 * seg.epochs)
+    sps = PreparedSet(root / "prepared") if small != "1" else ps
+    folds = list(range(len(sps.folds)))
+    todo = [SegJob(dataclasses.replace(longer, aug="classic", seed=s), k,
+                   run_folder(root / "seg_2x", "classic", k, s)) for s in seeds for k in folds]
+    run_jobs(sps, todo, args.jobs)
+    base = [SegJob(dataclasses.replace(seg, aug="classic", seed=s), k, run_folder(root / "seg", "classic", k, s))
+            for s in seeds for k in folds]
+    stats = run_stats(_mean_dice(read_rows(todo), _run_key), _mean_dice(read_rows(base), _run_key),
+                      holdout_ratio([ps.fold(k) for k in folds]))
+    half = (stats["ci95"][1] - stats["ci95"][0]) / 2
+    return {"budget": small, "strategy": "classic", "epochs": [seg.epochs, longer.epochs],
+            "dice_diff_2x_minus_1x": stats["dice_diff"], "ci95": stats["ci95"], "half_width": half,
+            "converged": abs(stats["dice_diff"]) < half}
 
 if __name__ == "__main__":
     main()
