@@ -71,7 +71,7 @@ def main() -> None:
     budgets = [b for b in args.budgets.split(",") if b]
     try:
         curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
-        convergence = _convergence(args, curve, ps, seg, seeds, out) if args.convergence else None
+        convergence = _convergence(curve, ps, seg, seeds, out, args.jobs) if args.convergence else None
     finally:
         print(f"archived the records of {_archive(out, keep)} finished run(s) in {keep}")
     md = curve_markdown(curve)
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"written {path}")
 
 
-def _convergence(args, curve: dict, ps, seg, seeds: list[int], out: Path) -> dict:
+def _convergence(curve: dict, ps, seg, seeds: list[int], out: Path, jobs: int) -> dict:
     """`classic` at the smallest budget for twice the epochs, against the curve's own runs: does longer
     training move Dice by more than the corrected interval?"""
     from diffboost.data.store import PreparedSet
@@ -112,7 +112,7 @@ def _convergence(args, curve: dict, ps, seg, seeds: list[int], out: Path) -> dic
     folds = list(range(len(sps.folds)))
     todo = [SegJob(dataclasses.replace(longer, aug="classic", seed=s), k,
                    run_folder(root / "seg_2x", "classic", k, s)) for s in seeds for k in folds]
-    run_jobs(sps, todo, args.jobs)
+    run_jobs(sps, todo, jobs)
     base = [SegJob(dataclasses.replace(seg, aug="classic", seed=s), k, run_folder(root / "seg", "classic", k, s))
             for s in seeds for k in folds]
     stats = run_stats(_mean_dice(read_rows(todo), _run_key), _mean_dice(read_rows(base), _run_key),
@@ -121,6 +121,7 @@ def _convergence(args, curve: dict, ps, seg, seeds: list[int], out: Path) -> dic
     return {"budget": small, "strategy": "classic", "epochs": [seg.epochs, longer.epochs],
             "dice_diff_2x_minus_1x": stats["dice_diff"], "ci95": stats["ci95"], "half_width": half,
             "converged": abs(stats["dice_diff"]) < half}
+
 
 if __name__ == "__main__":
     main()
