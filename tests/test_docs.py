@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 FENCE = re.compile(r"```.*?```", re.S)
 
@@ -28,8 +28,9 @@ def _tracked() -> set[Path] | None:
 
 
 def github_anchor(heading: str) -> str:
-    """GitHub's anchor of a heading: lower case, markup and punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]|\[([^]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading.strip().lower())
+    """GitHub's anchor of a heading: lower case, markup and punctuation dropped (underscores stay, as in
+    a code name), spaces to hyphens."""
+    text = re.sub(r"[`*]|\[([^]]*)\]\([^)]*\)", lambda m: m.group(1) or "", heading.strip().lower())
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -49,6 +50,7 @@ def test_github_anchors_by_hand():
     assert github_anchor("Unlabelled images in training at 10% labels (BUSI)") == \
         "unlabelled-images-in-training-at-10-labels-busi"
     assert github_anchor("Inside `nnU-Net` v2") == "inside-nnu-net-v2"
+    assert github_anchor("Where `min_val_cases` applies") == "where-min_val_cases-applies"
 
 
 def test_every_relative_link_names_a_tracked_file_and_an_existing_heading():
