@@ -1,0 +1,140 @@
+"""The semi-supervised comparison at a label budget under nnU-Net's checkpoint rule: the final epoch, for
+every strategy, instead of the epoch chosen on the budget's validation part.
+
+Why, decided before these runs' test folds were read: at 10% of BUSI the validation part holds 10-11
+cases; on them the best epoch lies 4-13 Dice points above the last one and a third of the runs chose an
+epoch in the first third of training (``bench_checkpoint_rule.py``, validation records only). Selection on
+so few cases follows noise, and it treats strategies unequally (it can cut a slow learner short). nnU-Net
+keeps its final checkpoint; so does this table, for every row.
+
+- ``classic`` and ``fixmatch+classic`` (``bench_semisup.py``'s references) train again with
+  ``min_val_cases`` above the validation size (the last epoch is kept) into ``budgets/B/final/``;
+- the DiffBoost rows (``bench_semisup_diffboost.py --generator every``) record their last epoch's test
+  metrics beside the chosen checkpoint's (``last_epoch_metrics``: the same weights as a final-checkpoint
+  run, which ``tests/test_segmentation.py`` checks); ``--verify-fold K`` also trains fold K of
+  ``fixmatch-diffboost+classic`` under the rule and checks that its Dice is the recorded one.
+
+    python bench/bench_final_checkpoint.py --data busi                 # ~75 min on 2 cores (20 runs + 1)
+
+Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
+interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+import numpy as np
+
+from common import REPO, SHARED_DATA, archive_runs, need, restore_runs
+
+SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
+RETRAINED = ("fixmatch+classic", "classic")  # the longest first
+RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
+FINAL = 10**6  # min_val_cases above any validation part: the last epoch is the checkpoint
+
+
+def _last_epoch(runs: dict) -> dict:
+    """``{(fold, seed): last epoch's test Dice}`` of finished runs that record it."""
+    out = {}
+    for key, folder in runs.items():
+        path = folder / "summary.json"
+        s = json.loads(path.read_text()) if path.exists() else {}
+        if (s.get("last_epoch_metrics") or {}).get("dice") is not None:
+            out[key] = s["last_epoch_metrics"]["dice"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", choices=list(SOURCES), default="busi")
+    ap.add_argument("--budget", default="0.1")
+    ap.add_argument("--steps-per-epoch", type=int, default=25)
+    ap.add_argument("--verify-fold", type=int, default=0, help="fold of fixmatch-diffboost+classic trained again (-1: none)")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+
+    from diffboost.data.preparation import with_budget
+    from diffboost.data.store import PreparedSet
+    from diffboost.evaluation.stats import holdout_ratio
+    from diffboost.runconfig import preset
+    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.curves import budget_name
+    from diffboost.segmentation.jobs import SegJob, run_folder
+
+    need(SHARED_DATA / SOURCES[args.data])
+    base = REPO / "bench" / "work" / f"budgets_{args.data}"
+    if not (base / "prepared" / "dataset.json").exists():
+        raise SystemExit(f"run `python bench/bench_budgets.py --data {args.data}` first (its partitions and folds are these)")
+    keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"
+    print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
+    budget_root = base / "budgets" / budget_name(args.budget)
+    ps = with_budget(PreparedSet(base / "prepared"), args.budget, budget_root / "prepared")
+    folds = list(range(len(ps.folds)))
+    gen_root = budget_root / "generator_every"
+    seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, seed=0)
+    final = dataclasses.replace(seg, min_val_cases=FINAL)
+    final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
+    t0 = time.perf_counter()
+    try:
+        compare(ps, list(RETRAINED), final, budget_root / "final", folds, jobs=args.jobs)
+        if args.verify_fold >= 0:
+            compare(ps, ["fixmatch-diffboost+classic"], final_gen, gen_root / "final", [args.verify_fold], jobs=1)
+    finally:
+        print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
+
+    def finished(root, s, cfg) -> dict:
+        return _mean_dice(read_rows([SegJob(dataclasses.replace(cfg, aug=s), k, run_folder(root / "seg", s, k, 0))
+                                     for k in folds]), _run_key)
+
+    rows = {s: finished(budget_root / "final", s, final) for s in RETRAINED}
+    rows |= {s: _last_epoch({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds}) for s in RECORDED}
+    chosen = {s: finished(budget_root, s, seg) for s in RETRAINED} | {s: finished(gen_root, s, seg) for s in RECORDED}
+    verify = None
+    if args.verify_fold >= 0:
+        again = finished(gen_root / "final", "fixmatch-diffboost+classic", final_gen)
+        k = (args.verify_fold, 0)
+        recorded = rows["fixmatch-diffboost+classic"].get(k)
+        verify = {"fold": args.verify_fold, "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,
+                  "same": bool(abs(again[k] - recorded) < 1e-4)}
+    ratio = holdout_ratio([ps.fold(k) for k in folds])
+    table = {}
+    for s, r in rows.items():
+        table[s] = {"dice": 100 * float(np.mean(list(r.values()))), "runs": len(r),
+                    "chosen_checkpoint_dice": 100 * float(np.mean(list(chosen[s].values()))) if chosen.get(s) else None,
+                    **{f"vs {ref}": {k: v for k, v in run_stats(r, rows[ref], ratio).items()
+                                     if k in ("dice_diff", "ci95", "runs", "p")}
+                       for ref in RETRAINED if ref != s}}
+    lines = [f"{SOURCES[args.data]} at {budget_name(args.budget)} labels, final checkpoint for every strategy "
+             f"({len(folds)} folds, seed 0, {seg.epochs} x {args.steps_per_epoch} optimiser steps). Dice (%); "
+             "differences in Dice points, corrected 95% interval.", "",
+             "| strategy | runs | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|---|"]
+    for s, t in table.items():
+        cells = []
+        for ref in ("classic", "fixmatch+classic"):
+            d = t.get(f"vs {ref}")
+            cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {cells[0]} | {cells[1]} |")
+    lines += ["", "The same rows' Dice with the checkpoint chosen on validation (bench_semisup*.py): " + ", ".join(
+        f"{s} {t['chosen_checkpoint_dice']:.2f}" for s, t in table.items() if t["chosen_checkpoint_dice"] is not None)]
+    if verify:
+        lines += ["", f"Check: fold {verify['fold']} of fixmatch-diffboost+classic trained again under the rule: "
+                      f"{verify['trained_again']:.2f}, recorded last epoch {verify['recorded_last_epoch']:.2f} "
+                      f"({'same' if verify['same'] else 'DIFFERENT'})."]
+    md = "\n".join(lines) + "\n"
+    print(md)
+    name = f"final_checkpoint_{args.data}"
+    path = REPO / "bench" / "results" / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget, "folds": folds,
+                                "rule": "final epoch", "table": table, "verify": verify,
+                                "threads_per_job": 1, "jobs": args.jobs,
+                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
+    path.with_suffix(".md").write_text(md)
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
