@@ -7,14 +7,16 @@ epoch in the first third of training (``bench_checkpoint_rule.py``, validation r
 so few cases follows noise, and it treats strategies unequally (it can cut a slow learner short). nnU-Net
 keeps its final checkpoint; so does this table, for every row.
 
-- ``classic`` and ``fixmatch+classic`` (``bench_semisup.py``'s references) train again with
-  ``min_val_cases`` above the validation size (the last epoch is kept) into ``budgets/B/final/``;
+- ``classic``, ``fixmatch+classic`` and ``self-train+classic`` (``bench_semisup.py``'s references; the
+  teacher is the fold's ``classic`` run under the rule) train again with ``min_val_cases`` above the
+  validation size (the last epoch is kept) into ``budgets/B/final/``, and ``classic`` with every label
+  (the labels-saved reference) into ``final/``;
 - the DiffBoost rows (``bench_semisup_diffboost.py --generator every``) record their last epoch's test
   metrics beside the chosen checkpoint's (``last_epoch_metrics``: the same weights as a final-checkpoint
   run, which ``tests/test_segmentation.py`` checks); ``--verify-fold K`` also trains fold K of
   ``fixmatch-diffboost+classic`` under the rule and checks that its Dice is the recorded one.
 
-    python bench/bench_final_checkpoint.py --data busi                 # ~75 min on 2 cores (20 runs + 1)
+    python bench/bench_final_checkpoint.py --data busi                 # ~2 h on 2 cores (40 runs + 1)
 
 Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
 interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``.
@@ -29,10 +31,11 @@ import time
 
 import numpy as np
 
-from common import REPO, SHARED_DATA, archive_runs, need, restore_runs
+from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
 
 SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
-RETRAINED = ("fixmatch+classic", "classic")  # the longest first
+RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
+FULL = "classic, every label"
 RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 FINAL = 10**6  # min_val_cases above any validation part: the last epoch is the checkpoint
 
@@ -63,7 +66,7 @@ def main() -> None:
     from diffboost.runconfig import preset
     from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
     from diffboost.segmentation.curves import budget_name
-    from diffboost.segmentation.jobs import SegJob, run_folder
+    from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
     need(SHARED_DATA / SOURCES[args.data])
     base = REPO / "bench" / "work" / f"budgets_{args.data}"
@@ -80,9 +83,14 @@ def main() -> None:
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
     t0 = time.perf_counter()
     try:
-        compare(ps, list(RETRAINED), final, budget_root / "final", folds, jobs=args.jobs)
-        if args.verify_fold >= 0:
-            compare(ps, ["fixmatch-diffboost+classic"], final_gen, gen_root / "final", [args.verify_fold], jobs=1)
+        compare(ps, [s for s in RETRAINED if s != "self-train+classic"], final, budget_root / "final", folds, jobs=args.jobs)
+        copy_teachers(budget_root / "final" / "seg", RETRAINED, folds, [0])  # the classic runs just made teach
+        check = [SegJob(dataclasses.replace(final_gen, aug="fixmatch-diffboost+classic"), args.verify_fold,
+                        run_folder(gen_root / "final" / "seg", "fixmatch-diffboost+classic", args.verify_fold, 0))]
+        students = [SegJob(dataclasses.replace(final, aug="self-train+classic"), k,
+                           run_folder(budget_root / "final" / "seg", "self-train+classic", k, 0)) for k in folds]
+        run_jobs(ps, check[:args.verify_fold >= 0] + students, args.jobs)  # the check beside the students
+        compare(PreparedSet(base / "prepared"), ["classic"], final, base / "final", folds, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
@@ -93,6 +101,7 @@ def main() -> None:
     rows = {s: finished(budget_root / "final", s, final) for s in RETRAINED}
     rows |= {s: _last_epoch({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds}) for s in RECORDED}
     chosen = {s: finished(budget_root, s, seg) for s in RETRAINED} | {s: finished(gen_root, s, seg) for s in RECORDED}
+    rows[FULL], chosen[FULL] = finished(base / "final", "classic", final), finished(base, "classic", seg)
     verify = None
     if args.verify_fold >= 0:
         again = finished(gen_root / "final", "fixmatch-diffboost+classic", final_gen)
@@ -107,17 +116,17 @@ def main() -> None:
                     "chosen_checkpoint_dice": 100 * float(np.mean(list(chosen[s].values()))) if chosen.get(s) else None,
                     **{f"vs {ref}": {k: v for k, v in run_stats(r, rows[ref], ratio).items()
                                      if k in ("dice_diff", "ci95", "runs", "p")}
-                       for ref in RETRAINED if ref != s}}
+                       for ref in ("classic", "fixmatch+classic", FULL) if ref != s}}
     lines = [f"{SOURCES[args.data]} at {budget_name(args.budget)} labels, final checkpoint for every strategy "
              f"({len(folds)} folds, seed 0, {seg.epochs} x {args.steps_per_epoch} optimiser steps). Dice (%); "
              "differences in Dice points, corrected 95% interval.", "",
-             "| strategy | runs | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|---|"]
+             "| strategy | runs | Dice | − classic | − fixmatch+classic | − classic, every label |", "|---|---|---|---|---|---|"]
     for s, t in table.items():
         cells = []
-        for ref in ("classic", "fixmatch+classic"):
+        for ref in ("classic", "fixmatch+classic", FULL):
             d = t.get(f"vs {ref}")
             cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
-        lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {' | '.join(cells)} |")
     lines += ["", "The same rows' Dice with the checkpoint chosen on validation (bench_semisup*.py): " + ", ".join(
         f"{s} {t['chosen_checkpoint_dice']:.2f}" for s, t in table.items() if t["chosen_checkpoint_dice"] is not None)]
     if verify:
