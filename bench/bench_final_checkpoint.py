@@ -8,15 +8,18 @@ so few cases follows noise, and it treats strategies unequally (it can cut a slo
 keeps its final checkpoint; so does this table, for every row.
 
 - ``classic``, ``fixmatch+classic`` and ``self-train+classic`` (``bench_semisup.py``'s references; the
-  teacher is the fold's ``classic`` run under the rule) train again with ``min_val_cases`` above the
-  validation size (the last epoch is kept) into ``budgets/B/final/``, and ``classic`` with every label
-  (the labels-saved reference) into ``final/``;
-- the DiffBoost rows (``bench_semisup_diffboost.py --generator every``) record their last epoch's test
-  metrics beside the chosen checkpoint's (``last_epoch_metrics``: the same weights as a final-checkpoint
-  run, which ``tests/test_segmentation.py`` checks); ``--verify-fold K`` also trains fold K of
-  ``fixmatch-diffboost+classic`` under the rule and checks that its Dice is the recorded one.
+  teacher is the fold's ``classic`` run under the rule; ``--strategies`` picks some) train again with
+  ``min_val_cases`` above the validation size (the last epoch is kept) into ``budgets/B/final/``;
+- runs that record their last epoch's test metrics beside the chosen checkpoint's (``summary.json``:
+  ``last_epoch_metrics``, the same weights as a final-checkpoint run, which ``tests/test_segmentation.py``
+  checks) stand for themselves: the DiffBoost rows of ``bench_semisup_diffboost.py --generator every``,
+  ``classic`` when it is not trained again, and ``classic`` with every label (the labels-saved reference;
+  trained again into ``final/`` where its runs predate the record, unless ``--no-full``);
+- ``--verify-fold K`` trains fold K of ``fixmatch-diffboost+classic`` under the rule and checks that its
+  Dice is the recorded one.
 
-    python bench/bench_final_checkpoint.py --data busi                 # ~2 h on 2 cores (40 runs + 1)
+    python bench/bench_final_checkpoint.py --data busi --no-full      # ~1.5 h on 2 cores (30 runs + 1)
+    python bench/bench_final_checkpoint.py --data busbra --strategies fixmatch+classic --verify-fold -1
 
 Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
 interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``.
@@ -31,24 +34,12 @@ import time
 
 import numpy as np
 
-from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, copy_teachers, recorded_dice
 
-SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
 RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 FINAL = 10**6  # min_val_cases above any validation part: the last epoch is the checkpoint
-
-
-def _last_epoch(runs: dict) -> dict:
-    """``{(fold, seed): last epoch's test Dice}`` of finished runs that record it."""
-    out = {}
-    for key, folder in runs.items():
-        path = folder / "summary.json"
-        s = json.loads(path.read_text()) if path.exists() else {}
-        if (s.get("last_epoch_metrics") or {}).get("dice") is not None:
-            out[key] = s["last_epoch_metrics"]["dice"]
-    return out
 
 
 def main() -> None:
@@ -57,10 +48,11 @@ def main() -> None:
     ap.add_argument("--budget", default="0.1")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--verify-fold", type=int, default=0, help="fold of fixmatch-diffboost+classic trained again (-1: none)")
+    ap.add_argument("--strategies", default=",".join(RETRAINED), help="of " + ", ".join(RETRAINED))
+    ap.add_argument("--no-full", action="store_true", help="leave out classic with every label (the labels-saved reference)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 
-    from diffboost.data.preparation import with_budget
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
@@ -68,40 +60,45 @@ def main() -> None:
     from diffboost.segmentation.curves import budget_name
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
-    need(SHARED_DATA / SOURCES[args.data])
-    base = REPO / "bench" / "work" / f"budgets_{args.data}"
-    if not (base / "prepared" / "dataset.json").exists():
-        raise SystemExit(f"run `python bench/bench_budgets.py --data {args.data}` first (its partitions and folds are these)")
-    keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"
-    print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
-    budget_root = base / "budgets" / budget_name(args.budget)
-    ps = with_budget(PreparedSet(base / "prepared"), args.budget, budget_root / "prepared")
+    base, keep, budget_root, ps = budget_set(args.data, args.budget, "bench_budgets.py, bench_semisup.py and "
+                                             "bench_semisup_diffboost.py")
     folds = list(range(len(ps.folds)))
+    retrained = [s for s in RETRAINED if s in args.strategies.split(",")]
     gen_root = budget_root / "generator_every"
     seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, seed=0)
     final = dataclasses.replace(seg, min_val_cases=FINAL)
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
+    # classic with every label: its runs' recorded last epochs where every fold has one, else trained again
+    full_recorded = recorded_dice({(k, 0): run_folder(base / "seg", "classic", k, 0) for k in folds})[1]
+    train_full = not args.no_full and len(full_recorded) < len(folds)
     t0 = time.perf_counter()
     try:
-        compare(ps, [s for s in RETRAINED if s != "self-train+classic"], final, budget_root / "final", folds, jobs=args.jobs)
-        copy_teachers(budget_root / "final" / "seg", RETRAINED, folds, [0])  # the classic runs just made teach
+        compare(ps, [s for s in retrained if s != "self-train+classic"], final, budget_root / "final", folds, jobs=args.jobs)
+        copy_teachers(budget_root / "final" / "seg", retrained, folds, [0])  # the classic runs just made teach
         check = [SegJob(dataclasses.replace(final_gen, aug="fixmatch-diffboost+classic"), args.verify_fold,
                         run_folder(gen_root / "final" / "seg", "fixmatch-diffboost+classic", args.verify_fold, 0))]
         students = [SegJob(dataclasses.replace(final, aug="self-train+classic"), k,
-                           run_folder(budget_root / "final" / "seg", "self-train+classic", k, 0)) for k in folds]
+                           run_folder(budget_root / "final" / "seg", "self-train+classic", k, 0))
+                    for k in folds if "self-train+classic" in retrained]
         run_jobs(ps, check[:args.verify_fold >= 0] + students, args.jobs)  # the check beside the students
-        compare(PreparedSet(base / "prepared"), ["classic"], final, base / "final", folds, jobs=args.jobs)
+        if train_full:
+            compare(PreparedSet(base / "prepared"), ["classic"], final, base / "final", folds, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
-    def finished(root, s, cfg) -> dict:
-        return _mean_dice(read_rows([SegJob(dataclasses.replace(cfg, aug=s), k, run_folder(root / "seg", s, k, 0))
-                                     for k in folds]), _run_key)
+    def finished(root, s, cfg) -> dict:  # {(fold, seed): Dice} of the runs that finished
+        jobs = [SegJob(dataclasses.replace(cfg, aug=s), k, run_folder(root / "seg", s, k, 0)) for k in folds]
+        return _mean_dice(read_rows([j for j in jobs if (j.out / "metrics.csv").exists()]), _run_key)
 
-    rows = {s: finished(budget_root / "final", s, final) for s in RETRAINED}
-    rows |= {s: _last_epoch({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds}) for s in RECORDED}
-    chosen = {s: finished(budget_root, s, seg) for s in RETRAINED} | {s: finished(gen_root, s, seg) for s in RECORDED}
-    rows[FULL], chosen[FULL] = finished(base / "final", "classic", final), finished(base, "classic", seg)
+    rows = {s: finished(budget_root / "final", s, final) for s in retrained}
+    rows |= {s: r for s in RECORDED if (r := recorded_dice({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds})[1])}
+    chosen = {s: finished(budget_root, s, seg) for s in retrained} | {s: finished(gen_root, s, seg) for s in rows if s in RECORDED}
+    if "classic" not in retrained:  # runs that record their last epoch stand for it (the same weights)
+        rows["classic"] = recorded_dice({(k, 0): run_folder(budget_root / "seg", "classic", k, 0) for k in folds})[1]
+        chosen["classic"] = finished(budget_root, "classic", seg)
+    if not args.no_full:
+        rows[FULL] = finished(base / "final", "classic", final) if train_full else full_recorded
+        chosen[FULL] = finished(base, "classic", seg)
     verify = None
     if args.verify_fold >= 0:
         again = finished(gen_root / "final", "fixmatch-diffboost+classic", final_gen)
@@ -116,7 +113,7 @@ def main() -> None:
                     "chosen_checkpoint_dice": 100 * float(np.mean(list(chosen[s].values()))) if chosen.get(s) else None,
                     **{f"vs {ref}": {k: v for k, v in run_stats(r, rows[ref], ratio).items()
                                      if k in ("dice_diff", "ci95", "runs", "p")}
-                       for ref in ("classic", "fixmatch+classic", FULL) if ref != s}}
+                       for ref in ("classic", "fixmatch+classic", FULL) if ref != s and ref in rows}}
     lines = [f"{SOURCES[args.data]} at {budget_name(args.budget)} labels, final checkpoint for every strategy "
              f"({len(folds)} folds, seed 0, {seg.epochs} x {args.steps_per_epoch} optimiser steps). Dice (%); "
              "differences in Dice points, corrected 95% interval.", "",

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, SHARED_DATA, archive_runs, checkpoint_rule, copy_teachers, need, restore_runs
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers
 
-SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 
 
@@ -115,23 +114,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
 
-    from diffboost.data.preparation import with_budget
-    from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
     from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
     from diffboost.segmentation.config import semi_of
-    from diffboost.segmentation.curves import budget_name
     from diffboost.segmentation.jobs import SegJob, run_folder
 
-    need(SHARED_DATA / SOURCES[args.data])
-    base = REPO / "bench" / "work" / f"budgets_{args.data}"
-    if not (base / "prepared" / "dataset.json").exists():
-        raise SystemExit(f"run `python bench/bench_budgets.py --data {args.data}` and bench_semisup.py first")
-    keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"
-    print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
-    budget_root = base / "budgets" / budget_name(args.budget)
-    ps = with_budget(PreparedSet(base / "prepared"), args.budget, budget_root / "prepared")
+    base, keep, budget_root, ps = budget_set(args.data, args.budget, "bench_budgets.py and bench_semisup.py")
     root = budget_root / f"generator_{args.generator}"
     folds = [int(k) for k in args.folds.split(",")] if args.folds else list(range(len(ps.folds)))
     t0 = time.perf_counter()

@@ -114,14 +114,42 @@ def checkpoint_rule(runs: dict, ratio: float) -> dict | None:
     (``last_epoch_metrics``), with the corrected interval of last − chosen. None when no run records it."""
     from diffboost.segmentation.compare import run_stats
 
+    chosen, last = recorded_dice(runs)
+    if not chosen:
+        return None
+    d = run_stats(last, chosen, ratio)
+    return {"runs": len(chosen), "chosen": 100 * sum(chosen.values()) / len(chosen),
+            "last_epoch": 100 * sum(last.values()) / len(last), "last_minus_chosen": d["dice_diff"], "ci95": d["ci95"]}
+
+
+def recorded_dice(runs: dict) -> tuple[dict, dict]:
+    """``({key: test Dice of the chosen checkpoint}, {key: of the last epoch})`` of the finished runs
+    ``{key: run folder}`` whose ``summary.json`` records both (``last_epoch_metrics``)."""
     chosen, last = {}, {}
     for key, folder in runs.items():
         path = Path(folder) / "summary.json"
         s = json.loads(path.read_text()) if path.exists() else {}
         if (s.get("last_epoch_metrics") or {}).get("dice") is not None:
             chosen[key], last[key] = s["metrics"]["dice"]["mean"], s["last_epoch_metrics"]["dice"]
-    if not chosen:
-        return None
-    d = run_stats(last, chosen, ratio)
-    return {"runs": len(chosen), "chosen": 100 * sum(chosen.values()) / len(chosen),
-            "last_epoch": 100 * sum(last.values()) / len(last), "last_minus_chosen": d["dice_diff"], "ci95": d["ci95"]}
+    return chosen, last
+
+
+BUDGET_DATA = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
+
+
+def budget_set(data: str, budget: str, first: str):
+    """``bench_budgets.py --data DATA``'s prepared set at ``budget`` (the same partitions and folds), with the
+    archived run records put back: ``(its folder, the records' folder, the budget's folder, PreparedSet)``.
+    Exits naming ``first`` (the benches to run before) when that prepared set is missing."""
+    from diffboost.data.preparation import with_budget
+    from diffboost.data.store import PreparedSet
+    from diffboost.segmentation.curves import budget_name
+
+    need(SHARED_DATA / BUDGET_DATA[data])
+    base = REPO / "bench" / "work" / f"budgets_{data}"
+    if not (base / "prepared" / "dataset.json").exists():
+        raise SystemExit(f"{base / 'prepared'}: run {first} first (its partitions and folds are these)")
+    keep = REPO / "bench" / "results" / f"budgets_{data}_runs"
+    print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
+    root = base / "budgets" / budget_name(budget)
+    return base, keep, root, with_budget(PreparedSet(base / "prepared"), budget, root / "prepared")
