@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--no-full", action="store_true", help="leave out classic with every label (the labels-saved reference)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
+    unknown = [s for s in args.strategies.split(",") if s not in RETRAINED]
+    if unknown:
+        ap.error(f"--strategies: {', '.join(unknown)} not among {', '.join(RETRAINED)}")
 
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
@@ -69,6 +72,9 @@ def main() -> None:
     final = dataclasses.replace(seg, min_val_cases=FINAL)
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
     # classic with every label: its runs' recorded last epochs where every fold has one, else trained again
+    if args.verify_fold >= 0 and not (gen_root / "synthetic" / f"fold{args.verify_fold}").is_dir():
+        raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold {args.verify_fold} to check against "
+                         "(run bench_semisup_diffboost.py --generator every first, or pass --verify-fold -1)")
     full_recorded = recorded_dice({(k, 0): run_folder(base / "seg", "classic", k, 0) for k in folds})[1]
     train_full = not args.no_full and len(full_recorded) < len(folds)
     t0 = time.perf_counter()
@@ -93,9 +99,9 @@ def main() -> None:
     rows = {s: finished(budget_root / "final", s, final) for s in retrained}
     rows |= {s: r for s in RECORDED if (r := recorded_dice({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds})[1])}
     chosen = {s: finished(budget_root, s, seg) for s in retrained} | {s: finished(gen_root, s, seg) for s in rows if s in RECORDED}
-    if "classic" not in retrained:  # runs that record their last epoch stand for it (the same weights)
-        rows["classic"] = recorded_dice({(k, 0): run_folder(budget_root / "seg", "classic", k, 0) for k in folds})[1]
-        chosen["classic"] = finished(budget_root, "classic", seg)
+    classic_recorded = recorded_dice({(k, 0): run_folder(budget_root / "seg", "classic", k, 0) for k in folds})[1]
+    if "classic" not in retrained and classic_recorded:  # runs that record their last epoch stand for it
+        rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic", seg)
     if not args.no_full:
         rows[FULL] = finished(base / "final", "classic", final) if train_full else full_recorded
         chosen[FULL] = finished(base, "classic", seg)
