@@ -18,8 +18,9 @@ keeps its final checkpoint; so does this table, for every row.
 - ``--verify-fold K`` trains fold K of ``fixmatch-diffboost+classic`` under the rule and checks that its
   Dice is the recorded one.
 
-    python bench/bench_final_checkpoint.py --data busi --no-full      # ~1.5 h on 2 cores (30 runs + 1)
+    python bench/bench_final_checkpoint.py --data busi                # ~2 h on 2 cores (40 runs + 1)
     python bench/bench_final_checkpoint.py --data busbra --strategies fixmatch+classic --verify-fold -1
+    python bench/bench_final_checkpoint.py --data ddti --strategies classic --verify-fold -1
 
 Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
 interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``.
@@ -71,22 +72,27 @@ def main() -> None:
     seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, seed=0)
     final = dataclasses.replace(seg, min_val_cases=FINAL)
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
-    # classic with every label: its runs' recorded last epochs where every fold has one, else trained again
     if args.verify_fold >= 0 and not (gen_root / "synthetic" / f"fold{args.verify_fold}").is_dir():
         raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold {args.verify_fold} to check against "
                          "(run bench_semisup_diffboost.py --generator every first, or pass --verify-fold -1)")
-    full_recorded = recorded_dice({(k, 0): run_folder(base / "seg", "classic", k, 0) for k in folds})[1]
+
+    def last_epochs(root, s) -> dict:  # {(fold, seed): the last epoch's test Dice} of the runs that record it
+        return recorded_dice({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds})[1]
+
+    # classic with every label: its runs' recorded last epochs where every fold has one, else trained again
+    full_recorded = last_epochs(base, "classic")
     train_full = not args.no_full and len(full_recorded) < len(folds)
     t0 = time.perf_counter()
     try:
         compare(ps, [s for s in retrained if s != "self-train+classic"], final, budget_root / "final", folds, jobs=args.jobs)
         copy_teachers(budget_root / "final" / "seg", retrained, folds, [0])  # the classic runs just made teach
         check = [SegJob(dataclasses.replace(final_gen, aug="fixmatch-diffboost+classic"), args.verify_fold,
-                        run_folder(gen_root / "final" / "seg", "fixmatch-diffboost+classic", args.verify_fold, 0))]
+                        run_folder(gen_root / "final" / "seg", "fixmatch-diffboost+classic", args.verify_fold, 0))
+                 ] if args.verify_fold >= 0 else []
         students = [SegJob(dataclasses.replace(final, aug="self-train+classic"), k,
                            run_folder(budget_root / "final" / "seg", "self-train+classic", k, 0))
                     for k in folds if "self-train+classic" in retrained]
-        run_jobs(ps, check[:args.verify_fold >= 0] + students, args.jobs)  # the check beside the students
+        run_jobs(ps, check + students, args.jobs)  # the check beside the students
         if train_full:
             compare(PreparedSet(base / "prepared"), ["classic"], final, base / "final", folds, jobs=args.jobs)
     finally:
@@ -97,9 +103,9 @@ def main() -> None:
         return _mean_dice(read_rows([j for j in jobs if (j.out / "metrics.csv").exists()]), _run_key)
 
     rows = {s: finished(budget_root / "final", s, final) for s in retrained}
-    rows |= {s: r for s in RECORDED if (r := recorded_dice({(k, 0): run_folder(gen_root / "seg", s, k, 0) for k in folds})[1])}
+    rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}
     chosen = {s: finished(budget_root, s, seg) for s in retrained} | {s: finished(gen_root, s, seg) for s in rows if s in RECORDED}
-    classic_recorded = recorded_dice({(k, 0): run_folder(budget_root / "seg", "classic", k, 0) for k in folds})[1]
+    classic_recorded = last_epochs(budget_root, "classic")
     if "classic" not in retrained and classic_recorded:  # runs that record their last epoch stand for it
         rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic", seg)
     if not args.no_full:
