@@ -26,10 +26,8 @@ import json
 import time
 from pathlib import Path
 
-from common import REPO, SHARED_DATA, need
+from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, need
 from common import archive_runs as _archive, restore_runs as _restore
-
-SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 
 
 def main() -> None:

@@ -23,9 +23,7 @@ import dataclasses
 import json
 import time
 
-from common import REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
-
-SOURCES = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
+from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
 
 
 def main() -> None:

@@ -29,33 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers, fold_generator
 
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
-
-
-def _generator(job: tuple) -> str:
-    """Fine-tune (or resume) fold k's generator and draw its variants; one torch thread."""
-    import torch
-
-    from diffboost.data.store import PreparedSet
-    from diffboost.diffusion.train import finetune_indices, finished_training, train_diffusion
-    from diffboost.generation.generate import generate
-    from diffboost.runconfig import preset
-
-    torch.set_num_threads(1)
-    prepared, root, k, every = job
-    cfg = preset("cpu")
-    train = dataclasses.replace(cfg.train, unlabelled=every, mask_dropout=0.1 if every else 0.0)
-    ps = PreparedSet(prepared).for_fold(k)
-    model_dir = Path(root) / "models" / f"fold{k}"
-    if not finished_training(model_dir / "model"):
-        train_diffusion(ps, model_dir, finetune_indices(ps, k, train), dataclasses.replace(cfg.model, image_size=ps.size),
-                        train, resume="latest" if (model_dir / "checkpoints").exists() else None,
-                        val_indices=ps.indices(ps.fold(k).val), progress=False)
-    generate(model_dir / "model", ps, Path(root) / "synthetic" / f"fold{k}", k,
-             dataclasses.replace(cfg.generate, unlabelled=True), progress=False)
-    return str(model_dir)
 
 
 PER_FOLD_REFS = ("classic", "fixmatch+classic", "self-train+classic")  # bench_semisup.py's runs, beside each fold
@@ -124,9 +100,9 @@ def main() -> None:
     root = budget_root / f"generator_{args.generator}"
     folds = [int(k) for k in args.folds.split(",")] if args.folds else list(range(len(ps.folds)))
     t0 = time.perf_counter()
-    jobs = [(str(ps.root), str(root), k, args.generator == "every") for k in folds]
+    jobs = [(str(ps.root), str(root), k, args.generator == "every", False) for k in folds]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for done in pool.map(_generator, jobs):
+        for done in pool.map(fold_generator, jobs):
             print(f"generator ready: {done}")
     seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
                               synthetic=str(root / "synthetic" / "fold{fold}"))

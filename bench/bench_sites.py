@@ -7,11 +7,15 @@ against ``classic`` over target folds x seeds; the floor is ``classic`` (source 
     python bench/bench_sites.py                                   # BUSI -> BUS-BRA, 2 x 5 target folds
     python bench/bench_sites.py --source busbra --target busi     # the reverse (BUSI's normal images: false positives)
     python bench/bench_sites.py --strategies classic,histmatch+classic,fixmatch+classic,self-train+classic
+    python bench/bench_sites.py --strategies classic,histmatch+classic --generator --folds-only 0,1,2,3,4
 
-The strategies here need no generator. ``diffboost-target+classic`` needs one fine-tuned per fold on the
-source and the target's unlabelled images (``train.unlabelled: true``): `diffboost run` makes it, with this
-bench's prepared set and ``compare.augs: [diffboost-target+classic]``. `cpu` preset segmenter, 25 optimiser
-steps per epoch; resumable (finished runs are reused). Writes ``bench/results/sites_<source>_to_<target>.json``
+``--generator`` adds ``diffboost-target+classic``: per fold, a generator fine-tuned with the `cpu` preset on
+the source images and the fold's unlabelled target images (``train.unlabelled``, ``mask_dropout`` 0.1; what
+`diffboost run` does with ``compare.augs: [diffboost-target+classic]``) draws 3 variants of every labelled source
+image with a target scanner in the prompt (``generate.target_style``); about 45 min of one core per fold.
+``--folds-only 0,1,2,3,4`` runs partition 0 only (the table is then named ``..._folds0-1-2-3-4``). `cpu` preset
+segmenter, 25 optimiser steps per epoch, the checkpoint chosen on the source's validation part; resumable
+(fine-tuning from its checkpoints, finished runs reused). Writes ``bench/results/sites_<source>_to_<target>.json``
 (and ``.md``).
 """
 
@@ -21,10 +25,11 @@ import argparse
 import dataclasses
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 
-from common import REPO, SHARED_DATA, need
+from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, checkpoint_rule, fold_generator, need
 
-SOURCES = {"busi": "BUSI", "busbra": "BUS-BRA", "ddti": "DDTI"}
+TARGET_STRATEGY = "diffboost-target+classic"
 
 
 def main() -> None:
@@ -35,6 +40,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--folds-only", dest="only", default=None, help="comma-separated folds (default: all)")
+    ap.add_argument("--generator", action="store_true", help=f"add {TARGET_STRATEGY} (a generator per fold)")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
@@ -56,8 +63,12 @@ def main() -> None:
     ceiling = target_supervised(ps, out / "ceiling" / "prepared")
     seg = dataclasses.replace(cfg.seg, steps_per_epoch=args.steps_per_epoch)
     seeds = [int(s) for s in args.seeds.split(",")]
-    strategies = [s for s in args.strategies.split(",") if s]
-    folds = list(range(len(ps.folds)))
+    strategies = [s for s in args.strategies.split(",") if s] + ([TARGET_STRATEGY] if args.generator else [])
+    folds = [int(k) for k in args.only.split(",")] if args.only else list(range(len(ps.folds)))
+    if args.generator:  # the long part first, one fold per job
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for done in pool.map(fold_generator, [(str(ps.root), str(out), k, True, True) for k in folds]):
+                print(f"generator ready: {done}")
     compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
     compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
 
@@ -76,6 +87,8 @@ def main() -> None:
         diff = None if name == "classic" else run_stats(r, base, ratio)
         table[name] = {"dice": mean, "vs_classic": None if diff is None else
                        {"dice_diff": diff["dice_diff"], "ci95": diff["ci95"], "runs": diff["runs"]}}
+    rules = {s: checkpoint_rule({(k, x): run_folder(out / "seg", s, k, x) for x in seeds for k in folds}, ratio)
+             for s in strategies}
     lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds ({len(folds)} folds, seeds {seeds}); "
              "Dice (%) mean over runs; difference to classic (source labels only) in Dice points, corrected 95% "
              "interval.", "", "| strategy | Dice | − classic |", "|---|---|---|"]
@@ -83,16 +96,22 @@ def main() -> None:
         d = t["vs_classic"]
         cell = "–" if d is None else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
         lines.append(f"| {name} | {t['dice']:.2f} | {cell} |")
+    if any(rules.values()):
+        lines += ["", "Checkpoint rule (target test Dice of the checkpoint chosen on the source's validation part, and "
+                      "of the last epoch):", "", "| strategy | chosen | last epoch | last − chosen |", "|---|---|---|---|"]
+        lines += [f"| {s} | {r['chosen']:.2f} | {r['last_epoch']:.2f} | {r['last_minus_chosen']:+.2f} "
+                  f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |" for s, r in rules.items() if r]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"sites_{args.source}_to_{args.target}"
+    part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))
+    name = f"sites_{args.source}_to_{args.target}{part}"
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
                                 "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,
                                              "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
                                              "jobs": args.jobs, "threads_per_job": 1,
                                              "cross_site": ps.meta["cross_site"]},
-                                "table": table, "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
+                                "folds_run": folds, "table": table, "checkpoint_rule": rules, "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
     path.with_suffix(".md").write_text(md)
     print(f"written {path}")
 

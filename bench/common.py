@@ -153,3 +153,34 @@ def budget_set(data: str, budget: str, first: str):
     print(f"restored {restore_runs(keep, base)} finished run(s) from {keep}")
     root = base / "budgets" / budget_name(budget)
     return base, keep, root, with_budget(PreparedSet(base / "prepared"), budget, root / "prepared")
+
+
+def fold_generator(job: tuple) -> str:
+    """Fine-tune (or resume) fold k's generator with the `cpu` preset and draw its variants, in one torch
+    thread: ``job = (prepared, root, k, every, target_style)``. ``every`` trains on the fold's unlabelled
+    images too ("no mask" condition, ``mask_dropout`` 0.1); the variants go to ``ROOT/synthetic/foldK``
+    (labelled and unlabelled images: the strong views) or, with ``target_style``, to
+    ``ROOT/synthetic_diffboost-target/foldK`` (the labelled source images in the target's scanner styles)."""
+    import dataclasses
+
+    import torch
+
+    from diffboost.data.store import PreparedSet
+    from diffboost.diffusion.train import finetune_indices, finished_training, train_diffusion
+    from diffboost.generation.generate import generate
+    from diffboost.runconfig import preset
+
+    torch.set_num_threads(1)
+    prepared, root, k, every, target_style = job
+    cfg = preset("cpu")
+    train = dataclasses.replace(cfg.train, unlabelled=every, mask_dropout=0.1 if every else 0.0)
+    ps = PreparedSet(prepared).for_fold(k)
+    model_dir = Path(root) / "models" / f"fold{k}"
+    if not finished_training(model_dir / "model"):
+        train_diffusion(ps, model_dir, finetune_indices(ps, k, train), dataclasses.replace(cfg.model, image_size=ps.size),
+                        train, resume="latest" if (model_dir / "checkpoints").exists() else None,
+                        val_indices=ps.indices(ps.fold(k).val), progress=False)
+    gen = dataclasses.replace(cfg.generate, unlabelled=not target_style, target_style=target_style)
+    generate(model_dir / "model", ps, Path(root) / ("synthetic_diffboost-target" if target_style else "synthetic")
+             / f"fold{k}", k, gen, progress=False)
+    return str(model_dir)
