@@ -27,7 +27,8 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, checkpoint_rule, fold_generator, need
+from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, checkpoint_rule, fold_generator, need,
+                    restore_runs)
 
 TARGET_STRATEGY = "diffboost-target+classic"
 
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--folds-only", dest="only", default=None, help="comma-separated folds (default: all)")
     ap.add_argument("--generator", action="store_true", help=f"add {TARGET_STRATEGY} (a generator per fold)")
+    ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="leave out the target-supervised row")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
@@ -65,12 +67,18 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = [s for s in args.strategies.split(",") if s] + ([TARGET_STRATEGY] if args.generator else [])
     folds = [int(k) for k in args.only.split(",")] if args.only else list(range(len(ps.folds)))
+    keep = REPO / "bench" / "results" / f"sites_{args.source}_to_{args.target}_runs"  # records without weights
+    print(f"restored {restore_runs(keep, out)} finished run(s) from {keep}")
     if args.generator:  # the long part first, one fold per job
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for done in pool.map(fold_generator, [(str(ps.root), str(out), k, True, True) for k in folds]):
                 print(f"generator ready: {done}")
-    compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
-    compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
+    try:
+        compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
+        if args.ceiling:
+            compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
+    finally:
+        print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
 
     def runs(root, s):
         jobs = [SegJob(dataclasses.replace(seg, aug=s, seed=x), k, run_folder(root / "seg", s, k, x))
@@ -80,7 +88,8 @@ def main() -> None:
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     base = runs(out, "classic")
     rows = {s: runs(out, s) for s in strategies}
-    rows["target-supervised classic (ceiling)"] = runs(out / "ceiling", "classic")
+    if args.ceiling:
+        rows["target-supervised classic (ceiling)"] = runs(out / "ceiling", "classic")
     table = {}
     for name, r in rows.items():
         mean = 100 * sum(r.values()) / len(r)
