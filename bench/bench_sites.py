@@ -10,9 +10,10 @@ against ``classic`` over target folds x seeds; the floor is ``classic`` (source 
     python bench/bench_sites.py --strategies classic,histmatch+classic --generator --folds-only 0,1,2,3,4
 
 ``--generator`` adds ``diffboost-target+classic``: per fold, a generator fine-tuned with the `cpu` preset on
-the source images and the fold's unlabelled target images (``train.unlabelled``, ``mask_dropout`` 0.1; what
-`diffboost run` does with ``compare.augs: [diffboost-target+classic]``) draws 3 variants of every labelled source
-image with a target scanner in the prompt (``generate.target_style``); about 45 min of one core per fold.
+the source images and the fold's unlabelled target images (what `diffboost run` does with ``compare.augs:
+[diffboost-target+classic]``, ``train.unlabelled: true`` and ``train.mask_dropout: 0.1``) draws 3 variants of every labelled source
+image with a target scanner in the prompt (``generate.target_style``); about 30 min of one core per fold
+(25 to fine-tune, 6 to draw).
 ``--folds-only 0,1,2,3,4`` runs partition 0 only (the table is then named ``..._folds0-1-2-3-4``). `cpu` preset
 segmenter, 25 optimiser steps per epoch, the checkpoint chosen on the source's validation part; resumable
 (fine-tuning from its checkpoints, finished runs reused). Writes ``bench/results/sites_<source>_to_<target>.json``
@@ -120,7 +121,8 @@ def main() -> None:
                                              "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
                                              "jobs": args.jobs, "threads_per_job": 1,
                                              "cross_site": ps.meta["cross_site"]},
-                                "folds_run": folds, "table": table, "checkpoint_rule": rules, "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
+                                "folds_run": folds, "table": table, "checkpoint_rule": rules,
+                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
     path.with_suffix(".md").write_text(md)
     print(f"written {path}")
 
