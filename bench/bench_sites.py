@@ -63,7 +63,6 @@ def main() -> None:
     t0 = time.perf_counter()
     ps = PreparedSet(out / "prepared") if (out / "prepared" / "dataset.json").exists() else \
         prepare(src, out / "prepared", pcfg, progress=True)
-    ceiling = target_supervised(ps, out / "ceiling" / "prepared")
     seg = dataclasses.replace(cfg.seg, steps_per_epoch=args.steps_per_epoch)
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = [s for s in args.strategies.split(",") if s] + ([TARGET_STRATEGY] if args.generator else [])
@@ -77,6 +76,7 @@ def main() -> None:
     try:
         compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
         if args.ceiling:
+            ceiling = target_supervised(ps, out / "ceiling" / "prepared")  # derived (written) only when asked
             compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
