@@ -166,7 +166,7 @@ def fold_generator(job: tuple) -> str:
     import torch
 
     from diffboost.data.store import PreparedSet
-    from diffboost.diffusion.train import finetune_indices, finished_training, train_diffusion
+    from diffboost.diffusion.train import finetune_fold
     from diffboost.generation.generate import generate
     from diffboost.runconfig import preset
 
@@ -174,12 +174,9 @@ def fold_generator(job: tuple) -> str:
     prepared, root, k, every, target_style = job
     cfg = preset("cpu")
     train = dataclasses.replace(cfg.train, unlabelled=every, mask_dropout=0.1 if every else 0.0)
-    ps = PreparedSet(prepared).for_fold(k)
+    ps = PreparedSet(prepared)
     model_dir = Path(root) / "models" / f"fold{k}"
-    if not finished_training(model_dir / "model"):
-        train_diffusion(ps, model_dir, finetune_indices(ps, k, train), dataclasses.replace(cfg.model, image_size=ps.size),
-                        train, resume="latest" if (model_dir / "checkpoints").exists() else None,
-                        val_indices=ps.indices(ps.fold(k).val), progress=False)
+    finetune_fold(ps, k, model_dir, cfg.model, train, progress=False)  # or resume, or keep a finished one
     gen = dataclasses.replace(cfg.generate, unlabelled=not target_style, target_style=target_style)
     generate(model_dir / "model", ps, Path(root) / ("synthetic_diffboost-target" if target_style else "synthetic")
              / f"fold{k}", k, gen, progress=False)

@@ -1,6 +1,7 @@
 """Runs a user can trust: control files that a crash cannot half-write and that, when unreadable,
 stop with one message naming them and replace nothing; a rerun after a kill during the first
-checkpoint save; a time budget that leaves a resumable model; cosmetic options that redo nothing."""
+checkpoint save; a time budget that leaves a resumable model (resumed as `run` resumes it); cosmetic
+options that redo nothing."""
 
 from __future__ import annotations
 
@@ -96,9 +97,23 @@ def test_a_time_budget_leaves_a_model_that_resumes_to_the_end(tiny, tmp_path):
     info = json.loads((model / "training.json").read_text())
     assert 0 < info["steps_done"] < 8 and not finished_training(model)
     assert (folder / "checkpoints" / f"step_{info['steps_done']:07d}").exists()  # a checkpoint at the stop
-    model = train_diffusion(ps, folder, idx, ModelConfig(**TINY), TrainConfig(steps=8, batch_size=2, checkpoint_every=5),
-                            resume="latest", progress=False)
-    assert json.loads((model / "training.json").read_text())["steps_done"] == 8 and finished_training(model)
+    # `run` (and the benches) resume through finetune_fold: from the checkpoint, on the fold's own samples
+    seen = []
+
+    def recording(*args, **kw):
+        seen.append((args[2], kw["resume"], kw["val_indices"]))
+        return real_train(*args, **kw)
+
+    real_train, T.train_diffusion = T.train_diffusion, recording
+    try:
+        tcfg = TrainConfig(steps=8, batch_size=2, checkpoint_every=5)
+        model = T.finetune_fold(ps, 0, folder, ModelConfig(**TINY), tcfg, progress=False)
+        assert seen == [(idx, "latest", ps.indices(ps.fold(0).val, training=True))]
+        assert json.loads((model / "training.json").read_text())["steps_done"] == 8 and finished_training(model)
+        assert T.finetune_fold(ps, 0, folder, ModelConfig(**TINY), tcfg, progress=False) == model
+        assert len(seen) == 1  # a finished model is kept, not trained again
+    finally:
+        T.train_diffusion = real_train
     rows = (folder / "loss.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows][-1] == 8
 

@@ -106,7 +106,7 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
     """The synthetic sets of a generator sweep value, made (or completed) per fold: variants at another
     ``strength`` or ``mask_strength`` from the run's own diffusion models, or new models fine-tuned with
     another ``condition`` and their variants. Returns the sets' path pattern (``{fold}`` filled in by training)."""
-    from .diffusion.train import finetune_indices, train_diffusion
+    from .diffusion.train import finetune_fold
     from .generation.generate import generate
     from .stages import prepared_fingerprint
 
@@ -123,17 +123,13 @@ def _generator_sweep(run_dir: Path, cfg, ps, folds: list[int], param: str, value
             if not model.exists():
                 raise FileNotFoundError(f"{model}: no diffusion model for fold {k}; run `diffboost run` first")
         else:
-            f = ps.fold(k)
             train = dataclasses.replace(cfg.train, learning_rate=cfg.train.lr_for(cfg.model.kind))
             folder = base / "models" / f"fold{k}"
             model = folder / "model"
             mcfg = dataclasses.replace(cfg.model, image_size=ps.size, condition=value)
             _own_stage(folder, {"prepared": prepared_fingerprint(ps), "fold": k, "model": to_dict(mcfg),
                                 "train": to_dict(train)})
-            if not model.exists():  # resumes from its last checkpoint after an interruption
-                train_diffusion(ps.for_fold(k), folder, finetune_indices(ps, k, train), mcfg, train,
-                                resume="latest" if (folder / "checkpoints").exists() else None,
-                                val_indices=ps.indices(f.val, training=True), progress=progress)
+            finetune_fold(ps, k, folder, mcfg, train, progress=progress)  # resumes after an interruption
         generate(model, ps, base / "synthetic" / f"fold{k}", k, gen, progress=progress, replace_stale=True)
     return str(base / "synthetic" / "fold{fold}")
 

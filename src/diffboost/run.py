@@ -64,7 +64,7 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
     from .ablate import ablate
     from .data.preparation import prepare
     from .data.store import PreparedSet
-    from .diffusion.train import finetune_indices, finished_training, train_diffusion
+    from .diffusion.train import finetune_fold
     from .evaluation.consistency import consistency_for_run
     from .generation.generate import generate
     from .report import write_report
@@ -176,14 +176,9 @@ def run(data: str | Path, out: str | Path, cfg: RunConfig | None = None, progres
         save_yaml(cfg, out / "run.yaml")  # after the checks: a refused resume leaves the old run.yaml
     barrier()
     for k in folds if needs_model else []:
-        f = ps.fold(k)
         t0 = time.perf_counter()
         model_dir = out / "models" / f"fold{k}"
-        if not finished_training(model_dir / "model"):  # new, interrupted, or stopped by train.max_minutes
-            train_diffusion(ps.for_fold(k), model_dir, finetune_indices(ps, k, train),
-                            dataclasses.replace(cfg.model, image_size=ps.size), train, init=init,
-                            resume="latest" if (model_dir / "checkpoints").exists() else None,
-                            val_indices=ps.indices(f.val, training=True), progress=progress)
+        finetune_fold(ps, k, model_dir, cfg.model, train, init=init, progress=progress)  # or resume, or keep
         times[f"fine-tune fold{k}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # other or more variants make the segmenters trained on them stale: train_seg sees it

@@ -252,6 +252,20 @@ def finished_training(model_dir: str | Path) -> bool:
     return int(d.get("steps_done", d.get("steps", 0))) >= int(d.get("steps", 0))
 
 
+def finetune_fold(ps, fold: int, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                  init: str | Path | None = None, progress: bool = True) -> Path:
+    """Fine-tune fold ``fold``'s model into ``out`` on :func:`finetune_indices`, its validation grids drawn
+    from the fold's validation images; an interrupted (or ``train.max_minutes``-stopped) run continues from its
+    last checkpoint, a finished one is kept. Returns ``out/model``."""
+    out = Path(out)
+    if not finished_training(out / "model"):
+        train_diffusion(ps.for_fold(fold), out, finetune_indices(ps, fold, train_cfg),
+                        dataclasses.replace(model_cfg, image_size=ps.size), train_cfg, init=init,
+                        resume="latest" if (out / "checkpoints").exists() else None,
+                        val_indices=ps.indices(ps.fold(fold).val, training=True), progress=progress)
+    return out / "model"
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     """The newest ``checkpoints/step_*`` (call after ``recover_artifacts`` on the main process)."""
     ckpts = sorted((out / "checkpoints").glob("step_*"))
