@@ -60,7 +60,7 @@ def main() -> None:
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.compare import compare, run_dice, run_stats
     from diffboost.segmentation.curves import budget_name
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
@@ -99,8 +99,7 @@ def main() -> None:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
     def finished(root, s, cfg) -> dict:  # {(fold, seed): Dice} of the runs that finished
-        jobs = [SegJob(dataclasses.replace(cfg, aug=s), k, run_folder(root / "seg", s, k, 0)) for k in folds]
-        return _mean_dice(read_rows([j for j in jobs if (j.out / "metrics.csv").exists()]), _run_key)
+        return run_dice(root / "seg", s, folds, [0], finished_only=True)
 
     rows = {s: finished(budget_root / "final", s, final) for s in retrained}
     rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}

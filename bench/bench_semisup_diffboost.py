@@ -92,9 +92,9 @@ def main() -> None:
 
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
+    from diffboost.segmentation.compare import compare, run_dice, run_stats
     from diffboost.segmentation.config import semi_of
-    from diffboost.segmentation.jobs import SegJob, run_folder
+    from diffboost.segmentation.jobs import run_folder
 
     base, keep, budget_root, ps = budget_set(args.data, args.budget, "bench_budgets.py and bench_semisup.py")
     root = budget_root / f"generator_{args.generator}"
@@ -115,17 +115,12 @@ def main() -> None:
         compare(ps, strategies, seg, root, folds, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
-    plain = dataclasses.replace(seg, synthetic=None)
-
-    def runs(where: Path, s: str, cfg) -> dict:
-        return _mean_dice(read_rows([SegJob(dataclasses.replace(cfg, aug=s, seed=0), k, run_folder(where / "seg", s, k, 0))
-                                     for k in folds]), _run_key)
 
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    refs = {s: runs(budget_root, s, plain) for s in ("classic", "fixmatch+classic")}
+    refs = {s: run_dice(budget_root / "seg", s, folds, [0]) for s in ("classic", "fixmatch+classic")}
     table = {}
     for s in strategies:
-        r = runs(root, s, seg)
+        r = run_dice(root / "seg", s, folds, [0])
         table[s] = {"dice": 100 * float(np.mean(list(r.values()))), "runs": len(r),
                     **{f"vs {ref}": {k: v for k, v in run_stats(r, rr, ratio).items() if k in ("dice_diff", "ci95", "runs")}
                        for ref, rr in refs.items() if rr}}

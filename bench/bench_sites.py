@@ -53,8 +53,8 @@ def main() -> None:
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import _mean_dice, _run_key, compare, read_rows, run_stats
-    from diffboost.segmentation.jobs import SegJob, run_folder
+    from diffboost.segmentation.compare import compare, run_dice, run_stats
+    from diffboost.segmentation.jobs import run_folder
 
     src, tgt = need(SHARED_DATA / SOURCES[args.source]), need(SHARED_DATA / SOURCES[args.target])
     out = REPO / "bench" / "work" / f"sites_{args.source}_to_{args.target}"
@@ -81,16 +81,11 @@ def main() -> None:
     finally:
         print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
 
-    def runs(root, s):
-        jobs = [SegJob(dataclasses.replace(seg, aug=s, seed=x), k, run_folder(root / "seg", s, k, x))
-                for x in seeds for k in folds]
-        return _mean_dice(read_rows(jobs), _run_key)
-
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    base = runs(out, "classic")
-    rows = {s: runs(out, s) for s in strategies}
+    base = run_dice(out / "seg", "classic", folds, seeds)
+    rows = {s: run_dice(out / "seg", s, folds, seeds) for s in strategies}
     if args.ceiling:
-        rows["target-supervised classic (ceiling)"] = runs(out / "ceiling", "classic")
+        rows["target-supervised classic (ceiling)"] = run_dice(out / "ceiling" / "seg", "classic", folds, seeds)
     table = {}
     for name, r in rows.items():
         mean = 100 * sum(r.values()) / len(r)

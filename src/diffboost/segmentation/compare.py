@@ -84,6 +84,13 @@ def read_rows(jobs: list[SegJob]) -> list[dict]:
     return rows
 
 
+def run_dice(seg_root: str | Path, strategy: str, folds, seeds, finished_only: bool = False) -> dict:
+    """``{(fold, seed): mean test Dice}`` of the runs ``SEG_ROOT/<strategy>/seed<s>/fold<k>`` (where
+    :func:`compare` puts them); ``finished_only`` leaves out the runs without test metrics (else they fail)."""
+    jobs = [SegJob(SegConfig(seed=s), k, run_folder(seg_root, strategy, k, s)) for s in seeds for k in folds]
+    return _mean_dice(read_rows([j for j in jobs if not finished_only or (j.out / "metrics.csv").exists()]), _run_key)
+
+
 # ---- statistics ---------------------------------------------------------------------------------
 
 def _run_key(r: dict) -> tuple[int, int]:

@@ -28,9 +28,8 @@ import numpy as np
 from ..data.folds import parse_budget
 from ..data.store import PreparedSet
 from ..evaluation.stats import corrected_interval, holdout_ratio, holm
-from .compare import _interval, _mean_dice, _run_key, compare, read_rows, run_stats
+from .compare import _interval, compare, run_dice, run_stats
 from .config import SegConfig, uses_unlabelled
-from .jobs import SegJob, run_folder
 
 FULL = "1"
 
@@ -85,20 +84,12 @@ def learning_curve(prepared: str | Path | PreparedSet, budgets, strategies, cfg:
     return curve
 
 
-def _runs(root: Path, strategy: str, cfg: SegConfig, folds, seeds) -> dict:
-    import dataclasses
-
-    jobs = [SegJob(dataclasses.replace(cfg, aug=strategy, seed=s), k, run_folder(root / "seg", strategy, k, s))
-            for s in seeds for k in folds]
-    return _mean_dice(read_rows(jobs), _run_key)
-
-
 def summarise_curve(per_budget: dict, sets: dict, strategies, cfg, seeds, folds, reference: str,
                     ratio: float) -> dict:
     order = sorted(per_budget, key=lambda n: np.mean([len(sets[n].fold(k).train) + len(sets[n].fold(k).val)
                                                       for k in folds]))
     labelled = {n: float(np.mean([len(sets[n].fold(k).train) + len(sets[n].fold(k).val) for k in folds])) for n in order}
-    runs = {n: {s: _runs(Path(per_budget[n]["root"]), s, cfg, folds, seeds)
+    runs = {n: {s: run_dice(Path(per_budget[n]["root"]) / "seg", s, folds, seeds)
                 for s in per_budget[n].get("strategies", strategies)} for n in order}
     dice = {}
     for s in strategies:
