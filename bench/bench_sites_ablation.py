@@ -14,7 +14,8 @@ Drawing costs about 6 min (strength 0.3) to 10 min (0.5) of one core per fold, a
 Resumable. Writes ``bench/results/sites_<source>_to_<target>_ablation_foldsA-B-....json``
 (no suffix when every fold is run) (and ``.md``):
 each row's Dice on the target's test folds, its difference to ``diffboost-target+classic`` and to ``classic``
-with the corrected repeated k-fold interval.
+with the corrected repeated k-fold interval, and the label consistency of each variant set (the teacher: the
+fold's ``classic`` segmenter, trained on the source labels; see ``diffboost.evaluation.consistency``).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def main() -> None:
     from diffboost.diffusion.train import finished_training
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import _mean_dice, _run_key, read_rows, run_stats
+    from diffboost.segmentation.compare import run_dice, run_stats
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
     out = REPO / "bench" / "work" / f"sites_{args.source}_to_{args.target}"
@@ -93,6 +94,18 @@ def main() -> None:
         for done in pool.map(draw, draws):
             print(f"variants ready: {done}")
 
+    # label consistency of each variant set: the teacher is the fold's classic segmenter (source labels only)
+    from diffboost.evaluation.consistency import label_consistency
+
+    sets = {f"{BASE} (strength 0.3, scanner prompt, share 0.4)": out / "synthetic_diffboost-target"}
+    sets.update({a: root / f"synthetic_{slug(a)}" for a, (g, _) in ABLATIONS.items() if g is not None})
+    consistency = {}
+    for name, folder in sets.items():
+        per_fold = [label_consistency(run_folder(out / "seg", "classic", k, seeds[0]) / "model", ps,
+                                      folder / f"fold{k}", k, progress=False)["overall"] for k in folds]
+        consistency[name] = {key: sum(f[key] for f in per_fold) / len(per_fold)
+                             for key in ("consistency", "teacher_dice_variant", "teacher_dice_real")}
+
     seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, aug=BASE)
 
     def cfg_of(a: str, seed: int):
@@ -107,20 +120,17 @@ def main() -> None:
     finally:
         print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
 
-    def base_runs(s):
-        return _mean_dice(read_rows([SegJob(dataclasses.replace(seg, aug=s, seed=x), k, run_folder(out / "seg", s, k, x))
-                                     for x in seeds for k in folds]), _run_key)
-
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    classic, base = base_runs("classic"), base_runs(BASE)
-    rows = {f"{BASE} (strength 0.3, scanner prompt, share 0.4)": base}
-    rows.update({a: _mean_dice(read_rows(js), _run_key) for a, js in jobs.items()})
+    classic, base = (run_dice(out / "seg", s, folds, seeds) for s in ("classic", BASE))
+    rows_of_base = f"{BASE} (strength 0.3, scanner prompt, share 0.4)"
+    rows = {rows_of_base: base}
+    rows.update({a: run_dice(root / "seg", slug(a), folds, seeds) for a in ABLATIONS})
     table = {}
     for name, r in rows.items():
         vs = {"vs_classic": run_stats(r, classic, ratio)}
         if r is not base:
             vs[f"vs_{BASE}"] = run_stats(r, base, ratio)
-        table[name] = {"dice": 100 * sum(r.values()) / len(r),
+        table[name] = {"dice": 100 * sum(r.values()) / len(r), "label_consistency": consistency.get(name),
                        **{k: {"dice_diff": d["dice_diff"], "ci95": d["ci95"], "runs": d["runs"]} for k, d in vs.items()}}
 
     def cell(d):
@@ -129,9 +139,12 @@ def main() -> None:
     lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds {folds}, seeds {seeds}; Dice (%) "
              f"mean over runs; differences in Dice points with the corrected 95% interval. classic: "
              f"{100 * sum(classic.values()) / len(classic):.2f}.", "",
-             f"| row | Dice | − {BASE} | − classic |", "|---|---|---|---|"]
-    lines += [f"| {n} | {t['dice']:.2f} | {cell(t.get(f'vs_{BASE}'))} | {cell(t['vs_classic'])} |"
-              for n, t in table.items()]
+             f"| row | label consistency | Dice | − {BASE} | − classic |", "|---|---|---|---|---|"]
+    lines += [f"| {n} | {(t['label_consistency'] or consistency[rows_of_base])['consistency']:.3f} | {t['dice']:.2f} | "
+              f"{cell(t.get(f'vs_{BASE}'))} | {cell(t['vs_classic'])} |" for n, t in table.items()]
+    lines += ["", "Label consistency: the teacher's (the fold's classic segmenter, trained on the source labels) "
+                  "mean Dice on the variants against their source masks over its Dice on the real source images, "
+                  "mean over folds; a row that reuses the variants shares their value."]
     md = "\n".join(lines) + "\n"
     print(md)
     part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))
