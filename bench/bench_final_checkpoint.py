@@ -35,7 +35,7 @@ import time
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, copy_teachers, recorded_dice
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, copy_teachers, diff_cell, recorded_dice
 
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
@@ -131,10 +131,7 @@ def main() -> None:
              "differences in Dice points, corrected 95% interval.", "",
              "| strategy | runs | Dice | " + " | ".join(f"− {ref}" for ref in refs) + " |", "|---" * (3 + len(refs)) + "|"]
     for s, t in table.items():
-        cells = []
-        for ref in refs:
-            d = t.get(f"vs {ref}")
-            cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        cells = [diff_cell(t.get(f"vs {ref}")) for ref in refs]
         lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {' | '.join(cells)} |")
     lines += ["", "The same rows' Dice with the checkpoint chosen on validation (bench_semisup*.py): " + ", ".join(
         f"{s} {t['chosen_checkpoint_dice']:.2f}" for s, t in table.items() if t["chosen_checkpoint_dice"] is not None)]

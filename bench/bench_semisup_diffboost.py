@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers, fold_generator
+from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers, diff_cell,
+                    fold_generator, folds_suffix)
 
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 
@@ -132,10 +133,7 @@ def main() -> None:
              f"{len(folds)} folds, seed 0. Dice (%); differences in Dice points, corrected 95% interval.", "",
              "| strategy | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|"]
     for s, t in table.items():
-        cells = []
-        for ref in ("classic", "fixmatch+classic"):
-            d = t.get(f"vs {ref}")
-            cells.append("–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+        cells = [diff_cell(t.get(f"vs {ref}")) for ref in ("classic", "fixmatch+classic")]
         lines.append(f"| {s} | {'–' if t['dice'] is None else format(t['dice'], '.2f')} | {cells[0]} | {cells[1]} |")
     rules = {s: t["checkpoint_rule"] for s, t in table.items() if t.get("checkpoint_rule")}
     if rules:
@@ -153,8 +151,8 @@ def main() -> None:
                   f"= {consistency['consistency']:.2f}"]
     md = "\n".join(lines) + "\n"
     print(md)
-    part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))  # a partial table
-    name = f"semisup_diffboost_{args.data}_{args.generator}{part}"  # never overwrites the whole one
+    name = f"semisup_diffboost_{args.data}_{args.generator}{folds_suffix(folds, len(ps.folds))}"  # a partial table
+    # never overwrites the whole one
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
                                 "generator": args.generator, "folds": folds, "table": table,

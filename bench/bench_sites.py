@@ -28,8 +28,8 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, checkpoint_rule, fold_generator, need,
-                    restore_runs)
+from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, checkpoint_rule, diff_cell,
+                    fold_generator, folds_suffix, need, restore_runs)
 
 TARGET_STRATEGY = "diffboost-target+classic"
 
@@ -98,9 +98,7 @@ def main() -> None:
              "Dice (%) mean over runs; difference to classic (source labels only) in Dice points, corrected 95% "
              "interval.", "", "| strategy | Dice | − classic |", "|---|---|---|"]
     for name, t in table.items():
-        d = t["vs_classic"]
-        cell = "–" if d is None else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-        lines.append(f"| {name} | {t['dice']:.2f} | {cell} |")
+        lines.append(f"| {name} | {t['dice']:.2f} | {diff_cell(t['vs_classic'])} |")
     if any(rules.values()):
         lines += ["", "Checkpoint rule (target test Dice of the checkpoint chosen on the source's validation part, and "
                       "of the last epoch):", "", "| strategy | chosen | last epoch | last − chosen |", "|---|---|---|---|"]
@@ -108,8 +106,7 @@ def main() -> None:
                   f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |" for s, r in rules.items() if r]
     md = "\n".join(lines) + "\n"
     print(md)
-    part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))
-    name = f"sites_{args.source}_to_{args.target}{part}"
+    name = f"sites_{args.source}_to_{args.target}{folds_suffix(folds, len(ps.folds))}"
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
                                 "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,

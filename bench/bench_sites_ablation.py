@@ -26,7 +26,7 @@ import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, restore_runs
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, diff_cell, folds_suffix, restore_runs
 
 BASE = "diffboost-target+classic"
 # name: (generation overrides, or None for the base variants; segmentation overrides)
@@ -133,22 +133,18 @@ def main() -> None:
         table[name] = {"dice": 100 * sum(r.values()) / len(r), "label_consistency": consistency.get(name),
                        **{k: {"dice_diff": d["dice_diff"], "ci95": d["ci95"], "runs": d["runs"]} for k, d in vs.items()}}
 
-    def cell(d):
-        return "–" if d is None else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-
     lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds {folds}, seeds {seeds}; Dice (%) "
              f"mean over runs; differences in Dice points with the corrected 95% interval. classic: "
              f"{100 * sum(classic.values()) / len(classic):.2f}.", "",
              f"| row | label consistency | Dice | − {BASE} | − classic |", "|---|---|---|---|---|"]
     lines += [f"| {n} | {(t['label_consistency'] or consistency[rows_of_base])['consistency']:.3f} | {t['dice']:.2f} | "
-              f"{cell(t.get(f'vs_{BASE}'))} | {cell(t['vs_classic'])} |" for n, t in table.items()]
+              f"{diff_cell(t.get(f'vs_{BASE}'))} | {diff_cell(t['vs_classic'])} |" for n, t in table.items()]
     lines += ["", "Label consistency: the teacher's (the fold's classic segmenter, trained on the source labels) "
                   "mean Dice on the variants against their source masks over its Dice on the real source images, "
                   "mean over folds; a row that reuses the variants shares their value."]
     md = "\n".join(lines) + "\n"
     print(md)
-    part = "" if folds == list(range(len(ps.folds))) else "_folds" + "-".join(map(str, folds))
-    name = f"sites_{args.source}_to_{args.target}_ablation{part}"
+    name = f"sites_{args.source}_to_{args.target}_ablation{folds_suffix(folds, len(ps.folds))}"
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
                                 "folds_run": folds, "seeds": seeds, "ablations": {a: {"generate": g, "seg": s}

@@ -134,6 +134,16 @@ def recorded_dice(runs: dict) -> tuple[dict, dict]:
     return chosen, last
 
 
+def diff_cell(d: dict | None) -> str:
+    """A difference and its interval as a table cell: ``+1.23 [-0.45, +2.91]``, or ``–`` without one."""
+    return "–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+
+
+def folds_suffix(folds: list[int], n_folds: int) -> str:
+    """``""`` when every fold ran, else ``_foldsA-B-...``: a partial table is named for its folds."""
+    return "" if list(folds) == list(range(n_folds)) else "_folds" + "-".join(map(str, folds))
+
+
 BUDGET_DATA = {"busi": "BUSI", "ddti": "DDTI", "busbra": "BUS-BRA"}
 
 
