@@ -10,7 +10,7 @@ its per-fold generators and runs). On the same target folds and seeds, each row 
     python bench/bench_sites_ablation.py                      # BUSI -> BUS-BRA, folds 0-5, seed 0
     python bench/bench_sites_ablation.py --folds-only 0,1,2,3,4,5,6,7,8,9
 
-Drawing costs about 6 min (strength 0.3) to 10 min (0.5) of one core per fold, a segmenter about 6.5 min.
+Drawing took about 5 min (strength 0.3) to 8 min (0.5) of one core per fold, a segmenter about 6.5 min.
 Resumable. Writes ``bench/results/sites_<source>_to_<target>_ablation_foldsA-B-....json``
 (no suffix when every fold is run) (and ``.md``):
 each row's Dice on the target's test folds, its difference to ``diffboost-target+classic`` and to ``classic``
@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from common import BUDGET_DATA as SOURCES, REPO, archive_runs, diff_cell, folds_suffix, restore_runs
 
 BASE = "diffboost-target+classic"
+BASE_ROW = f"{BASE} (strength 0.3, scanner prompt, share 0.4)"
 # name: (generation overrides, or None for the base variants; segmentation overrides)
 ABLATIONS = {
     "strength 0.5": ({"strength": 0.5}, {}),
@@ -50,8 +51,7 @@ def draw(job: tuple) -> str:
 
     torch.set_num_threads(1)
     prepared, model, out, k, overrides = job
-    gen = dataclasses.replace(preset("cpu").generate, target_style=True)
-    gen = dataclasses.replace(gen, **overrides)
+    gen = dataclasses.replace(preset("cpu").generate, **{"target_style": True, **overrides})
     generate(model, prepared, out, k, gen, progress=False)
     return out
 
@@ -97,9 +97,11 @@ def main() -> None:
     # label consistency of each variant set: the teacher is the fold's classic segmenter (source labels only)
     from diffboost.evaluation.consistency import label_consistency
 
-    sets = {f"{BASE} (strength 0.3, scanner prompt, share 0.4)": out / "synthetic_diffboost-target"}
-    sets.update({a: root / f"synthetic_{slug(a)}" for a, (g, _) in ABLATIONS.items() if g is not None})
-    consistency = {}
+    # each row's variant set: its own, or (segmentation-only ablations) the base one
+    sets = {BASE_ROW: out / "synthetic_diffboost-target"}
+    sets.update({a: root / f"synthetic_{slug(a)}" if g is not None else sets[BASE_ROW]
+                 for a, (g, _) in ABLATIONS.items()})
+    consistency = {}  # label_consistency reuses the files it wrote into a set: a shared set is checked once
     for name, folder in sets.items():
         per_fold = [label_consistency(run_folder(out / "seg", "classic", k, seeds[0]) / "model", ps,
                                       folder / f"fold{k}", k, progress=False)["overall"] for k in folds]
@@ -122,22 +124,21 @@ def main() -> None:
 
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     classic, base = (run_dice(out / "seg", s, folds, seeds) for s in ("classic", BASE))
-    rows_of_base = f"{BASE} (strength 0.3, scanner prompt, share 0.4)"
-    rows = {rows_of_base: base}
+    rows = {BASE_ROW: base}
     rows.update({a: run_dice(root / "seg", slug(a), folds, seeds) for a in ABLATIONS})
     table = {}
     for name, r in rows.items():
         vs = {"vs_classic": run_stats(r, classic, ratio)}
         if r is not base:
             vs[f"vs_{BASE}"] = run_stats(r, base, ratio)
-        table[name] = {"dice": 100 * sum(r.values()) / len(r), "label_consistency": consistency.get(name),
+        table[name] = {"dice": 100 * sum(r.values()) / len(r), "label_consistency": consistency[name],
                        **{k: {"dice_diff": d["dice_diff"], "ci95": d["ci95"], "runs": d["runs"]} for k, d in vs.items()}}
 
     lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds {folds}, seeds {seeds}; Dice (%) "
              f"mean over runs; differences in Dice points with the corrected 95% interval. classic: "
              f"{100 * sum(classic.values()) / len(classic):.2f}.", "",
              f"| row | label consistency | Dice | − {BASE} | − classic |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {(t['label_consistency'] or consistency[rows_of_base])['consistency']:.3f} | {t['dice']:.2f} | "
+    lines += [f"| {n} | {t['label_consistency']['consistency']:.3f} | {t['dice']:.2f} | "
               f"{diff_cell(t.get(f'vs_{BASE}'))} | {diff_cell(t['vs_classic'])} |" for n, t in table.items()]
     lines += ["", "Label consistency: the teacher's (the fold's classic segmenter, trained on the source labels) "
                   "mean Dice on the variants against their source masks over its Dice on the real source images, "
