@@ -98,21 +98,21 @@ def main() -> None:
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
-    def finished(root, s, cfg) -> dict:  # {(fold, seed): Dice} of the runs that finished
+    def finished(root, s) -> dict:  # {(fold, seed): Dice} of the runs that finished
         return run_dice(root / "seg", s, folds, [0], finished_only=True)
 
-    rows = {s: finished(budget_root / "final", s, final) for s in retrained}
+    rows = {s: finished(budget_root / "final", s) for s in retrained}
     rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}
-    chosen = {s: finished(budget_root, s, seg) for s in retrained} | {s: finished(gen_root, s, seg) for s in rows if s in RECORDED}
+    chosen = {s: finished(budget_root, s) for s in retrained} | {s: finished(gen_root, s) for s in rows if s in RECORDED}
     classic_recorded = last_epochs(budget_root, "classic")
     if "classic" not in retrained and classic_recorded:  # runs that record their last epoch stand for it
-        rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic", seg)
+        rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic")
     if not args.no_full:
-        rows[FULL] = finished(base / "final", "classic", final) if train_full else full_recorded
-        chosen[FULL] = finished(base, "classic", seg)
+        rows[FULL] = finished(base / "final", "classic") if train_full else full_recorded
+        chosen[FULL] = finished(base, "classic")
     verify = None
     if args.verify_fold >= 0:
-        again = finished(gen_root / "final", "fixmatch-diffboost+classic", final_gen)
+        again = finished(gen_root / "final", "fixmatch-diffboost+classic")
         k = (args.verify_fold, 0)
         recorded = rows["fixmatch-diffboost+classic"].get(k)
         verify = {"fold": args.verify_fold, "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,

@@ -151,8 +151,8 @@ def main() -> None:
                   f"= {consistency['consistency']:.2f}"]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"semisup_diffboost_{args.data}_{args.generator}{folds_suffix(folds, len(ps.folds))}"  # a partial table
-    # never overwrites the whole one
+    # a partial table is named for its folds: it never overwrites the whole one
+    name = f"semisup_diffboost_{args.data}_{args.generator}{folds_suffix(folds, len(ps.folds))}"
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
                                 "generator": args.generator, "folds": folds, "table": table,
