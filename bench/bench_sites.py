@@ -8,6 +8,11 @@ against ``classic`` over target folds x seeds; the floor is ``classic`` (source 
     python bench/bench_sites.py --source busbra --target busi     # the reverse (BUSI's normal images: false positives)
     python bench/bench_sites.py --strategies classic,histmatch+classic,fixmatch+classic,self-train+classic
     python bench/bench_sites.py --strategies classic,histmatch+classic --generator --folds-only 0,1,2,3,4
+    python bench/bench_sites.py --strategies classic,self-train+classic --recorded diffboost-target+classic
+
+``--seeds 0,1,2`` trains every row with each seed (the table is then named ``..._seeds0-1-2``, with the mean
+per seed). ``--recorded`` puts rows in the table from their archived run records without training them (a missing
+record fails), so that rows added later share one table with rows whose generators are no longer on disk.
 
 ``--generator`` adds ``diffboost-target+classic``: per fold, a generator fine-tuned with the `cpu` preset on
 the source images and the fold's unlabelled target images (what `diffboost run` does with ``compare.augs:
@@ -34,6 +39,26 @@ from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, che
 TARGET_STRATEGY = "diffboost-target+classic"
 
 
+def read_row(folders: dict) -> dict:
+    """One table row from its runs ``{(fold, seed): run folder}``: mean Dice per run, lesion Dice (cases with
+    a lesion) and false positives on the target's empty references (BUSI's normal images)."""
+    from collections import defaultdict
+
+    from diffboost.segmentation.compare import read_rows, summarise
+    from diffboost.segmentation.config import SegConfig
+    from diffboost.segmentation.jobs import SegJob
+
+    rows = read_rows([SegJob(SegConfig(seed=s), k, f) for (k, s), f in folders.items()])
+    per_run = defaultdict(list)
+    for r in rows:
+        per_run[int(r["fold"]), int(r["seed"])].append(float(r["dice"]))
+    t = summarise([{**r, "strategy": "row"} for r in rows], ["row"])["row"]
+    return {"per_run": {k: sum(v) / len(v) for k, v in per_run.items()}, "lesion_dice": 100 * t["lesion"]["dice"]["mean"],
+            "lesion_cases": t["lesion"]["cases"], "empty_references": t["empty"]["references"],
+            "false_positives": t["empty"]["false_positives"],
+            "fp_rate": t["empty"]["fp_rate"] if t["empty"]["references"] else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", choices=list(SOURCES), default="busi")
@@ -47,13 +72,15 @@ def main() -> None:
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="leave out the target-supervised row")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--recorded", default="", help="comma-separated strategies read from their archived run "
+                    "records only, not trained this call (e.g. the DiffBoost rows when their generators are gone)")
     args = ap.parse_args()
 
     from diffboost.data.preparation import prepare, target_supervised
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.runconfig import preset
-    from diffboost.segmentation.compare import compare, run_dice, run_stats
+    from diffboost.segmentation.compare import compare, run_stats
     from diffboost.segmentation.jobs import run_folder
 
     src, tgt = need(SHARED_DATA / SOURCES[args.source]), need(SHARED_DATA / SOURCES[args.target])
@@ -67,6 +94,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     strategies = [s for s in args.strategies.split(",") if s] + ([TARGET_STRATEGY] if args.generator else [])
     folds = [int(k) for k in args.only.split(",")] if args.only else list(range(len(ps.folds)))
+    recorded = [s for s in args.recorded.split(",") if s]
     keep = REPO / "bench" / "results" / f"sites_{args.source}_to_{args.target}_runs"  # records without weights
     print(f"restored {restore_runs(keep, out)} finished run(s) from {keep}")
     if args.generator:  # the long part first, one fold per job
@@ -74,7 +102,7 @@ def main() -> None:
             for done in pool.map(fold_generator, [(str(ps.root), str(out), k, True, True) for k in folds]):
                 print(f"generator ready: {done}")
     try:
-        compare(ps, strategies, seg, out, folds, seeds=seeds, jobs=args.jobs)
+        compare(ps, [s for s in strategies if s not in recorded], seg, out, folds, seeds=seeds, jobs=args.jobs)
         if args.ceiling:
             ceiling = target_supervised(ps, out / "ceiling" / "prepared")  # derived (written) only when asked
             compare(ceiling, ["classic"], seg, out / "ceiling", folds, seeds=seeds, jobs=args.jobs)
@@ -82,23 +110,42 @@ def main() -> None:
         print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
 
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    base = run_dice(out / "seg", "classic", folds, seeds)
-    rows = {s: run_dice(out / "seg", s, folds, seeds) for s in strategies}
+    runs = {name: {(k, x): run_folder(out / "seg", name, k, x) for x in seeds for k in folds}
+            for name in strategies + [r for r in recorded if r not in strategies]}
+    if "self-train+classic" in runs:  # its teacher is classic with the same seed, trained again in its folder
+        runs["classic trained again (self-train's teachers)"] = {
+            key: f / "teacher" for key, f in runs["self-train+classic"].items()}
     if args.ceiling:
-        rows["target-supervised classic (ceiling)"] = run_dice(out / "ceiling" / "seg", "classic", folds, seeds)
-    table = {}
-    for name, r in rows.items():
-        mean = 100 * sum(r.values()) / len(r)
+        runs["target-supervised classic (ceiling)"] = {(k, x): run_folder(out / "ceiling" / "seg", "classic", k, x)
+                                                       for x in seeds for k in folds}
+    table = {name: read_row(folders) for name, folders in runs.items()}
+    base = table["classic"]["per_run"]
+    for name, t in table.items():
+        r = t.pop("per_run")
         diff = None if name == "classic" else run_stats(r, base, ratio)
-        table[name] = {"dice": mean, "vs_classic": None if diff is None else
-                       {"dice_diff": diff["dice_diff"], "ci95": diff["ci95"], "runs": diff["runs"]}}
-    rules = {s: checkpoint_rule({(k, x): run_folder(out / "seg", s, k, x) for x in seeds for k in folds}, ratio)
-             for s in strategies}
+        table[name] = {"dice": 100 * sum(r.values()) / len(r), "vs_classic": None if diff is None else
+                       {"dice_diff": diff["dice_diff"], "ci95": diff["ci95"], "runs": diff["runs"]}, **t}
+        table[name]["per_seed"] = {x: 100 * sum(v for (_, s), v in r.items() if s == x) / len(folds) for x in seeds}
+        table[name]["per_fold"] = {k: 100 * sum(v for (f, _), v in r.items() if f == k) / len(seeds) for k in folds}
+    empties = any(t["empty_references"] for t in table.values())  # the target has normal images
+    rules = {name: checkpoint_rule(runs[name], ratio) for name in strategies + recorded}  # chosen on source labels
+    columns = ["Dice", "− classic"] + (["lesion Dice", "false positives"] if empties else []) + (
+        ["per seed"] if len(seeds) > 1 else []) + [f"per fold ({', '.join(map(str, folds))})"]
+
+    def cells(t: dict) -> list[str]:
+        c = [f"{t['dice']:.2f}", diff_cell(t["vs_classic"])]
+        if empties:
+            c += [f"{t['lesion_dice']:.2f}", f"{t['false_positives']}/{t['empty_references']} ({100 * t['fp_rate']:.0f}%)"]
+        if len(seeds) > 1:
+            c.append(", ".join(f"{v:.2f}" for v in t["per_seed"].values()))
+        return c + [", ".join(f"{v:.1f}" for v in t["per_fold"].values())]
+
     lines = [f"{SOURCES[args.source]} labels -> {SOURCES[args.target]} test folds ({len(folds)} folds, seeds {seeds}); "
              "Dice (%) mean over runs; difference to classic (source labels only) in Dice points, corrected 95% "
-             "interval.", "", "| strategy | Dice | − classic |", "|---|---|---|"]
-    for name, t in table.items():
-        lines.append(f"| {name} | {t['dice']:.2f} | {diff_cell(t['vs_classic'])} |")
+             "interval." + (" Lesion Dice over the cases with a lesion; false positives: empty references "
+                            "(normal images) given any foreground." if empties else ""), "",
+             "| strategy | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells(t)) + " |" for name, t in table.items()]
     if any(rules.values()):
         lines += ["", "Checkpoint rule (target test Dice of the checkpoint chosen on the source's validation part, and "
                       "of the last epoch):", "", "| strategy | chosen | last epoch | last − chosen |", "|---|---|---|---|"]
@@ -106,7 +153,8 @@ def main() -> None:
                   f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}] |" for s, r in rules.items() if r]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"sites_{args.source}_to_{args.target}{folds_suffix(folds, len(ps.folds))}"
+    name = f"sites_{args.source}_to_{args.target}{folds_suffix(folds, len(ps.folds))}" + (
+        "" if seeds == [0] else "_seeds" + "-".join(map(str, seeds)))
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
                                 "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,

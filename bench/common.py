@@ -55,35 +55,35 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path
 RECORDS = ("run.json", "summary.json", "metrics.csv", "config.yaml", "log.csv")  # what makes a finished run reusable
 
 
+def _copy_records(run: Path, dest: Path) -> None:
+    """A finished run's records, and its self-training teacher's (``teacher/``) where it has one."""
+    import shutil
+
+    for sub in (run, run / "teacher"):
+        if (sub / "summary.json").exists():
+            (dest / sub.relative_to(run)).mkdir(parents=True, exist_ok=True)
+            for name in RECORDS:
+                if (sub / name).exists():
+                    shutil.copy2(sub / name, dest / sub.relative_to(run) / name)
+
+
 def archive_runs(out: Path, keep: Path) -> int:
     """Copy the records of every finished segmentation run under ``out`` (not its weights) to ``keep``, so
     that a later session without ``bench/work`` reuses them instead of training them again."""
-    import shutil
-
     n = 0
     for summary in out.rglob("seed*/fold*/summary.json"):
-        run = summary.parent
-        dest = keep / run.relative_to(out)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in RECORDS:
-            if (run / name).exists():
-                shutil.copy2(run / name, dest / name)
+        _copy_records(summary.parent, keep / summary.parent.relative_to(out))
         n += 1
     return n
 
 
 def restore_runs(keep: Path, out: Path) -> int:
     """Put archived run records back where the learning curve looks for them (runs already there stay)."""
-    import shutil
-
     n = 0
     for summary in keep.rglob("seed*/fold*/summary.json") if keep.is_dir() else ():
         dest = out / summary.parent.relative_to(keep)
         if not (dest / "run.json").exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            for name in RECORDS:
-                if (summary.parent / name).exists():
-                    shutil.copy2(summary.parent / name, dest / name)
+            _copy_records(summary.parent, dest)
             n += 1
     return n
 
