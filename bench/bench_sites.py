@@ -112,9 +112,9 @@ def main() -> None:
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     runs = {name: {(k, x): run_folder(out / "seg", name, k, x) for x in seeds for k in folds}
             for name in strategies + [r for r in recorded if r not in strategies]}
-    if "self-train+classic" in runs:  # its teacher is classic with the same seed, trained again in its folder
-        runs["classic trained again (self-train's teachers)"] = {
-            key: f / "teacher" for key, f in runs["self-train+classic"].items()}
+    teachers = {key: f / "teacher" for key, f in runs.get("self-train+classic", {}).items()}
+    if teachers and all((f / "metrics.csv").exists() for f in teachers.values()):  # archived since this session
+        runs["classic trained again (self-train's teachers)"] = teachers  # classic, same seed, in its own folder
     if args.ceiling:
         runs["target-supervised classic (ceiling)"] = {(k, x): run_folder(out / "ceiling" / "seg", "classic", k, x)
                                                        for x in seeds for k in folds}
