@@ -42,18 +42,13 @@ TARGET_STRATEGY = "diffboost-target+classic"
 def read_row(folders: dict) -> dict:
     """One table row from its runs ``{(fold, seed): run folder}``: mean Dice per run, lesion Dice (cases with
     a lesion) and false positives on the target's empty references (BUSI's normal images)."""
-    from collections import defaultdict
-
-    from diffboost.segmentation.compare import read_rows, summarise
+    from diffboost.segmentation.compare import read_rows, run_means, summarise
     from diffboost.segmentation.config import SegConfig
     from diffboost.segmentation.jobs import SegJob
 
     rows = read_rows([SegJob(SegConfig(seed=s), k, f) for (k, s), f in folders.items()])
-    per_run = defaultdict(list)
-    for r in rows:
-        per_run[int(r["fold"]), int(r["seed"])].append(float(r["dice"]))
     t = summarise([{**r, "strategy": "row"} for r in rows], ["row"])["row"]
-    return {"per_run": {k: sum(v) / len(v) for k, v in per_run.items()}, "lesion_dice": 100 * t["lesion"]["dice"]["mean"],
+    return {"per_run": run_means(rows), "lesion_dice": 100 * t["lesion"]["dice"]["mean"],
             "lesion_cases": t["lesion"]["cases"], "empty_references": t["empty"]["references"],
             "false_positives": t["empty"]["false_positives"],
             "fp_rate": t["empty"]["fp_rate"] if t["empty"]["references"] else None}

@@ -88,7 +88,7 @@ def run_dice(seg_root: str | Path, strategy: str, folds, seeds, finished_only: b
     """``{(fold, seed): mean test Dice}`` of the runs ``SEG_ROOT/<strategy>/seed<s>/fold<k>`` (where
     :func:`compare` puts them); ``finished_only`` leaves out the runs without test metrics (else they fail)."""
     jobs = [SegJob(SegConfig(seed=s), k, run_folder(seg_root, strategy, k, s)) for s in seeds for k in folds]
-    return _mean_dice(read_rows([j for j in jobs if not finished_only or (j.out / "metrics.csv").exists()]), _run_key)
+    return run_means(read_rows([j for j in jobs if not finished_only or (j.out / "metrics.csv").exists()]))
 
 
 # ---- statistics ---------------------------------------------------------------------------------
@@ -110,6 +110,12 @@ def _empty_counts(r: dict) -> tuple[int, int]:
     return empty, int(empty and not int(r["prediction_empty"]))
 
 
+def run_means(rows: list[dict]) -> dict:
+    """``{(fold, seed): mean Dice}`` of per-case rows (:func:`read_rows`): a run's mean over its test cases,
+    the unit the corrected interval counts."""
+    return _mean_dice(rows, _run_key)
+
+
 def _mean_dice(rows: list[dict], key) -> dict:
     """``key(row) -> mean Dice`` of the rows sharing that key."""
     groups = defaultdict(list)
@@ -125,7 +131,7 @@ def paired(rows_a: list[dict], rows_b: list[dict], test_train_ratio: float | Non
     and, descriptive only, the naive interval over runs and the per-case Wilcoxon p.
     ``test_train_ratio``: n_test / n_train of the folds; None takes it from the rows (every fold present)."""
     ratio = rows_ratio(rows_a + rows_b) if test_train_ratio is None else float(test_train_ratio)
-    stats = run_stats(_mean_dice(rows_a, _run_key), _mean_dice(rows_b, _run_key), ratio)
+    stats = run_stats(run_means(rows_a), run_means(rows_b), ratio)
     case = lambda r: (r["fold"], r["case_id"])  # noqa: E731  (a case's Dice averaged over seeds)
     case_a, case_b = _mean_dice(rows_a, case), _mean_dice(rows_b, case)
     cases = sorted(set(case_a) & set(case_b))
@@ -181,7 +187,7 @@ def summarise(rows: list[dict], strategies: list[str], test_train_ratio: float |
             entry[m] = {"mean": float(v.mean()), "std": float(v.std()),
                         "per_fold": {str(k): float(np.mean([float(r[m]) for r in rs if int(r["fold"]) == k]))
                                      for k in folds}}
-        entry["dice_runs"] = {f"fold{k}/seed{sd}": v for (k, sd), v in sorted(_mean_dice(rs, _run_key).items())}
+        entry["dice_runs"] = {f"fold{k}/seed{sd}": v for (k, sd), v in sorted(run_means(rs).items())}
         entry["dice_folds"] = _mean_std(entry["dice"]["per_fold"].values())
         lesion = [r for r in rs if not int(r["reference_empty"])]
         entry["lesion"] = {"cases": len(lesion), **{m: _mean_std(float(r[m]) for r in lesion) for m in LESION_METRICS}}
