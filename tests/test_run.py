@@ -49,6 +49,7 @@ def test_run_writes_every_stage_and_a_readable_report(first_run):
                   "Training curves", "Provenance"):
         assert f"## {title}" in md
     prov = json.loads((out / "provenance.json").read_text())
+    assert prov["versions"]["diffboost"] and prov["machine"]["cpu"] and "commit" in prov
     assert set(prov["wall_seconds"]) >= {"prepare", "fine-tune fold0", "generate fold1",
                                          "segmentation (6 runs, summed)"}  # 3 strategies x 2 folds
     assert all(v > 0 for k, v in prov["wall_seconds"].items() if k != "prepare")

@@ -423,7 +423,11 @@ def test_cli_train_seg_and_compare(task):
     r = runner.invoke(app, ["train-seg", str(ps.root), "--fold", "0", "--aug", "gamma", "--channels", "8,16,32",
                             "--epochs", "1", "--batch-size", "4", "--out", str(root / "cli" / "gamma"), "-q"])
     assert r.exit_code == 0, r.output
-    assert json.loads((root / "cli" / "gamma" / "summary.json").read_text())["strategy"] == "gamma"
+    summary = json.loads((root / "cli" / "gamma" / "summary.json").read_text())
+    assert summary["strategy"] == "gamma"
+    env = summary["environment"]  # where the run was made: its numbers differ from machine to machine
+    assert env["versions"]["torch"] == torch.__version__ and env["machine"]["device"] == "cpu"
+    assert env["machine"]["cpu"] and env["machine"]["torch_threads"] >= 1
     r = runner.invoke(app, ["compare", str(ps.root), "--augs", "none,contrast", "--folds", "1", "--channels", "8,16,32",
                             "--epochs", "1", "--batch-size", "4", "--out", str(root / "cli"), "-q"])
     assert r.exit_code == 0, r.output

@@ -8,7 +8,6 @@ import base64
 import csv
 import html
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,19 +17,8 @@ import yaml
 from ..data.store import PreparedSet
 from ..generation.synthetic import CONSISTENCY_CSV
 from ..utils.atomic import atomic_write_bytes, atomic_write_text, read_control
+from ..utils.environment import environment
 from . import figures
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("diffboost", "torch", "monai", "diffusers", "accelerate", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
 
 def _stage_times(run: Path, ps: PreparedSet) -> list[tuple[str, float]]:
     times = [("prepare", float(ps.meta.get("seconds", 0.0)))]
@@ -376,7 +364,7 @@ def write_report(run: str | Path, title: str | None = None) -> Path:
         add("Ablations not shown", f"{len(stale)} ablation table(s) were made from other settings or data than "
             f"this run has now (or before ablations recorded them): {', '.join(stale)}. Rerun `diffboost ablate` "
             "to bring them up to date.")
-    prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+    prov = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **environment(),
             "data": {k: ps.meta.get(k) for k in ("source", "format", "size", "num_cases", "num_samples",
                                                  "num_training_samples", "cases_per_category", "near_duplicates")},
             "folds": [{"train": len(f.train), "val": len(f.val), "test": len(f.test)} for f in ps.folds],

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..utils.lock import locks_folder
+from ..utils.environment import environment
 from ..config import save_yaml
 from ..data.store import PreparedSet, group_rows
 from ..utils.atomic import artifact_dir, atomic_write_text, read_control, recover_artifact, write_control
@@ -422,7 +423,8 @@ def _evaluate(out: Path, ps: PreparedSet, f, size: int, labels, cfg: SegConfig, 
                "epochs": cfg.epochs, "train_seconds": round(counters["train_seconds"], 3),
                "labelled_training_cases": len(f.train), "validation_cases": len(f.val), **extra,
                "checkpoint": "last epoch" if counters["best_dice"] < 0 else "best validation Dice",
-               "last_epoch_metrics": last, "eval_seconds": round(eval_seconds, 3), "identity": identity}
+               "last_epoch_metrics": last, "eval_seconds": round(eval_seconds, 3), "identity": identity,
+               "environment": environment(next(net.parameters()).device)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     shutil.rmtree(out / "state", ignore_errors=True)  # done: the selected model and metrics stay
     return summary
