@@ -21,9 +21,11 @@ keeps its final checkpoint; so does this table, for every row.
     python bench/bench_final_checkpoint.py --data busi                # ~2 h on 2 cores (40 runs + 1)
     python bench/bench_final_checkpoint.py --data busbra --strategies fixmatch+classic --verify-fold -1
     python bench/bench_final_checkpoint.py --data ddti --strategies classic --verify-fold -1
+    python bench/bench_final_checkpoint.py --data busi --budget 0.25 --strategies fixmatch+classic,classic --verify-fold -1
 
 Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
-interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``.
+interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``
+(``final_checkpoint_<data>_<budget>`` at a budget other than 0.1).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def main() -> None:
                       f"({'same' if verify['same'] else 'DIFFERENT'})."]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"final_checkpoint_{args.data}"
+    name = f"final_checkpoint_{args.data}" + ("" if float(args.budget) == 0.1 else f"_{args.budget}")
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget, "folds": folds,
                                 "rule": "final epoch", "table": table, "verify": verify,
