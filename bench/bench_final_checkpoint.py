@@ -103,11 +103,12 @@ def main() -> None:
     def finished(root, s) -> dict:  # {(fold, seed): Dice} of the runs that finished
         return run_dice(root / "seg", s, folds, [0], finished_only=True)
 
-    rows = {s: finished(budget_root / "final", s) for s in retrained}
+    # the rows trained this call, and those a former call trained for every fold
+    rows = {s: r for s in RETRAINED if (r := finished(budget_root / "final", s)) and (s in retrained or len(r) == len(folds))}
     rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}
-    chosen = {s: finished(budget_root, s) for s in retrained} | {s: finished(gen_root, s) for s in rows if s in RECORDED}
+    chosen = {s: finished(budget_root if s in RETRAINED else gen_root, s) for s in rows}
     classic_recorded = last_epochs(budget_root, "classic")
-    if "classic" not in retrained and classic_recorded:  # runs that record their last epoch stand for it
+    if "classic" not in rows and classic_recorded:  # runs that record their last epoch stand for it
         rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic")
     if not args.no_full:
         rows[FULL] = finished(base / "final", "classic") if train_full else full_recorded
