@@ -49,8 +49,9 @@ def code_commit() -> str | None:
                               timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "diff-index", "--quiet", "HEAD", "--"],
-                               capture_output=True, timeout=10).returncode != 0
+        status = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=30)  # refreshes stale file times first
+        dirty = status.returncode != 0 or bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+modified" if dirty else "")
