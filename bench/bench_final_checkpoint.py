@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, copy_teachers, diff_cell, recorded_dice
+from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, copy_teachers, diff_cell, recorded_dice,
+                    write_results)
 
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
@@ -145,14 +145,9 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     name = f"final_checkpoint_{args.data}" + ("" if float(args.budget) == 0.1 else f"_{args.budget}")
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget, "folds": folds,
-                                "rule": "final epoch", "table": table, "verify": verify,
-                                "threads_per_job": 1, "jobs": args.jobs,
-                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
-
+    write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "rule": "final epoch",
+                         "table": table, "verify": verify, "threads_per_job": 1, "jobs": args.jobs,
+                         "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 if __name__ == "__main__":
     main()

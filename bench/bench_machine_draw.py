@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, diff_cell
+from common import BUDGET_DATA as SOURCES, archive_runs, budget_set, diff_cell, write_results
 
 OTHERS = ("fixmatch+classic", "self-train+classic", "classic")
 
@@ -98,14 +98,9 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     name = f"machine_draw_{args.data}_{args.budget}_{args.strategy}"
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget, "folds": folds,
-                                "strategy": args.strategy, "per_fold": per_fold, "others": others,
-                                "threads_per_job": 1, "jobs": args.jobs,
-                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
-
+    write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "strategy": args.strategy,
+                         "per_fold": per_fold, "others": others, "threads_per_job": 1, "jobs": args.jobs,
+                         "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 if __name__ == "__main__":
     main()

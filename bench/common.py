@@ -50,6 +50,15 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path
     return path
 
 
+def write_results(name: str, payload: dict, md: str) -> Path:
+    """``bench/results/NAME.json`` (``name`` first, then ``payload``) and the table ``NAME.md``."""
+    path = REPO / "bench" / "results" / f"{name}.json"
+    path.write_text(json.dumps({"name": name, **payload}, indent=1))
+    path.with_suffix(".md").write_text(md)
+    print(f"written {path}")
+    return path
+
+
 # ---- the records of finished segmentation runs, kept in bench/results/ (their weights are not) ----
 
 RECORDS = ("run.json", "summary.json", "metrics.csv", "config.yaml", "log.csv")  # what makes a finished run reusable
