@@ -36,13 +36,12 @@ import time
 
 import numpy as np
 
-from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, copy_teachers, diff_cell, recorded_dice,
-                    write_results)
+from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, copy_teachers, diff_cell, final_rule_seg,
+                    recorded_dice, write_results)
 
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
 RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
-FINAL = 10**6  # min_val_cases above any validation part: the last epoch is the checkpoint
 
 
 def main() -> None:
@@ -61,7 +60,6 @@ def main() -> None:
 
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
-    from diffboost.runconfig import preset
     from diffboost.segmentation.compare import compare, run_dice, run_stats
     from diffboost.segmentation.curves import budget_name
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
@@ -71,8 +69,7 @@ def main() -> None:
     folds = list(range(len(ps.folds)))
     retrained = [s for s in RETRAINED if s in args.strategies.split(",")]
     gen_root = budget_root / "generator_every"
-    seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, seed=0)
-    final = dataclasses.replace(seg, min_val_cases=FINAL)
+    final = final_rule_seg(args.steps_per_epoch)
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
     if args.verify_fold >= 0 and not (gen_root / "synthetic" / f"fold{args.verify_fold}").is_dir():
         raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold {args.verify_fold} to check against "
@@ -130,7 +127,7 @@ def main() -> None:
                                      if k in ("dice_diff", "ci95", "runs", "p")}
                        for ref in refs if ref != s}}
     lines = [f"{SOURCES[args.data]} at {budget_name(args.budget)} labels, final checkpoint for every strategy "
-             f"({len(folds)} folds, seed 0, {seg.epochs} x {args.steps_per_epoch} optimiser steps). Dice (%); "
+             f"({len(folds)} folds, seed 0, {final.epochs} x {args.steps_per_epoch} optimiser steps). Dice (%); "
              "differences in Dice points, corrected 95% interval.", "",
              "| strategy | runs | Dice | " + " | ".join(f"− {ref}" for ref in refs) + " |", "|---" * (3 + len(refs)) + "|"]
     for s, t in table.items():
@@ -148,6 +145,7 @@ def main() -> None:
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "rule": "final epoch",
                          "table": table, "verify": verify, "threads_per_job": 1, "jobs": args.jobs,
                          "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
+
 
 if __name__ == "__main__":
     main()

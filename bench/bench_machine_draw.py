@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from common import BUDGET_DATA as SOURCES, archive_runs, budget_set, diff_cell, write_results
+from common import BUDGET_DATA as SOURCES, archive_runs, budget_set, diff_cell, final_rule_seg, write_results
 
 OTHERS = ("fixmatch+classic", "self-train+classic", "classic")
 
@@ -46,7 +46,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from diffboost.evaluation.stats import holdout_ratio
-    from diffboost.runconfig import preset
     from diffboost.segmentation.compare import run_dice, run_stats
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
@@ -57,9 +56,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{archived / args.strategy}: no finished final-rule run of fold(s) {missing} to compare "
                          f"with (run bench_final_checkpoint.py --data {args.data} --budget {args.budget} first)")
-    # bench_final_checkpoint.py's configuration: the cpu preset, its steps, seed 0, the last epoch kept
-    cfg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, seed=0, min_val_cases=10**6,
-                              aug=args.strategy)
+    cfg = dataclasses.replace(final_rule_seg(args.steps_per_epoch), aug=args.strategy)  # as bench_final_checkpoint.py
     again = root / "final_again" / "seg"
     t0 = time.perf_counter()
     try:
@@ -72,9 +69,10 @@ def main() -> None:
     for k in folds:
         a, b = run_folder(archived, args.strategy, k, 0), run_folder(again, args.strategy, k, 0)
         env = json.loads((b / "summary.json").read_text()).get("environment", {})
+        loss_a, loss_b = first_loss(a), first_loss(b)
         per_fold.append({"fold": k, "archived_dice": 100 * old[k, 0], "again_dice": 100 * new[k, 0],
-                         "archived_first_loss": first_loss(a), "again_first_loss": first_loss(b),
-                         "same_numerics": first_loss(a) == first_loss(b), "again_on": env.get("machine", {}).get("cpu")})
+                         "archived_first_loss": loss_a, "again_first_loss": loss_b, "same_numerics": loss_a == loss_b,
+                         "again_on": env.get("machine", {}).get("cpu")})
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     others = {}
     for s in OTHERS:
@@ -101,6 +99,7 @@ def main() -> None:
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "strategy": args.strategy,
                          "per_fold": per_fold, "others": others, "threads_per_job": 1, "jobs": args.jobs,
                          "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
+
 
 if __name__ == "__main__":
     main()

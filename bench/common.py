@@ -59,6 +59,17 @@ def write_results(name: str, payload: dict, md: str) -> Path:
     return path
 
 
+def final_rule_seg(steps_per_epoch: int = 25):
+    """The `cpu` preset segmenter as ``bench_final_checkpoint.py`` trains it: the learning curve's optimiser
+    steps, seed 0, and nnU-Net's checkpoint rule (``min_val_cases`` above any validation part: the last
+    epoch is kept)."""
+    import dataclasses
+
+    from diffboost.runconfig import preset
+
+    return dataclasses.replace(preset("cpu").seg, steps_per_epoch=steps_per_epoch, seed=0, min_val_cases=10**6)
+
+
 # ---- the records of finished segmentation runs, kept in bench/results/ (their weights are not) ----
 
 RECORDS = ("run.json", "summary.json", "metrics.csv", "config.yaml", "log.csv")  # what makes a finished run reusable
