@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,11 +40,9 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path
     out_dir = out_dir or REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    import torch
+    from diffboost.utils.environment import environment
 
-    path.write_text(json.dumps({"name": name, "rows": rows, **(extra or {}), "machine": {
-        "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine()}}, indent=1))
+    path.write_text(json.dumps({"name": name, "rows": rows, **(extra or {}), "environment": environment()}, indent=1))
     print(f"\nwritten {path}")
     return path
 
