@@ -83,7 +83,8 @@ def main() -> None:
     train_full = not args.no_full and len(full_recorded) < len(folds)
     t0 = time.perf_counter()
     try:
-        compare(ps, [s for s in retrained if s != "self-train+classic"], final, budget_root / "final", folds, jobs=args.jobs)
+        if supervised := [s for s in retrained if s != "self-train+classic"]:
+            compare(ps, supervised, final, budget_root / "final", folds, jobs=args.jobs)
         copy_teachers(budget_root / "final" / "seg", retrained, folds, [0])  # the classic runs just made teach
         check = [SegJob(dataclasses.replace(final_gen, aug="fixmatch-diffboost+classic"), args.verify_fold,
                         run_folder(gen_root / "final" / "seg", "fixmatch-diffboost+classic", args.verify_fold, 0))
@@ -133,6 +134,12 @@ def main() -> None:
     for s, t in table.items():
         cells = [diff_cell(t.get(f"vs {ref}")) for ref in refs]
         lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {' | '.join(cells)} |")
+    for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
+        if len(r) < len(folds):
+            same = {ref: 100 * float(np.mean([rows[ref][k] for k in r])) for ref in refs if set(r) <= set(rows[ref])}
+            table[s]["refs_on_its_runs"] = same
+            lines += ["", f"{s} ran on folds {', '.join(str(k) for k, _ in sorted(r))} only; on them "
+                          + ", ".join(f"{ref} {d:.2f}" for ref, d in same.items()) + f" (its own {table[s]['dice']:.2f})."]
     lines += ["", "The same rows' Dice with the checkpoint chosen on validation (bench_semisup*.py): " + ", ".join(
         f"{s} {t['chosen_checkpoint_dice']:.2f}" for s, t in table.items() if t["chosen_checkpoint_dice"] is not None)]
     if verify:
