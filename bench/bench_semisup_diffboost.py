@@ -60,8 +60,12 @@ def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
     masks = np.load(ps.root / "masks.npy", mmap_mode="r")  # hidden labels: this benchmark's scoring only
     out = {}
     for k in folds:
+        teacher = run_folder(seg_root, "classic", k, 0) / "model"
+        if not teacher.is_dir():  # a run restored from its archived record has no weights
+            print(f"label consistency: fold {k} skipped, {teacher} holds no weights")
+            continue
         syn = SyntheticSet(root / "synthetic" / f"fold{k}")
-        net, conf = load_segmenter(run_folder(seg_root, "classic", k, 0) / "model")
+        net, conf = load_segmenter(teacher)
         hidden = set(ps.indices(ps.fold(k).hidden))  # images with a label, hidden by the budget
         rows = [r for r in syn.manifest if r["real_index"] in hidden]
         reals = sorted({r["real_index"] for r in rows})
@@ -74,6 +78,8 @@ def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
         d_var = [label_dice(p, ref[r["real_index"]], [1]) for r, p in zip(rows, pred_var)]
         out[k] = {"variants": len(rows), "teacher_dice_variant": float(np.mean(d_var)),
                   "teacher_dice_real": float(np.mean(list(d_real.values())))}
+    if not out:
+        return None
     v = np.mean([o["teacher_dice_variant"] for o in out.values()])
     r = np.mean([o["teacher_dice_real"] for o in out.values()])
     return {"per_fold": out, "teacher_dice_variant": float(v), "teacher_dice_real": float(r),
@@ -118,7 +124,7 @@ def main() -> None:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    refs = {s: run_dice(budget_root / "seg", s, folds, [0]) for s in ("classic", "fixmatch+classic")}
+    refs = {s: run_dice(budget_root / "seg", s, folds, [0], finished_only=True) for s in ("classic", "fixmatch+classic")}
     table = {}
     for s in strategies:
         r = run_dice(root / "seg", s, folds, [0])
@@ -146,9 +152,11 @@ def main() -> None:
     where = {**{s: budget_root for s in PER_FOLD_REFS}, **{s: root for s in strategies}}
     for k in folds:
         lines.append(f"| {k} | " + " | ".join(_fold_cell(run_folder(where[s] / "seg", s, k, 0)) for s in where) + " |")
-    lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against the "
-                  f"hidden labels): {100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
-                  f"= {consistency['consistency']:.2f}"]
+    if consistency:
+        lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against "
+                      f"the hidden labels; {len(consistency['per_fold'])} folds): "
+                      f"{100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
+                      f"= {consistency['consistency']:.2f}"]
     md = "\n".join(lines) + "\n"
     print(md)
     # a partial table is named for its folds: it never overwrites the whole one
