@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--teachers", default=None, help="seg folder of the classic runs (with weights) that score the "
+                    "variants' label consistency; default: the learning curve's, BUDGET/seg")
     args = ap.parse_args()
 
     from diffboost.evaluation.stats import holdout_ratio
@@ -134,7 +136,8 @@ def main() -> None:
         table[s]["checkpoint_rule"] = checkpoint_rule({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds}, ratio)
     for ref, rr in refs.items():
         table[ref] = {"dice": 100 * float(np.mean(list(rr.values()))) if rr else None, "runs": len(rr)}
-    consistency = _consistency(ps, root, budget_root / "seg", folds)
+    teachers = Path(args.teachers).resolve() if args.teachers else budget_root / "seg"
+    consistency = _consistency(ps, root, teachers, folds)
     lines = [f"{SOURCES[args.data]} at {args.budget} labels, generator from {args.generator} training images; "
              f"{len(folds)} folds, seed 0. Dice (%); differences in Dice points, corrected 95% interval.", "",
              "| strategy | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|"]
@@ -153,7 +156,8 @@ def main() -> None:
     for k in folds:
         lines.append(f"| {k} | " + " | ".join(_fold_cell(run_folder(where[s] / "seg", s, k, 0)) for s in where) + " |")
     if consistency:
-        lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run; against "
+        lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run in "
+                      f"{teachers.relative_to(REPO) if teachers.is_relative_to(REPO) else teachers}; against "
                       f"the hidden labels; {len(consistency['per_fold'])} folds): "
                       f"{100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
                       f"= {consistency['consistency']:.2f}"]
@@ -164,7 +168,7 @@ def main() -> None:
     path = REPO / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
                                 "generator": args.generator, "folds": folds, "table": table,
-                                "unlabelled_variant_consistency": consistency, "jobs": args.jobs, "threads_per_job": 1,
+                                "unlabelled_variant_consistency": consistency, "teachers": str(teachers), "jobs": args.jobs, "threads_per_job": 1,
                                 "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
     path.with_suffix(".md").write_text(md)
     print(f"written {path}")
