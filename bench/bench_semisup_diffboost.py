@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers, diff_cell,
-                    fold_generator, folds_suffix)
+                    fold_generator, folds_suffix, write_results)
 
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 
@@ -165,13 +165,9 @@ def main() -> None:
     print(md)
     # a partial table is named for its folds: it never overwrites the whole one
     name = f"semisup_diffboost_{args.data}_{args.generator}{folds_suffix(folds, len(ps.folds))}"
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "data": SOURCES[args.data], "budget": args.budget,
-                                "generator": args.generator, "folds": folds, "table": table,
-                                "unlabelled_variant_consistency": consistency, "teachers": str(teachers), "jobs": args.jobs, "threads_per_job": 1,
-                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
+    write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "generator": args.generator, "folds": folds,
+                         "table": table, "unlabelled_variant_consistency": consistency, "teachers": str(teachers),
+                         "jobs": args.jobs, "threads_per_job": 1, "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 
 if __name__ == "__main__":

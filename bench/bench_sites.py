@@ -105,15 +105,15 @@ def main() -> None:
         print(f"archived the records of {archive_runs(out, keep)} finished run(s) in {keep}")
 
     ratio = holdout_ratio([ps.fold(k) for k in folds])
-    def folders(seg_root, strategy) -> dict:  # {(fold, seed): run folder}
+    def run_folders(seg_root, strategy) -> dict:  # {(fold, seed): run folder}
         return {(k, x): run_folder(seg_root, strategy, k, x) for x in seeds for k in folds}
 
-    runs = {name: folders(out / "seg", name) for name in strategies + [r for r in recorded if r not in strategies]}
+    runs = {name: run_folders(out / "seg", name) for name in strategies + [r for r in recorded if r not in strategies]}
     teachers = {key: f / "teacher" for key, f in runs.get("self-train+classic", {}).items()}
     if teachers and all((f / "metrics.csv").exists() for f in teachers.values()):  # archived since this session
         runs["classic trained again (self-train's teachers)"] = teachers  # classic, same seed, in its own folder
     if args.ceiling:
-        runs["target-supervised classic (ceiling)"] = folders(out / "ceiling" / "seg", "classic")
+        runs["target-supervised classic (ceiling)"] = run_folders(out / "ceiling" / "seg", "classic")
     table = {name: read_row(folders) for name, folders in runs.items()}
     base = table["classic"]["per_run"]
     for name, t in table.items():

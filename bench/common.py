@@ -48,9 +48,10 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path
 
 
 def write_results(name: str, payload: dict, md: str) -> Path:
-    """``bench/results/NAME.json`` (``name`` first, then ``payload``) and the table ``NAME.md``."""
+    """``bench/results/NAME.json`` (``name`` first, then ``payload``; what JSON cannot hold, as text) and the
+    table ``NAME.md``."""
     path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, **payload}, indent=1))
+    path.write_text(json.dumps({"name": name, **payload}, indent=1, default=str))
     path.with_suffix(".md").write_text(md)
     print(f"written {path}")
     return path
