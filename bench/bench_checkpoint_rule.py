@@ -22,7 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
-from common import REPO
+from common import REPO, write_results
 
 
 def _budget(run: Path, records: Path) -> str:
@@ -36,8 +36,8 @@ def gaps(records: Path) -> list[dict]:
     rows = []
     for log in sorted(records.rglob("seed*/fold*/log.csv")):
         run = log.parent
-        if not (run / "summary.json").exists():
-            continue
+        if not (run / "summary.json").exists() or run.parents[2].name != "seg":
+            continue  # unfinished, or another protocol (seg_2x: the convergence check's twice the steps)
         with log.open(newline="") as fh:
             val = [float(r["val_dice"]) for r in csv.DictReader(fh) if r["val_dice"]]
         if not val:
@@ -76,11 +76,8 @@ def main() -> None:
               f"{t['chosen_epoch_median']:g} | {t['chosen_in_first_third']} | {t['gap_mean']:.2f} |" for t in table]
     md = "\n".join(lines) + "\n"
     print(md)
-    path = REPO / "bench" / "results" / "checkpoint_rule.json"
-    path.write_text(json.dumps({"name": "checkpoint_rule", "records": [str(r) for r in args.records], "table": table,
-                                "runs": rows, "threads": 1}, indent=1))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
+    write_results("checkpoint_rule", {"records": [str(r) for r in args.records], "table": table, "runs": rows,
+                                      "threads": 1}, md)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
-from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs
+from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs,
+                    write_results)
 
 
 def main() -> None:
@@ -69,7 +69,7 @@ def main() -> None:
     md = curve_markdown(curve)
     print(md)
     name = f"semisup_{args.data}{'_' + args.tag if args.tag else ''}"
-    result = {"name": name, "data": SOURCES[args.data], "protocol": {
+    result = {"data": SOURCES[args.data], "protocol": {
         "folds": len(ps.folds), "seeds": seeds, "budgets": budgets, "strategies": strategies,
         "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
         "learners": {k: getattr(seg, k) for k in ("confidence", "unlabelled_batch", "unlabelled_weight", "cutmix_prob",
@@ -77,13 +77,10 @@ def main() -> None:
         "segmenter": {k: v for k, v in dataclasses.asdict(seg).items() if k in ("network", "channels", "batch_size")},
         "jobs": args.jobs, "threads_per_job": 1},
         "curve": curve, "seconds_this_call": round(time.perf_counter() - t0, 1)}
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps(result, indent=1, default=str))
-    path.with_suffix(".md").write_text(md)
+    path = write_results(name, result, md)
     from diffboost.report.figures import learning_curve as curve_png
 
     path.with_suffix(".png").write_bytes(curve_png(curve))
-    print(f"written {path}")
 
 
 if __name__ == "__main__":

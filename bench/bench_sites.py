@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, checkpoint_rule, diff_cell,
-                    fold_generator, folds_suffix, need, restore_runs)
+                    fold_generator, folds_suffix, need, restore_runs, write_results)
 
 TARGET_STRATEGY = "diffboost-target+classic"
 
@@ -151,16 +150,12 @@ def main() -> None:
     print(md)
     name = f"sites_{args.source}_to_{args.target}{folds_suffix(folds, len(ps.folds))}" + (
         "" if seeds == [0] else "_seeds" + "-".join(map(str, seeds)))
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
-                                "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,
-                                             "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
-                                             "jobs": args.jobs, "threads_per_job": 1,
-                                             "cross_site": ps.meta["cross_site"]},
-                                "folds_run": folds, "table": table, "checkpoint_rule": rules,
-                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
+    write_results(name, {"source": SOURCES[args.source], "target": SOURCES[args.target],
+                         "protocol": {"folds": args.folds, "repeats": args.repeats, "seeds": seeds,
+                                      "steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
+                                      "jobs": args.jobs, "threads_per_job": 1, "cross_site": ps.meta["cross_site"]},
+                         "folds_run": folds, "table": table, "checkpoint_rule": rules,
+                         "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, diff_cell, folds_suffix, restore_runs
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, diff_cell, folds_suffix, restore_runs, write_results
 
 BASE = "diffboost-target+classic"
 BASE_ROW = f"{BASE} (strength 0.3, scanner prompt, share 0.4)"
@@ -146,16 +145,12 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     name = f"sites_{args.source}_to_{args.target}_ablation{folds_suffix(folds, len(ps.folds))}"
-    path = REPO / "bench" / "results" / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "source": SOURCES[args.source], "target": SOURCES[args.target],
-                                "folds_run": folds, "seeds": seeds, "ablations": {a: {"generate": g, "seg": s}
-                                                                                  for a, (g, s) in ABLATIONS.items()},
-                                "protocol": {"steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
-                                             "jobs": args.jobs, "threads_per_job": 1},
-                                "classic_dice": 100 * sum(classic.values()) / len(classic), "table": table,
-                                "seconds_this_call": round(time.perf_counter() - t0, 1)}, indent=1))
-    path.with_suffix(".md").write_text(md)
-    print(f"written {path}")
+    write_results(name, {"source": SOURCES[args.source], "target": SOURCES[args.target], "folds_run": folds,
+                         "seeds": seeds, "ablations": {a: {"generate": g, "seg": s} for a, (g, s) in ABLATIONS.items()},
+                         "protocol": {"steps_per_epoch": args.steps_per_epoch, "epochs": seg.epochs,
+                                      "jobs": args.jobs, "threads_per_job": 1},
+                         "classic_dice": 100 * sum(classic.values()) / len(classic), "table": table,
+                         "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 
 if __name__ == "__main__":
