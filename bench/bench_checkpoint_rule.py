@@ -7,7 +7,7 @@ runs (``log.csv``: validation Dice per epoch), without training anything and wit
 - the runs that also record their last epoch's test Dice (``summary.json``: ``last_epoch_metrics``) are
   counted, but their test numbers are left to the benchmarks that own them (a rule is not chosen on test folds).
 
-    python bench/bench_checkpoint_rule.py                       # BUSI and DDTI learning-curve records
+    python bench/bench_checkpoint_rule.py                       # BUSI, DDTI and BUS-BRA learning-curve records
     python bench/bench_checkpoint_rule.py --records bench/results/budgets_busi_runs
 
 Reads the archived records in ``bench/results/budgets_<data>_runs/`` (what ``bench_budgets.py`` and the
@@ -53,7 +53,7 @@ def gaps(records: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=Path, nargs="*", default=[REPO / "bench" / "results" / f"budgets_{d}_runs"
-                                                                  for d in ("busi", "ddti")])
+                                                                  for d in ("busi", "ddti", "busbra")])
     args = ap.parse_args()
     rows = [r for rec in args.records if rec.is_dir() for r in gaps(rec)]
     groups: dict[tuple, list[dict]] = {}
