@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 
-from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, copy_teachers, diff_cell, final_rule_seg,
-                    recorded_dice, write_results)
+from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, budget_suffix, copy_teachers, diff_cell,
+                    final_rule_seg, recorded_dice, write_results)
 
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
@@ -148,7 +148,7 @@ def main() -> None:
                       f"({'same' if verify['same'] else 'DIFFERENT'})."]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"final_checkpoint_{args.data}" + ("" if float(args.budget) == 0.1 else f"_{args.budget}")
+    name = f"final_checkpoint_{args.data}" + budget_suffix(args.budget)
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "rule": "final epoch",
                          "table": table, "verify": verify, "threads_per_job": 1, "jobs": args.jobs,
                          "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)

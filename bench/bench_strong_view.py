@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, diff_cell, final_rule_seg, recorded_dice,
-                    write_results)
+from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, budget_suffix, diff_cell, final_rule_seg,
+                    recorded_dice, write_results)
 
 ROWS = ("fixmatch+classic", "fixmatch-diffboost+classic")
 
@@ -98,7 +98,7 @@ def main() -> None:
               for k in folds]
     md = "\n".join(lines) + "\n"
     print(md)
-    name = f"strong_view_{args.data}" + ("" if float(args.budget) == 0.1 else f"_{args.budget}")
+    name = f"strong_view_{args.data}" + budget_suffix(args.budget)
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "rule": "final epoch",
                          "cutmix_prob_off": 0.0, "table": table, "differences": diffs, "threads_per_job": 1,
                          "jobs": args.jobs, "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)

@@ -157,6 +157,11 @@ def diff_cell(d: dict | None) -> str:
     return "–" if not d else f"{d['dice_diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
 
 
+def budget_suffix(budget: str) -> str:
+    """``""`` at the default budget (0.1), else ``_<budget>``: a table at another budget is named for it."""
+    return "" if float(budget) == 0.1 else f"_{budget}"
+
+
 def folds_suffix(folds: list[int], n_folds: int) -> str:
     """``""`` when every fold ran, else ``_foldsA-B-...``: a partial table is named for its folds."""
     return "" if list(folds) == list(range(n_folds)) else "_folds" + "-".join(map(str, folds))
