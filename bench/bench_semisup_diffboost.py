@@ -15,7 +15,7 @@ partitions, folds, seed and optimiser steps; its ``classic`` and ``fixmatch+clas
 
 Resumable: fine-tuning resumes from its checkpoints, generation from the variants written, finished
 segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``
-(``..._folds0-1-2-3`` when ``--folds`` leaves folds out).
+(``..._0.25`` at another budget than 0.1, ``..._folds0-1-2-3`` when ``--folds`` leaves folds out).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, checkpoint_rule, copy_teachers, diff_cell,
-                    fold_generator, folds_suffix, write_results)
+from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, budget_suffix, checkpoint_rule, copy_teachers,
+                    diff_cell, fold_generator, folds_suffix, write_results)
 
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 
@@ -164,7 +164,7 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     # a partial table is named for its folds: it never overwrites the whole one
-    name = f"semisup_diffboost_{args.data}_{args.generator}{folds_suffix(folds, len(ps.folds))}"
+    name = f"semisup_diffboost_{args.data}_{args.generator}{budget_suffix(args.budget)}{folds_suffix(folds, len(ps.folds))}"
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "generator": args.generator, "folds": folds,
                          "table": table, "unlabelled_variant_consistency": consistency, "teachers": str(teachers),
                          "jobs": args.jobs, "threads_per_job": 1, "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
