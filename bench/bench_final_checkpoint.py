@@ -16,12 +16,16 @@ keeps its final checkpoint; so does this table, for every row.
   ``classic`` when it is not trained again, and ``classic`` with every label (the labels-saved reference;
   trained again into ``final/`` where its runs predate the record, unless ``--no-full``);
 - ``--verify-fold K`` trains fold K of ``fixmatch-diffboost+classic`` under the rule and checks that its
-  Dice is the recorded one.
+  Dice is the recorded one;
+- ``--diffboost-students`` trains ``diffboost+classic`` under the rule into ``generator_every/final/`` (its
+  Dice checked against the recorded last epochs) and ``self-train+diffboost+classic`` taught by it, as
+  ``self-train+classic`` is by ``classic``; without it that row's teacher is the chosen checkpoint.
 
     python bench/bench_final_checkpoint.py --data busi                # ~2 h on 2 cores (40 runs + 1)
     python bench/bench_final_checkpoint.py --data busbra --strategies fixmatch+classic --verify-fold -1
     python bench/bench_final_checkpoint.py --data ddti --strategies classic --verify-fold -1
     python bench/bench_final_checkpoint.py --data busi --budget 0.25 --strategies fixmatch+classic,classic --verify-fold -1
+    python bench/bench_final_checkpoint.py --data ddti --strategies classic --verify-fold -1 --diffboost-students
 
 Same partitions, folds, seed and optimiser steps as ``bench_budgets.py``; corrected repeated k-fold
 interval over the r x k runs. Resumable. Writes ``bench/results/final_checkpoint_<data>.{json,md}``
@@ -42,6 +46,8 @@ from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, budget_suf
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
 RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
+TWINS = {"diffboost+classic": "classic", "fixmatch-diffboost+classic": "fixmatch+classic",
+         "self-train+diffboost+classic": "self-train+classic"}  # each DiffBoost row and its learner without it
 
 
 def main() -> None:
@@ -51,6 +57,8 @@ def main() -> None:
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--verify-fold", type=int, default=0, help="fold of fixmatch-diffboost+classic trained again (-1: none)")
     ap.add_argument("--strategies", default=",".join(RETRAINED), help="of " + ", ".join(RETRAINED))
+    ap.add_argument("--diffboost-students", action="store_true", help="train self-train+diffboost+classic again "
+                    "with a final-rule diffboost+classic teacher (needs bench_semisup_diffboost.py --generator every)")
     ap.add_argument("--no-full", action="store_true", help="leave out classic with every label (the labels-saved reference)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
@@ -93,6 +101,10 @@ def main() -> None:
                            run_folder(budget_root / "final" / "seg", "self-train+classic", k, 0))
                     for k in folds if "self-train+classic" in retrained]
         run_jobs(ps, check + students, args.jobs)  # the check beside the students
+        if args.diffboost_students:  # the same for DiffBoost's self-training row: a final-rule teacher
+            compare(ps, ["diffboost+classic"], final_gen, gen_root / "final", folds, jobs=args.jobs)
+            copy_teachers(gen_root / "final" / "seg", ["self-train+diffboost+classic"], folds, [0])
+            compare(ps, ["self-train+diffboost+classic"], final_gen, gen_root / "final", folds, jobs=args.jobs)
         if train_full:
             compare(PreparedSet(base / "prepared"), ["classic"], final, base / "final", folds, jobs=args.jobs)
     finally:
@@ -104,7 +116,14 @@ def main() -> None:
     # the rows trained this call, and those a former call trained for every fold
     rows = {s: r for s in RETRAINED if (r := finished(budget_root / "final", s)) and (s in retrained or len(r) == len(folds))}
     rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}
-    chosen = {s: finished(budget_root if s in RETRAINED else gen_root, s) for s in rows}
+    teachers_check = None
+    if (again := finished(gen_root / "final", "diffboost+classic")) and "diffboost+classic" in rows:
+        same = [k for k in again if k in rows["diffboost+classic"] and abs(again[k] - rows["diffboost+classic"][k]) < 1e-4]
+        teachers_check = {"runs": len(again), "same_as_recorded": len(same)}
+    if len(student := finished(gen_root / "final", "self-train+diffboost+classic")) == len(folds):
+        rows["self-train+diffboost+classic"] = student  # taught by a final-rule teacher: stands in for the recorded row
+    chosen = {s: finished(budget_root if s in RETRAINED else gen_root, s) for s in rows
+              if not (s == "self-train+diffboost+classic" and len(student) == len(folds))}  # no chosen run of its own
     classic_recorded = last_epochs(budget_root, "classic")
     if "classic" not in rows and classic_recorded:  # runs that record their last epoch stand for it
         rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic")
@@ -134,6 +153,13 @@ def main() -> None:
     for s, t in table.items():
         cells = [diff_cell(t.get(f"vs {ref}")) for ref in refs]
         lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {' | '.join(cells)} |")
+    twins = [(s, t) for s, t in TWINS.items() if s in rows and t in rows and set(rows[s]) == set(rows[t])]
+    if twins:  # what DiffBoost adds to each learner: the row against the same learner without it
+        lines += ["", "DiffBoost's part: each DiffBoost row against the same learner without DiffBoost:", ""]
+        for s, t in twins:
+            table[s]["vs its learner"] = {"learner": t, **{k: v for k, v in run_stats(rows[s], rows[t], ratio).items()
+                                                          if k in ("dice_diff", "ci95", "runs", "p")}}
+            lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})")
     for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
         if len(r) < len(folds):
             same = {ref: 100 * float(np.mean([rows[ref][k] for k in r])) for ref in refs if set(r) <= set(rows[ref])}
@@ -146,11 +172,15 @@ def main() -> None:
         lines += ["", f"Check: fold {verify['fold']} of fixmatch-diffboost+classic trained again under the rule: "
                       f"{verify['trained_again']:.2f}, recorded last epoch {verify['recorded_last_epoch']:.2f} "
                       f"({'same' if verify['same'] else 'DIFFERENT'})."]
+    if teachers_check:
+        lines += ["", f"Check: diffboost+classic trained again under the rule (the final-rule teachers of "
+                      f"self-train+diffboost+classic): {teachers_check['same_as_recorded']} of "
+                      f"{teachers_check['runs']} runs give the recorded last epoch's Dice."]
     md = "\n".join(lines) + "\n"
     print(md)
     name = f"final_checkpoint_{args.data}" + budget_suffix(args.budget)
     write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "folds": folds, "rule": "final epoch",
-                         "table": table, "verify": verify, "threads_per_job": 1, "jobs": args.jobs,
+                         "table": table, "verify": verify, "diffboost_teachers_check": teachers_check, "threads_per_job": 1, "jobs": args.jobs,
                          "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 
