@@ -19,7 +19,9 @@ keeps its final checkpoint; so does this table, for every row.
   Dice is the recorded one;
 - ``--diffboost-students`` trains ``diffboost+classic`` under the rule into ``generator_every/final/`` (its
   Dice checked against the recorded last epochs) and ``self-train+diffboost+classic`` taught by it, as
-  ``self-train+classic`` is by ``classic``; without it that row's teacher is the chosen checkpoint.
+  ``self-train+classic`` is by ``classic``. Once that student has run on every fold it stands for the row
+  (a later call without the flag reads it too, from its archived records); until then the row is the
+  recorded one, whose teacher is ``diffboost+classic`` at the checkpoint chosen on validation.
 
     python bench/bench_final_checkpoint.py --data busi                # ~2 h on 2 cores (40 runs + 1)
     python bench/bench_final_checkpoint.py --data busbra --strategies fixmatch+classic --verify-fold -1
@@ -82,6 +84,9 @@ def main() -> None:
     if args.verify_fold >= 0 and not (gen_root / "synthetic" / f"fold{args.verify_fold}").is_dir():
         raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold {args.verify_fold} to check against "
                          "(run bench_semisup_diffboost.py --generator every first, or pass --verify-fold -1)")
+    if args.diffboost_students and (missing := [k for k in folds if not (gen_root / "synthetic" / f"fold{k}").is_dir()]):
+        raise SystemExit(f"{gen_root / 'synthetic'}: no variants of folds {', '.join(map(str, missing))} for "
+                         "--diffboost-students (run bench_semisup_diffboost.py --generator every first)")
 
     def last_epochs(root, s) -> dict:  # {(fold, seed): the last epoch's test Dice} of the runs that record it
         return recorded_dice({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds})[1]
@@ -159,7 +164,9 @@ def main() -> None:
         for s, t in twins:
             table[s]["vs its learner"] = {"learner": t, **{k: v for k, v in run_stats(rows[s], rows[t], ratio).items()
                                                           if k in ("dice_diff", "ci95", "runs", "p")}}
-            lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})")
+            mixed = s == "self-train+diffboost+classic" and len(student) < len(folds)
+            lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})"
+                         + (" (its teacher at the checkpoint chosen on validation: --diffboost-students)" if mixed else ""))
     for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
         if len(r) < len(folds):
             same = {ref: 100 * float(np.mean([rows[ref][k] for k in r])) for ref in refs if set(r) <= set(rows[ref])}
@@ -173,8 +180,8 @@ def main() -> None:
                       f"{verify['trained_again']:.2f}, recorded last epoch {verify['recorded_last_epoch']:.2f} "
                       f"({'same' if verify['same'] else 'DIFFERENT'})."]
     if teachers_check:
-        lines += ["", f"Check: diffboost+classic trained again under the rule (the final-rule teachers of "
-                      f"self-train+diffboost+classic): {teachers_check['same_as_recorded']} of "
+        lines += ["", f"Check: diffboost+classic trained again under the rule (to teach self-train+diffboost+classic "
+                      f"under it): {teachers_check['same_as_recorded']} of "
                       f"{teachers_check['runs']} runs give the recorded last epoch's Dice."]
     md = "\n".join(lines) + "\n"
     print(md)
