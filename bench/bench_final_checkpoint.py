@@ -47,9 +47,9 @@ from common import (BUDGET_DATA as SOURCES, archive_runs, budget_set, budget_suf
 
 RETRAINED = ("fixmatch+classic", "classic", "self-train+classic")  # the longest first; the teacher before its student
 FULL = "classic, every label"
-RECORDED = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
 TWINS = {"diffboost+classic": "classic", "fixmatch-diffboost+classic": "fixmatch+classic",
          "self-train+diffboost+classic": "self-train+classic"}  # each DiffBoost row and its learner without it
+RECORDED = tuple(TWINS)  # the DiffBoost rows, read at their recorded last epoch
 
 
 def main() -> None:
@@ -81,12 +81,11 @@ def main() -> None:
     gen_root = budget_root / "generator_every"
     final = final_rule_seg(args.steps_per_epoch)
     final_gen = dataclasses.replace(final, synthetic=str(gen_root / "synthetic" / "fold{fold}"))
-    if args.verify_fold >= 0 and not (gen_root / "synthetic" / f"fold{args.verify_fold}").is_dir():
-        raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold {args.verify_fold} to check against "
-                         "(run bench_semisup_diffboost.py --generator every first, or pass --verify-fold -1)")
-    if args.diffboost_students and (missing := [k for k in folds if not (gen_root / "synthetic" / f"fold{k}").is_dir()]):
-        raise SystemExit(f"{gen_root / 'synthetic'}: no variants of folds {', '.join(map(str, missing))} for "
-                         "--diffboost-students (run bench_semisup_diffboost.py --generator every first)")
+    need = (set(folds) if args.diffboost_students else set()) | ({args.verify_fold} if args.verify_fold >= 0 else set())
+    if missing := [k for k in sorted(need) if not (gen_root / "synthetic" / f"fold{k}").is_dir()]:
+        raise SystemExit(f"{gen_root / 'synthetic'}: no variants of fold(s) {', '.join(map(str, missing))} for "
+                         "--verify-fold or --diffboost-students (run bench_semisup_diffboost.py --generator every "
+                         "first, or pass --verify-fold -1 without --diffboost-students)")
 
     def last_epochs(root, s) -> dict:  # {(fold, seed): the last epoch's test Dice} of the runs that record it
         return recorded_dice({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds})[1]
@@ -125,10 +124,11 @@ def main() -> None:
     if (again := finished(gen_root / "final", "diffboost+classic")) and "diffboost+classic" in rows:
         same = [k for k in again if k in rows["diffboost+classic"] and abs(again[k] - rows["diffboost+classic"][k]) < 1e-4]
         teachers_check = {"runs": len(again), "same_as_recorded": len(same)}
-    if len(student := finished(gen_root / "final", "self-train+diffboost+classic")) == len(folds):
-        rows["self-train+diffboost+classic"] = student  # taught by a final-rule teacher: stands in for the recorded row
+    final_student = len(student := finished(gen_root / "final", "self-train+diffboost+classic")) == len(folds)
+    if final_student:  # taught by a final-rule teacher: stands in for the recorded row (no chosen run of its own)
+        rows["self-train+diffboost+classic"] = student
     chosen = {s: finished(budget_root if s in RETRAINED else gen_root, s) for s in rows
-              if not (s == "self-train+diffboost+classic" and len(student) == len(folds))}  # no chosen run of its own
+              if not (s == "self-train+diffboost+classic" and final_student)}
     classic_recorded = last_epochs(budget_root, "classic")
     if "classic" not in rows and classic_recorded:  # runs that record their last epoch stand for it
         rows["classic"], chosen["classic"] = classic_recorded, finished(budget_root, "classic")
@@ -164,7 +164,7 @@ def main() -> None:
         for s, t in twins:
             table[s]["vs its learner"] = {"learner": t, **{k: v for k, v in run_stats(rows[s], rows[t], ratio).items()
                                                           if k in ("dice_diff", "ci95", "runs", "p")}}
-            mixed = s == "self-train+diffboost+classic" and len(student) < len(folds)
+            mixed = s == "self-train+diffboost+classic" and not final_student
             lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})"
                          + (" (its teacher at the checkpoint chosen on validation: --diffboost-students)" if mixed else ""))
     for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
