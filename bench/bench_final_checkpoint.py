@@ -158,14 +158,16 @@ def main() -> None:
     for s, t in table.items():
         cells = [diff_cell(t.get(f"vs {ref}")) for ref in refs]
         lines.append(f"| {s} | {t['runs']} | {t['dice']:.2f} | {' | '.join(cells)} |")
-    twins = [(s, t) for s, t in TWINS.items() if s in rows and t in rows and set(rows[s]) == set(rows[t])]
+    twins = [(s, t) for s, t in TWINS.items() if s in rows and t in rows and set(rows[s]) <= set(rows[t])]
     if twins:  # what DiffBoost adds to each learner: the row against the same learner without it
         lines += ["", "DiffBoost's part: each DiffBoost row against the same learner without DiffBoost:", ""]
         for s, t in twins:
             table[s]["vs its learner"] = {"learner": t, **{k: v for k, v in run_stats(rows[s], rows[t], ratio).items()
                                                           if k in ("dice_diff", "ci95", "runs", "p")}}
             mixed = s == "self-train+diffboost+classic" and not final_student
+            some = len(rows[s]) < len(folds)  # paired on the DiffBoost row's folds
             lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})"
+                         + (f" (folds {', '.join(str(k) for k, _ in sorted(rows[s]))} only)" if some else "")
                          + (" (its teacher at the checkpoint chosen on validation: --diffboost-students)" if mixed else ""))
     for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
         if len(r) < len(folds):
