@@ -52,6 +52,16 @@ TWINS = {"diffboost+classic": "classic", "fixmatch-diffboost+classic": "fixmatch
 RECORDED = tuple(TWINS)  # the DiffBoost rows, read at their recorded last epoch
 
 
+def same_dice(a: float, b: float) -> bool:
+    """A run trained again gives the recorded Dice (fractions; to the precision of the records)."""
+    return bool(abs(a - b) < 1e-4)
+
+
+def fold_list(runs: dict) -> str:
+    """``0, 1, 2`` for runs keyed ``(fold, seed)``."""
+    return ", ".join(str(k) for k, _ in sorted(runs))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", choices=list(SOURCES), default="busi")
@@ -122,7 +132,7 @@ def main() -> None:
     rows |= {s: r for s in RECORDED if (r := last_epochs(gen_root, s))}
     teachers_check = None
     if (again := finished(gen_root / "final", "diffboost+classic")) and "diffboost+classic" in rows:
-        same = [k for k in again if k in rows["diffboost+classic"] and abs(again[k] - rows["diffboost+classic"][k]) < 1e-4]
+        same = [k for k in again if k in rows["diffboost+classic"] and same_dice(again[k], rows["diffboost+classic"][k])]
         teachers_check = {"runs": len(again), "same_as_recorded": len(same)}
     final_student = len(student := finished(gen_root / "final", "self-train+diffboost+classic")) == len(folds)
     if final_student:  # taught by a final-rule teacher: stands in for the recorded row (no chosen run of its own)
@@ -141,7 +151,7 @@ def main() -> None:
         k = (args.verify_fold, 0)
         recorded = rows["fixmatch-diffboost+classic"].get(k)
         verify = {"fold": args.verify_fold, "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,
-                  "same": bool(abs(again[k] - recorded) < 1e-4)}
+                  "same": same_dice(again[k], recorded)}
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     refs = [ref for ref in ("classic", "fixmatch+classic", FULL) if ref in rows]
     table = {}
@@ -167,13 +177,13 @@ def main() -> None:
             mixed = s == "self-train+diffboost+classic" and not final_student
             some = len(rows[s]) < len(folds)  # paired on the DiffBoost row's folds
             lines.append(f"- {s} − {t}: {diff_cell(table[s]['vs its learner'])} (p {table[s]['vs its learner']['p']:.2f})"
-                         + (f" (folds {', '.join(str(k) for k, _ in sorted(rows[s]))} only)" if some else "")
+                         + (f" (folds {fold_list(rows[s])} only)" if some else "")
                          + (" (its teacher at the checkpoint chosen on validation: --diffboost-students)" if mixed else ""))
     for s, r in rows.items():  # a row over some folds: the others' Dice on the same runs, to read it against
         if len(r) < len(folds):
             same = {ref: 100 * float(np.mean([rows[ref][k] for k in r])) for ref in refs if set(r) <= set(rows[ref])}
             table[s]["refs_on_its_runs"] = same
-            lines += ["", f"{s} ran on folds {', '.join(str(k) for k, _ in sorted(r))} only; on them "
+            lines += ["", f"{s} ran on folds {fold_list(r)} only; on them "
                           + ", ".join(f"{ref} {d:.2f}" for ref, d in same.items()) + f" (its own {table[s]['dice']:.2f})."]
     lines += ["", "The same rows' Dice with the checkpoint chosen on validation (bench_semisup*.py): " + ", ".join(
         f"{s} {t['chosen_checkpoint_dice']:.2f}" for s, t in table.items() if t["chosen_checkpoint_dice"] is not None)]
