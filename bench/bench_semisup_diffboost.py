@@ -14,8 +14,11 @@ partitions, folds, seed and optimiser steps; its ``classic`` and ``fixmatch+clas
     python bench/bench_semisup_diffboost.py --data busi --generator every     # ~45 min per fold and job
 
 Resumable: fine-tuning resumes from its checkpoints, generation from the variants written, finished
-segmentation runs are reused. Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}``
-(``..._0.25`` at another budget than 0.1, ``..._folds0-1-2-3`` when ``--folds`` leaves folds out).
+segmentation runs are reused; a fold whose runs have all finished is read from its records (restored
+when ``bench/work`` is gone) without its generator, and keeps the label consistency an earlier call
+measured with one of the same ``--teachers`` folders (comma-separated; per fold, the first holding weights).
+Writes ``bench/results/semisup_diffboost_<data>_<generator>.{json,md}`` (``..._0.25`` at another budget
+than 0.1, ``..._folds0-1-2-3`` when ``--folds`` leaves folds out).
 """
 
 from __future__ import annotations
@@ -47,9 +50,34 @@ def _fold_cell(run: Path) -> str:
     return f"{100 * summary['metrics']['dice']['mean']:.1f} ({summary['best_epoch']})"
 
 
-def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
+def _work_path(p) -> str:
+    """A folder under ``bench/work/`` named the same in any checkout (results record absolute paths)."""
+    return str(p).split("bench/work/", 1)[-1]
+
+
+def _measured_before(name: str, teachers: list[Path]) -> dict[int, dict]:
+    """Per-fold consistency that earlier calls wrote to ``NAME.json`` or ``NAME_folds....json``, scored by a
+    teacher in one of ``teachers``: a fold whose variants or teacher weights are gone since (``bench/work``
+    is not kept) is not lost."""
+    allowed = {_work_path(t) for t in teachers}
+    out = {}
+    for f in sorted((REPO / "bench" / "results").glob(f"{name}*.json")):
+        if f.stem != name and not f.stem.startswith(f"{name}_folds"):
+            continue
+        d = json.loads(f.read_text())
+        c = d.get("unlabelled_variant_consistency")
+        for k, v in (c["per_fold"] if c else {}).items():
+            teacher = v.get("teacher", _work_path(d.get("teachers")))  # older files: one folder for every fold
+            if teacher in allowed:
+                out.setdefault(int(k), {**v, "teacher": teacher, "measured_in": v.get("measured_in", f.name)})
+    return out
+
+
+def _consistency(ps, root: Path, teachers: list[Path], folds: list[int], before: dict[int, dict]) -> dict:
     """Teacher Dice on the unlabelled images' variants / on their real images, against the hidden labels
-    (benchmark only: the masks are read from the arrays, past the store's guard)."""
+    (benchmark only: the masks are read from the arrays, past the store's guard). A fold's teacher is its
+    ``classic`` run in the first of ``teachers`` that holds its weights; a fold that cannot be measured now
+    keeps its value from ``before`` (``_measured_before``), marked with the file it came from."""
     from diffboost.evaluation.metrics import label_dice
     from diffboost.generation.synthetic import SyntheticSet
     from diffboost.segmentation.data import to_size
@@ -60,12 +88,17 @@ def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
     masks = np.load(ps.root / "masks.npy", mmap_mode="r")  # hidden labels: this benchmark's scoring only
     out = {}
     for k in folds:
-        teacher = run_folder(seg_root, "classic", k, 0) / "model"
-        if not teacher.is_dir():  # a run restored from its archived record has no weights
-            print(f"label consistency: fold {k} skipped, {teacher} holds no weights")
+        held = [t for t in teachers if (run_folder(t, "classic", k, 0) / "model").is_dir()]
+        variants = root / "synthetic" / f"fold{k}"
+        if not held or not variants.is_dir():  # a run restored from its archived record has no weights
+            if k in before:
+                out[k] = before[k]
+                print(f"label consistency: fold {k} as measured in {before[k]['measured_in']}")
+            else:
+                print(f"label consistency: fold {k} skipped, no classic weights in {teachers} or no {variants}")
             continue
-        syn = SyntheticSet(root / "synthetic" / f"fold{k}")
-        net, conf = load_segmenter(teacher)
+        syn = SyntheticSet(variants)
+        net, conf = load_segmenter(run_folder(held[0], "classic", k, 0) / "model")
         hidden = set(ps.indices(ps.fold(k).hidden))  # images with a label, hidden by the budget
         rows = [r for r in syn.manifest if r["real_index"] in hidden]
         reals = sorted({r["real_index"] for r in rows})
@@ -77,13 +110,27 @@ def _consistency(ps, root: Path, seg_root: Path, folds: list[int]) -> dict:
         d_real = {ri: label_dice(p, ref[ri], [1]) for ri, p in zip(reals, pred_real)}
         d_var = [label_dice(p, ref[r["real_index"]], [1]) for r, p in zip(rows, pred_var)]
         out[k] = {"variants": len(rows), "teacher_dice_variant": float(np.mean(d_var)),
-                  "teacher_dice_real": float(np.mean(list(d_real.values())))}
+                  "teacher_dice_real": float(np.mean(list(d_real.values()))), "teacher": _work_path(held[0])}
     if not out:
         return None
     v = np.mean([o["teacher_dice_variant"] for o in out.values()])
     r = np.mean([o["teacher_dice_real"] for o in out.values()])
     return {"per_fold": out, "teacher_dice_variant": float(v), "teacher_dice_real": float(r),
             "consistency": float(v / r) if r > 0 else float("nan")}
+
+
+def _consistency_line(c: dict) -> str:
+    """The consistency sentence of the table: which teachers scored which folds, and the ratio."""
+    by_teacher = {}
+    for k, o in sorted(c["per_fold"].items()):
+        by_teacher.setdefault(o["teacher"], []).append(k)
+    where = "; ".join(f"bench/work/{t} (folds {', '.join(map(str, ks))})" for t, ks in by_teacher.items())
+    kept = sorted(k for k, o in c["per_fold"].items() if "measured_in" in o)
+    return (f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run in {where}; "
+            f"against the hidden labels; {len(c['per_fold'])} folds, "
+            f"{sum(o['variants'] for o in c['per_fold'].values()):,} variants): "
+            f"{100 * c['teacher_dice_variant']:.1f} / {100 * c['teacher_dice_real']:.1f} = {c['consistency']:.2f}"
+            + (f" (folds {', '.join(map(str, kept))} as measured by an earlier call)" if kept else ""))
 
 
 def main() -> None:
@@ -95,7 +142,7 @@ def main() -> None:
     ap.add_argument("--folds", default=None, help="comma-separated folds (default: all)")
     ap.add_argument("--steps-per-epoch", type=int, default=25)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--teachers", default=None, help="seg folder of the classic runs (with weights) that score the "
+    ap.add_argument("--teachers", default=None, help="seg folder(s), comma-separated, of the classic runs (with weights) that score the "
                     "variants' label consistency; default: the learning curve's, BUDGET/seg")
     args = ap.parse_args()
 
@@ -109,19 +156,25 @@ def main() -> None:
     root = budget_root / f"generator_{args.generator}"
     folds = [int(k) for k in args.folds.split(",")] if args.folds else list(range(len(ps.folds)))
     t0 = time.perf_counter()
-    jobs = [(str(ps.root), str(root), k, args.generator == "every", False) for k in folds]
+    strategies = [s for s in args.strategies.split(",") if s]
+    # a fold whose runs have all finished (or been restored from their records) needs neither its generator
+    # nor its variants again: only the others fine-tune, draw and train
+    todo = [k for k in folds if not all((run_folder(root / "seg", s, k, 0) / "summary.json").exists() for s in strategies)]
+    if len(todo) < len(folds):
+        print(f"folds {sorted(set(folds) - set(todo))}: every run finished, read from its records")
+    jobs = [(str(ps.root), str(root), k, args.generator == "every", False) for k in todo]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for done in pool.map(fold_generator, jobs):
             print(f"generator ready: {done}")
     seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
                               synthetic=str(root / "synthetic" / "fold{fold}"))
-    strategies = [s for s in args.strategies.split(",") if s]
     try:
         first = [s for s in strategies if semi_of(s) != "self-train"]  # the teachers first
-        if first:
-            compare(ps, first, seg, root, folds, jobs=args.jobs)
-        copy_teachers(root / "seg", strategies, folds, [0])  # the diffboost runs just made teach
-        compare(ps, strategies, seg, root, folds, jobs=args.jobs)
+        if first and todo:
+            compare(ps, first, seg, root, todo, jobs=args.jobs)
+        copy_teachers(root / "seg", strategies, todo, [0])  # the diffboost runs just made teach
+        if todo:
+            compare(ps, strategies, seg, root, todo, jobs=args.jobs)
     finally:
         print(f"archived the records of {archive_runs(base, keep)} finished run(s) in {keep}")
 
@@ -136,8 +189,9 @@ def main() -> None:
         table[s]["checkpoint_rule"] = checkpoint_rule({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds}, ratio)
     for ref, rr in refs.items():
         table[ref] = {"dice": 100 * float(np.mean(list(rr.values()))) if rr else None, "runs": len(rr)}
-    teachers = Path(args.teachers).resolve() if args.teachers else budget_root / "seg"
-    consistency = _consistency(ps, root, teachers, folds)
+    teachers = [Path(t).resolve() for t in args.teachers.split(",")] if args.teachers else [budget_root / "seg"]
+    name = f"semisup_diffboost_{args.data}_{args.generator}{budget_suffix(args.budget)}"
+    consistency = _consistency(ps, root, teachers, folds, _measured_before(name, teachers))
     lines = [f"{SOURCES[args.data]} at {args.budget} labels, generator from {args.generator} training images; "
              f"{len(folds)} folds, seed 0. Dice (%); differences in Dice points, corrected 95% interval.", "",
              "| strategy | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|"]
@@ -156,17 +210,12 @@ def main() -> None:
     for k in folds:
         lines.append(f"| {k} | " + " | ".join(_fold_cell(run_folder(where[s] / "seg", s, k, 0)) for s in where) + " |")
     if consistency:
-        lines += ["", f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run in "
-                      f"{teachers.relative_to(REPO) if teachers.is_relative_to(REPO) else teachers}; against "
-                      f"the hidden labels; {len(consistency['per_fold'])} folds): "
-                      f"{100 * consistency['teacher_dice_variant']:.1f} / {100 * consistency['teacher_dice_real']:.1f} "
-                      f"= {consistency['consistency']:.2f}"]
+        lines += ["", _consistency_line(consistency)]
     md = "\n".join(lines) + "\n"
     print(md)
     # a partial table is named for its folds: it never overwrites the whole one
-    name = f"semisup_diffboost_{args.data}_{args.generator}{budget_suffix(args.budget)}{folds_suffix(folds, len(ps.folds))}"
-    write_results(name, {"data": SOURCES[args.data], "budget": args.budget, "generator": args.generator, "folds": folds,
-                         "table": table, "unlabelled_variant_consistency": consistency, "teachers": str(teachers),
+    write_results(name + folds_suffix(folds, len(ps.folds)), {"data": SOURCES[args.data], "budget": args.budget, "generator": args.generator, "folds": folds,
+                         "table": table, "unlabelled_variant_consistency": consistency, "teachers": [str(t) for t in teachers],
                          "jobs": args.jobs, "threads_per_job": 1, "seconds_this_call": round(time.perf_counter() - t0, 1)}, md)
 
 
