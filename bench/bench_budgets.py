@@ -26,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, need
+from common import BUDGET_DATA as SOURCES, REPO, SHARED_DATA, bench_preset, need
 from common import archive_runs as _archive, restore_runs as _restore
 
 
@@ -49,12 +49,11 @@ def main() -> None:
 
     from diffboost.data.preparation import prepare
     from diffboost.data.store import PreparedSet
-    from diffboost.runconfig import preset
     from diffboost.segmentation.curves import budget_name, curve_markdown, learning_curve
 
     src = need(SHARED_DATA / SOURCES[args.data])
     out = args.out or REPO / "bench" / "work" / f"budgets_{args.data}"
-    cfg = preset("cpu")
+    cfg = bench_preset("cpu")
     pcfg = dataclasses.replace(cfg.prepare, folds=args.folds, repeats=args.repeats)
     t0 = time.perf_counter()
     if (out / "prepared" / "dataset.json").exists():

@@ -18,7 +18,7 @@ import dataclasses
 import time
 
 import numpy as np
-from common import REPO, SHARED_DATA, need, report
+from common import REPO, SHARED_DATA, bench_preset, need, report
 
 SOURCES = {"busi": "BUSI", "hippocampus": "MSD/Task04_Hippocampus"}
 
@@ -40,11 +40,10 @@ def main() -> None:
     from diffboost.data.preparation import prepare
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import mean_ci
-    from diffboost.run import preset
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
     src = need(SHARED_DATA / SOURCES[args.data])
-    cfg = preset(args.preset)
+    cfg = bench_preset(args.preset)
     prep = dataclasses.replace(cfg.prepare, **({"size": args.size} if args.size else {}))
     if args.data == "hippocampus":
         prep = dataclasses.replace(prep, label_map=None)

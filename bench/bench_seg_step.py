@@ -12,6 +12,11 @@ backward, optimizer. Then the same step is timed side by side (interleaved repea
 and the data part with the per-sample MONAI ``deepstack`` augmentation measured against the step.
 
     python bench/bench_seg_step.py [--size 128] [--batch 16] [--repeats 5]
+    python bench/bench_seg_step.py --network res_unet --channels 16,32,64,128,256 --repeats 3 --tag avx2
+
+bf16 is fast only where the CPU computes it natively (AVX512-BF16 or AMX); elsewhere torch emulates it.
+The JSON records which (``native_bf16``, torch's ``cpu_capability``) and what ``precision: auto`` (every
+preset's) picks on this CPU.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--network", default="attention_unet")
     ap.add_argument("--channels", default=None, help="widths, e.g. 8,16,32,64,64,128 (default: the paper's)")
+    ap.add_argument("--tag", default="", help="suffix of the results' name (e.g. the CPU: avx2)")
     args = ap.parse_args()
     from monai.losses import DiceCELoss
 
     from diffboost.segmentation.augment import BatchAugmenter
     from diffboost.segmentation.networks import build_network
+    from diffboost.segmentation.config import SegConfig
     from diffboost.segmentation.patchmix import choose_variants, mix, patch_mask
+    from diffboost.utils.environment import native_bf16
 
     torch.manual_seed(0)
     b, s = args.batch, args.size
@@ -115,11 +123,12 @@ def main() -> None:
     extra = {"size": s, "batch": b, "network": args.network, "channels": channels or "paper", "repeats": args.repeats,
              **{f"speedup_{k}": med["baseline"] / med[k] for k in med if k != "baseline"},
              "data_share_of_step_with_deepstack": d_aug / (d_aug + med["baseline"]),
-             "threads": torch.get_num_threads()}
+             "threads": torch.get_num_threads(), "native_bf16": native_bf16("cpu"),
+             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "auto_precision": SegConfig(precision="auto", device="cpu").training_precision()}
     # data off the critical path: whole epochs with deepstack, next batch made in a thread or not
     from monai.losses import DiceCELoss as _L
 
-    from diffboost.segmentation.config import SegConfig
     from diffboost.segmentation.data import FoldData
     from diffboost.segmentation.trainer import _train_epoch
 
@@ -140,7 +149,7 @@ def main() -> None:
                  "backward_s": 0.0, "optimizer_s": 0.0, "step_s": e_on})
     extra["speedup_prefetch_epoch"] = e_off / e_on
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in extra.items()})
-    report(f"seg_step_{args.network}_{s}" + ("_narrow" if channels else ""), rows, extra)
+    report(f"seg_step_{args.network}_{s}" + ("_narrow" if channels else "") + (f"_{args.tag}" if args.tag else ""), rows, extra)
 
 
 if __name__ == "__main__":

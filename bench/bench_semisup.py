@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import time
 
-from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, copy_teachers, need, restore_runs,
+from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, bench_preset, copy_teachers, need, restore_runs,
                     write_results)
 
 
@@ -39,7 +39,6 @@ def main() -> None:
 
     from diffboost.data.preparation import with_budget
     from diffboost.data.store import PreparedSet
-    from diffboost.runconfig import preset
     from diffboost.segmentation.curves import budget_name, curve_markdown, learning_curve
 
     need(SHARED_DATA / SOURCES[args.data])
@@ -50,7 +49,7 @@ def main() -> None:
     ps = PreparedSet(out / "prepared")
     keep = REPO / "bench" / "results" / f"budgets_{args.data}_runs"
     print(f"restored {restore_runs(keep, out)} finished run(s) from {keep}")
-    cfg = preset("cpu")
+    cfg = bench_preset("cpu")
     seg = dataclasses.replace(cfg.seg, steps_per_epoch=args.steps_per_epoch)
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = [b for b in args.budgets.split(",") if b] + ["1"]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, budget_set, budget_suffix, checkpoint_rule, copy_teachers,
+from common import (BUDGET_DATA as SOURCES, REPO, archive_runs, bench_preset, budget_set, budget_suffix, checkpoint_rule, copy_teachers,
                     diff_cell, fold_generator, folds_suffix, write_results)
 
 STRATEGIES = ("diffboost+classic", "fixmatch-diffboost+classic", "self-train+diffboost+classic")
@@ -147,7 +147,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from diffboost.evaluation.stats import holdout_ratio
-    from diffboost.runconfig import preset
     from diffboost.segmentation.compare import compare, run_dice, run_stats
     from diffboost.segmentation.config import semi_of
     from diffboost.segmentation.jobs import run_folder
@@ -166,7 +165,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for done in pool.map(fold_generator, jobs):
             print(f"generator ready: {done}")
-    seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
+    seg = dataclasses.replace(bench_preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
                               synthetic=str(root / "synthetic" / "fold{fold}"))
     try:
         first = [s for s in strategies if semi_of(s) != "self-train"]  # the teachers first

@@ -32,7 +32,7 @@ import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, checkpoint_rule, diff_cell,
+from common import (BUDGET_DATA as SOURCES, REPO, SHARED_DATA, archive_runs, bench_preset, checkpoint_rule, diff_cell,
                     fold_generator, folds_suffix, need, restore_runs, write_results)
 
 TARGET_STRATEGY = "diffboost-target+classic"
@@ -73,13 +73,12 @@ def main() -> None:
     from diffboost.data.preparation import prepare, target_supervised
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
-    from diffboost.runconfig import preset
     from diffboost.segmentation.compare import compare, run_stats
     from diffboost.segmentation.jobs import run_folder
 
     src, tgt = need(SHARED_DATA / SOURCES[args.source]), need(SHARED_DATA / SOURCES[args.target])
     out = REPO / "bench" / "work" / f"sites_{args.source}_to_{args.target}"
-    cfg = preset("cpu")
+    cfg = bench_preset("cpu")
     pcfg = dataclasses.replace(cfg.prepare, folds=args.folds, repeats=args.repeats, target=str(tgt))
     t0 = time.perf_counter()
     ps = PreparedSet(out / "prepared") if (out / "prepared" / "dataset.json").exists() else \

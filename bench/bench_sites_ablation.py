@@ -25,7 +25,7 @@ import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import BUDGET_DATA as SOURCES, REPO, archive_runs, diff_cell, folds_suffix, restore_runs, write_results
+from common import BUDGET_DATA as SOURCES, REPO, archive_runs, bench_preset, diff_cell, folds_suffix, restore_runs, write_results
 
 BASE = "diffboost-target+classic"
 BASE_ROW = f"{BASE} (strength 0.3, scanner prompt, share 0.4)"
@@ -68,7 +68,6 @@ def main() -> None:
     from diffboost.data.store import PreparedSet
     from diffboost.diffusion.train import finished_training
     from diffboost.evaluation.stats import holdout_ratio
-    from diffboost.runconfig import preset
     from diffboost.segmentation.compare import run_dice, run_stats
     from diffboost.segmentation.jobs import SegJob, run_folder, run_jobs
 
@@ -107,7 +106,7 @@ def main() -> None:
         consistency[name] = {key: sum(f[key] for f in per_fold) / len(per_fold)
                              for key in ("consistency", "teacher_dice_variant", "teacher_dice_real")}
 
-    seg = dataclasses.replace(preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, aug=BASE)
+    seg = dataclasses.replace(bench_preset("cpu").seg, steps_per_epoch=args.steps_per_epoch, aug=BASE)
 
     def cfg_of(a: str, seed: int):
         g, s = ABLATIONS[a]

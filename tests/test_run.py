@@ -116,7 +116,7 @@ def test_presets_and_config_files(tmp_path):
     from diffboost.cli import app
 
     assert set(PRESETS) == {"demo", "cpu", "gpu"}
-    assert preset("gpu").prepare.size == 384 and preset("cpu").seg.precision == "bf16"
+    assert preset("gpu").prepare.size == 384 and {preset(n).seg.precision for n in PRESETS} == {"auto"}
     r = CliRunner().invoke(app, ["config", "--preset", "cpu"])
     assert r.exit_code == 0
     f = tmp_path / "run.yaml"

@@ -436,6 +436,22 @@ def test_cli_train_seg_and_compare(task):
     assert r.exit_code == 2 and "unknown augmentation strategy 'sharpen'" in r.output
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_is_bf16_only_where_the_device_has_it_natively(native, monkeypatch):
+    import diffboost.utils.environment as env
+
+    monkeypatch.setattr(env, "native_bf16", lambda device=None: native)
+    want, other = ("bf16", "fp32") if native else ("fp32", "bf16")
+    cfg = SegConfig(precision="auto")
+    assert cfg.training_precision() == want
+    assert cfg.identity() == SegConfig(precision=want).identity() != SegConfig(precision=other).identity()
+    auto, _ = train_tiny(_toy_fold(None), precision="auto")
+    assert _same_weights(auto, train_tiny(_toy_fold(None), precision=want)[0])
+    assert not _same_weights(auto, train_tiny(_toy_fold(None), precision=other)[0])  # the control
+    with pytest.raises(ValueError, match="precision must be"):
+        SegConfig(precision="fp16")
+
+
 def test_prefetching_the_next_batch_changes_nothing(task):
     from monai.losses import DiceCELoss
 

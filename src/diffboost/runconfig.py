@@ -287,7 +287,7 @@ PRESETS: dict[str, dict] = {
              "train": {"steps": 300, "batch_size": 8, "checkpoint_every": 100, "validate_every": 300,
                        "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
              "generate": {"n": 2, "steps": 10, "strength": 0.5},
-             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "bf16", "val_every": 1},
+             "seg": {"channels": [8, 16, 32, 64], "epochs": 8, "batch_size": 8, "precision": "auto", "val_every": 1},
              "ablate": {"sweeps": ["alpha=0,0.3,0.6,1", "n=1,2", "patch=4,16,64", "network=attention_unet,unet,res_unet",
                                   "strength=0.3,0.5"]}},
     "cpu": {"prepare": {"size": 128},
@@ -305,7 +305,7 @@ PRESETS: dict[str, dict] = {
             "train": {"steps": 2500, "batch_size": 8, "snr_gamma": 5.0, "max_timestep_fraction": 0.6},
             "generate": {"n": 3, "steps": 15, "strength": 0.3},
             "seg": {"network": "res_unet", "channels": [16, 32, 64, 128, 256], "epochs": 30, "batch_size": 16,
-                    "precision": "bf16", "channels_last": True},
+                    "precision": "auto", "channels_last": True},
             "compare": {"augs": ["none", "mirror", "resolution", "classic", "diffboost", "mix-classic",
                                  "diffboost+classic"],
                         "seeds": [0, 1], "jobs": 2}},
@@ -313,7 +313,7 @@ PRESETS: dict[str, dict] = {
             "model": {"channels": [64, 128, 256, 512], "attention": [False, True, True, True], "layers_per_block": 2},
             "train": {"steps": 20000, "batch_size": 32, "mixed_precision": "bf16"},
             "generate": {"n": 10, "steps": 20, "batch_size": 64},
-            "seg": {"epochs": 100, "batch_size": 8, "precision": "bf16"},
+            "seg": {"epochs": 100, "batch_size": 8, "precision": "auto"},
             "compare": {"seeds": [0, 1, 2]}},
 }
 

@@ -122,10 +122,14 @@ class SegConfig:
     synthetic: str | None = None  # synthetic set of the fold ('{fold}' is filled in); None = PREPARED/../synthetic/fold{fold}
     val_every: int = 1  # epochs between validation-Dice evaluations (checkpoint selection)
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the training forward pass; evaluation stays fp32)
+    # fp32 | bf16 (autocast for the training forward pass; evaluation stays fp32) | auto: bf16 where the
+    # device computes it natively (utils.environment.native_bf16), else fp32; a run records the one it used
+    precision: str = "fp32"
     device: str | None = None  # cpu | cuda | cuda:1 ...; None = cuda when available, else cpu
     threads: int | None = None  # torch CPU threads; None = torch's default
-    channels_last: bool = False  # NHWC memory layout (2 CPU cores: 1.12x alone, with bf16 1.76x vs fp32 NCHW)
+    # NHWC memory layout (2 CPU cores: 1.12x alone, with bf16 1.76x vs fp32 NCHW where the CPU has native bf16;
+    # 1.10x on an AVX2 CPU, where bf16 is 9x slower than fp32: bench/bench_seg_step.py)
+    channels_last: bool = False
     prefetch: bool = False  # make the next batch in a background thread (2 CPU cores, 2 threads: 0.92x, off)
     # semi-supervised learners (fixmatch, fixmatch-diffboost, self-train; see .semisup)
     confidence: float = 0.95  # a pseudo-labelled pixel enters the loss when its confidence exceeds this
@@ -144,8 +148,8 @@ class SegConfig:
         parse_strategy(self.aug)
         if self.mix not in ("input", "output"):
             raise ValueError(f"mix must be 'input' or 'output', got {self.mix!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -191,7 +195,16 @@ class SegConfig:
         for k in ("threads", "channels_last", "device", "prefetch", "min_val_cases"):  # min_val_cases: its effect
             d.pop(k)  # on a fold is in the run's identity (last_checkpoint)
         d["channels"] = list(d["channels"]) if d["channels"] else None
+        d["precision"] = self.training_precision()  # what training used: auto is another run on another machine
         return drop_unused(d)
+
+    def training_precision(self) -> str:
+        """``fp32`` or ``bf16``: ``auto`` resolved for this config's device."""
+        if self.precision != "auto":
+            return self.precision
+        from ..utils.environment import native_bf16
+
+        return "bf16" if native_bf16(self.device) else "fp32"
 
 
 # options that only act on a strategy with variants (Algorithm 1, which variants, their filters)

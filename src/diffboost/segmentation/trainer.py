@@ -345,8 +345,10 @@ def _train_epoch(net, opt, loss_fn, data: FoldData, cfg: SegConfig, augment: Bat
             keep = (unsure == 0) if keep is None else keep & (unsure == 0)
         return x, y, syn, m, mixed, keep
 
+    bf16 = cfg.training_precision() == "bf16"
+
     def forward(inputs):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(inputs.to(device).contiguous(memory_format=layout)).float()
 
     net.train()

@@ -69,3 +69,16 @@ def environment(device: str | None = None) -> dict:
         if str(device).startswith("cuda") and torch.cuda.is_available():
             machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return {"versions": versions(), "machine": machine, "commit": code_commit()}
+
+
+def native_bf16(device: str | None = None) -> bool:
+    """Whether ``device`` (None: CUDA when available, else the CPU) computes bfloat16 natively: a CUDA GPU
+    that supports it, or a CPU with AVX512-BF16 or AMX. Elsewhere torch emulates bf16, and a bf16 autocast
+    trains about 10x slower than fp32 (an AVX2 CPU: ``bench/bench_seg_step.py``)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
