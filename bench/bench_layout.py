@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_intervals import _runs
-from common import REPO, SHARED_DATA, need, report
+from common import REPO, SHARED_DATA, need, protocol, report
 
 SOURCES = {"busi": ("BUSI", None, "run_busi_cpu"), "ddti": ("DDTI", None, "run_ddti_cpu"),
            "hippocampus": ("MSD/Task04_Hippocampus", REPO / "configs" / "hippocampus_cpu.yaml", "run_hippocampus_cpu")}
@@ -98,7 +98,7 @@ def main() -> None:
     record_file = res / f"{record}_table.json"  # DDTI has no committed record yet: no drift to report
     base = json.loads(record_file.read_text()) if record_file.exists() else {"table": {}}
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    cfg = load_run_config(overlay, "cpu")
+    cfg = protocol(load_run_config(overlay, "cpu"))
     cfg.compare = dataclasses.replace(cfg.compare, augs=("none", "classic", *strategies), jobs=args.jobs or cfg.compare.jobs)
     if args.placement:
         cfg.layout = dataclasses.replace(cfg.layout, placement=args.placement)

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import REPO, SHARED_DATA, need, report
+from common import REPO, SHARED_DATA, need, protocol, report
 
 WORK = REPO / "bench" / "work"
 PRETRAINED = WORK / "pretrain_corpus128"  # the cpu preset's size; another size has its own folder
@@ -252,7 +252,7 @@ def _arm(data: str, out: Path, init: Path | None, augs: list[str],
     from diffboost.run import load_run_config, run
 
     folder, overlay, _ = SOURCES[data]
-    cfg = load_run_config(overlay, "cpu")
+    cfg = protocol(load_run_config(overlay, "cpu"))
     cfg.compare = dataclasses.replace(cfg.compare, augs=tuple(augs))
     if init is not None:
         cfg.pretrain = dataclasses.replace(cfg.pretrain, model=str(init))

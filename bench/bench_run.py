@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from common import REPO, SHARED_DATA, need, report
+from common import REPO, SHARED_DATA, need, protocol, report
 
 # data name -> (folder under ../shared/data, YAML laid over the preset or None)
 SOURCES = {"busi": ("BUSI", None),
@@ -65,7 +65,7 @@ def main() -> None:
     src = need(SHARED_DATA / folder)
     out = args.out or REPO / "bench" / "work" / f"run_{args.data}_{args.preset}"
     t0 = time.perf_counter()
-    run(src, out, load_run_config(overlay, args.preset))
+    run(src, out, protocol(load_run_config(overlay, args.preset)))
     this_call = time.perf_counter() - t0
 
     prov = json.loads((out / "provenance.json").read_text())

@@ -50,15 +50,32 @@ def _fold_cell(run: Path) -> str:
     return f"{100 * summary['metrics']['dice']['mean']:.1f} ({summary['best_epoch']})"
 
 
+def _other_settings(run: Path, cfg) -> list[str]:
+    """The options on which a finished run's recorded config differs from ``cfg`` (where its data and
+    variants lie aside; options recorded since it ran take their defaults, as the trainer's check does)."""
+    from diffboost.segmentation.config import SegConfig, drop_unused
+
+    old = json.loads((run / "run.json").read_text())["config"]
+    old = drop_unused({**SegConfig(aug="diffboost").identity(), "aug": "none", "batch_dice": False, **old})
+    new = cfg.identity()
+    return sorted(k for k in set(old) | set(new) if k != "synthetic" and old.get(k) != new.get(k))
+
+
 def _work_path(p) -> str:
-    """A folder under ``bench/work/`` named the same in any checkout (results record absolute paths)."""
+    """A folder under ``bench/work/`` named the same in any checkout (results record absolute paths); any
+    other folder as given."""
     return str(p).split("bench/work/", 1)[-1]
 
 
-def _measured_before(name: str, teachers: list[Path]) -> dict[int, dict]:
+def _shown(t: str) -> str:
+    return t if Path(t).is_absolute() else f"bench/work/{t}"
+
+
+def _measured_before(name: str, teachers: list[Path], default: Path) -> dict[int, dict]:
     """Per-fold consistency that earlier calls wrote to ``NAME.json`` or ``NAME_folds....json``, scored by a
     teacher in one of ``teachers``: a fold whose variants or teacher weights are gone since (``bench/work``
-    is not kept) is not lost."""
+    is not kept) is not lost. A file that names no teacher per fold used its ``teachers`` (one folder), or
+    ``default`` when it names none."""
     allowed = {_work_path(t) for t in teachers}
     out = {}
     for f in sorted((REPO / "bench" / "results").glob(f"{name}*.json")):
@@ -66,8 +83,10 @@ def _measured_before(name: str, teachers: list[Path]) -> dict[int, dict]:
             continue
         d = json.loads(f.read_text())
         c = d.get("unlabelled_variant_consistency")
+        given = d.get("teachers") or [str(default)]
+        given = [given] if isinstance(given, str) else given
         for k, v in (c["per_fold"] if c else {}).items():
-            teacher = v.get("teacher", _work_path(d.get("teachers")))  # older files: one folder for every fold
+            teacher = v.get("teacher") or (_work_path(given[0]) if len(given) == 1 else None)  # older files: one folder
             if teacher in allowed:
                 out.setdefault(int(k), {**v, "teacher": teacher, "measured_in": v.get("measured_in", f.name)})
     return out
@@ -124,7 +143,7 @@ def _consistency_line(c: dict) -> str:
     by_teacher = {}
     for k, o in sorted(c["per_fold"].items()):
         by_teacher.setdefault(o["teacher"], []).append(k)
-    where = "; ".join(f"bench/work/{t} (folds {', '.join(map(str, ks))})" for t, ks in by_teacher.items())
+    where = "; ".join(f"{_shown(t)} (folds {', '.join(map(str, ks))})" for t, ks in by_teacher.items())
     kept = sorted(k for k, o in c["per_fold"].items() if "measured_in" in o)
     return (f"Label consistency of the unlabelled images' variants (teacher: the fold's classic run in {where}; "
             f"against the hidden labels; {len(c['per_fold'])} folds, "
@@ -155,18 +174,24 @@ def main() -> None:
     root = budget_root / f"generator_{args.generator}"
     folds = [int(k) for k in args.folds.split(",")] if args.folds else list(range(len(ps.folds)))
     t0 = time.perf_counter()
+    seg = dataclasses.replace(bench_preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
+                              synthetic=str(root / "synthetic" / "fold{fold}"))
     strategies = [s for s in args.strategies.split(",") if s]
     # a fold whose runs have all finished (or been restored from their records) needs neither its generator
     # nor its variants again: only the others fine-tune, draw and train
     todo = [k for k in folds if not all((run_folder(root / "seg", s, k, 0) / "summary.json").exists() for s in strategies)]
     if len(todo) < len(folds):
+        for k in sorted(set(folds) - set(todo)):
+            for s in strategies:  # what compare() would check, but for the variants (which may be gone)
+                run = run_folder(root / "seg", s, k, 0)
+                differ = _other_settings(run, dataclasses.replace(seg, aug=s))
+                if differ:
+                    raise SystemExit(f"{run}: a run with other settings ({', '.join(differ)}) than this call's")
         print(f"folds {sorted(set(folds) - set(todo))}: every run finished, read from its records")
     jobs = [(str(ps.root), str(root), k, args.generator == "every", False) for k in todo]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for done in pool.map(fold_generator, jobs):
             print(f"generator ready: {done}")
-    seg = dataclasses.replace(bench_preset("cpu").seg, steps_per_epoch=args.steps_per_epoch,
-                              synthetic=str(root / "synthetic" / "fold{fold}"))
     try:
         first = [s for s in strategies if semi_of(s) != "self-train"]  # the teachers first
         if first and todo:
@@ -188,9 +213,10 @@ def main() -> None:
         table[s]["checkpoint_rule"] = checkpoint_rule({(k, 0): run_folder(root / "seg", s, k, 0) for k in folds}, ratio)
     for ref, rr in refs.items():
         table[ref] = {"dice": 100 * float(np.mean(list(rr.values()))) if rr else None, "runs": len(rr)}
-    teachers = [Path(t).resolve() for t in args.teachers.split(",")] if args.teachers else [budget_root / "seg"]
+    default = (budget_root / "seg").resolve()
+    teachers = [Path(t).resolve() for t in args.teachers.split(",")] if args.teachers else [default]
     name = f"semisup_diffboost_{args.data}_{args.generator}{budget_suffix(args.budget)}"
-    consistency = _consistency(ps, root, teachers, folds, _measured_before(name, teachers))
+    consistency = _consistency(ps, root, teachers, folds, _measured_before(name, teachers, default))
     lines = [f"{SOURCES[args.data]} at {args.budget} labels, generator from {args.generator} training images; "
              f"{len(folds)} folds, seed 0. Dice (%); differences in Dice points, corrected 95% interval.", "",
              "| strategy | Dice | − classic | − fixmatch+classic |", "|---|---|---|---|"]

@@ -47,17 +47,21 @@ def report(name: str, rows: list[dict], extra: dict | None = None, out_dir: Path
     return path
 
 
-def bench_preset(name: str = "cpu"):
-    """A preset as the benchmarks' recorded runs trained it: the segmenter under bf16 autocast, which every
+def protocol(cfg):
+    """A run config as the benchmarks' recorded runs trained: the segmenter under bf16 autocast, which every
     preset said before ``precision: auto`` (bf16 only where the CPU has it natively; elsewhere fp32, about
     10x faster there, and other runs than the archived ones)."""
     import dataclasses
 
-    from diffboost.runconfig import preset
-
-    cfg = preset(name)
     cfg.seg = dataclasses.replace(cfg.seg, precision="bf16")
     return cfg
+
+
+def bench_preset(name: str = "cpu"):
+    """:func:`protocol` of a preset."""
+    from diffboost.runconfig import preset
+
+    return protocol(preset(name))
 
 
 def write_results(name: str, payload: dict, md: str) -> Path:
@@ -75,8 +79,6 @@ def final_rule_seg(steps_per_epoch: int = 25):
     steps, seed 0, and nnU-Net's checkpoint rule (``min_val_cases`` above any validation part: the last
     epoch is kept)."""
     import dataclasses
-
-    from diffboost.runconfig import preset
 
     return dataclasses.replace(bench_preset("cpu").seg, steps_per_epoch=steps_per_epoch, seed=0, min_val_cases=10**6)
 

@@ -280,7 +280,8 @@ def check_run_config(cfg: RunConfig) -> None:
 
 # Presets: what differs from the defaults. ``cpu`` is the setting measured on real BUSI on 2 cores
 # (bench/bench_seg_compare.py); ``demo`` finishes on the built-in phantoms in minutes; ``gpu`` follows
-# the paper (384 px, the paper's AttentionUNet, bf16).
+# the paper (384 px, the paper's AttentionUNet). Every preset's segmenter trains in bf16 where the device has
+# it natively, else fp32 (precision: auto).
 PRESETS: dict[str, dict] = {
     "demo": {"prepare": {"size": 64},
              "model": {"channels": [16, 32, 64], "attention": [False, True, True]},

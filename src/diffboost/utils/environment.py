@@ -78,7 +78,10 @@ def native_bf16(device: str | None = None) -> bool:
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if str(device).startswith("cuda"):  # emulated bf16 (pre-Ampere GPUs) does not count
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(torch.device(device)):
+            return torch.cuda.is_bf16_supported(including_emulation=False)
     cpu = getattr(torch, "cpu", None)
     return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
