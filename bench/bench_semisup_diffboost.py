@@ -51,14 +51,12 @@ def _fold_cell(run: Path) -> str:
 
 
 def _other_settings(run: Path, cfg) -> list[str]:
-    """The options on which a finished run's recorded config differs from ``cfg`` (where its data and
-    variants lie aside; options recorded since it ran take their defaults, as the trainer's check does)."""
-    from diffboost.segmentation.config import SegConfig, drop_unused
+    """The options on which a finished run's recorded config differs from ``cfg``, as the trainer's own
+    check reads them, where its variants lie aside (they may be gone)."""
+    from diffboost.segmentation.trainer import changed_options, recorded_config
 
-    old = json.loads((run / "run.json").read_text())["config"]
-    old = drop_unused({**SegConfig(aug="diffboost").identity(), "aug": "none", "batch_dice": False, **old})
-    new = cfg.identity()
-    return sorted(k for k in set(old) | set(new) if k != "synthetic" and old.get(k) != new.get(k))
+    old = recorded_config(json.loads((run / "run.json").read_text())["config"])
+    return [k for k in changed_options(old, cfg.identity()) if k != "synthetic"]
 
 
 def _work_path(p) -> str:

@@ -460,6 +460,19 @@ def _placeless(identity: dict) -> dict:
     return d
 
 
+def recorded_config(config: dict) -> dict:
+    """A run's recorded config (``run.json``) as its identity would be written now: an option the run
+    predates takes the value it ran with (``batch_dice``: Dice per image before the option; any other: its
+    default), and options its strategy does not use are dropped."""
+    every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all
+    return drop_unused({**every_option, "aug": "none", "batch_dice": False, **config})
+
+
+def changed_options(old: dict, new: dict) -> list[str]:
+    """The keys on which two configs differ, sorted."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict | None:
     """The summary of a finished run with these settings; None to (re)start; an error when ``out``
     holds a run with other settings."""
@@ -467,10 +480,7 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
     if not run.exists():
         return None
     old = read_control(run)
-    # a run recorded before an option existed ran with that option's default
-    old.setdefault("config", {}).setdefault("batch_dice", False)  # before the option: Dice per image
-    every_option = SegConfig(aug="diffboost").identity()  # a strategy with variants uses them all
-    old["config"] = drop_unused({**every_option, "aug": "none", **old["config"]})
+    old["config"] = recorded_config(old.get("config", {}))
     old.setdefault("synthetic_variants", identity["synthetic_variants"])  # recorded before this was kept
     if "fold_cases" in identity:  # runs at a budget recorded before their fold's cases were
         old.setdefault("fold_cases", identity["fold_cases"])
@@ -479,7 +489,7 @@ def _check_run(out: Path, identity: dict, replace_stale: bool = False) -> dict |
         shutil.rmtree(out)
         return None
     if old != new:
-        diff = sorted(k for k in set(old["config"]) | set(new["config"]) if old["config"].get(k) != new["config"].get(k))
+        diff = changed_options(old["config"], new["config"])
         diff += [k for k in ("fold", "synthetic_variants", "teacher", "size", "last_checkpoint", "fold_cases",
                              "unlabelled_cases")
                  if old.get(k) != new.get(k)]

@@ -83,5 +83,5 @@ def native_bf16(device: str | None = None) -> bool:
             return False
         with torch.cuda.device(torch.device(device)):
             return torch.cuda.is_bf16_supported(including_emulation=False)
-    cpu = getattr(torch, "cpu", None)
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    # private torch.cpu checks: absent from a torch that lacks them counts as not native
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
