@@ -68,7 +68,8 @@ def main() -> None:
     budgets = [b for b in args.budgets.split(",") if b]
     try:
         curve = learning_curve(ps, budgets, strategies, seg, out, seeds=seeds, jobs=args.jobs)
-        convergence = _convergence(curve, ps, seg, seeds, out, args.jobs) if args.convergence else None
+        # without --convergence, an earlier call's check is read from its runs' records (when all finished)
+        convergence = _convergence(curve, ps, seg, seeds, out, args.jobs, train=args.convergence)
     finally:
         print(f"archived the records of {_archive(out, keep)} finished run(s) in {keep}")
     md = curve_markdown(curve)
@@ -94,9 +95,10 @@ def main() -> None:
     print(f"written {path}")
 
 
-def _convergence(curve: dict, ps, seg, seeds: list[int], out: Path, jobs: int) -> dict:
+def _convergence(curve: dict, ps, seg, seeds: list[int], out: Path, jobs: int, train: bool = True) -> dict | None:
     """`classic` at the smallest budget for twice the epochs, against the curve's own runs: does longer
-    training move Dice by more than the corrected interval?"""
+    training move Dice by more than the corrected interval? With ``train`` False, only runs that have
+    finished (or were restored from their records) are read: None unless every one of them has."""
     from diffboost.data.store import PreparedSet
     from diffboost.evaluation.stats import holdout_ratio
     from diffboost.segmentation.compare import _mean_dice, _run_key, read_rows, run_stats
@@ -109,6 +111,8 @@ def _convergence(curve: dict, ps, seg, seeds: list[int], out: Path, jobs: int) -
     folds = list(range(len(sps.folds)))
     todo = [SegJob(dataclasses.replace(longer, aug="classic", seed=s), k,
                    run_folder(root / "seg_2x", "classic", k, s)) for s in seeds for k in folds]
+    if not train and not all((j.out / "summary.json").exists() for j in todo):
+        return None
     run_jobs(sps, todo, jobs)
     base = [SegJob(dataclasses.replace(seg, aug="classic", seed=s), k, run_folder(root / "seg", "classic", k, s))
             for s in seeds for k in folds]

@@ -145,13 +145,14 @@ def main() -> None:
     if not args.no_full:
         rows[FULL] = finished(base / "final", "classic") if train_full else full_recorded
         chosen[FULL] = finished(base, "classic")
-    verify = None
-    if args.verify_fold >= 0:
-        again = finished(gen_root / "final", "fixmatch-diffboost+classic")
-        k = (args.verify_fold, 0)
+    verify = None  # this call's check, or (with --verify-fold -1) an earlier call's, from its archived records
+    again = finished(gen_root / "final", "fixmatch-diffboost+classic")
+    checked = sorted(k for k in again if k in rows.get("fixmatch-diffboost+classic", {}))
+    if args.verify_fold >= 0 or checked:
+        k = (args.verify_fold, 0) if args.verify_fold >= 0 else checked[0]
         recorded = rows["fixmatch-diffboost+classic"].get(k)
-        verify = {"fold": args.verify_fold, "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,
-                  "same": same_dice(again[k], recorded)}
+        verify = {"fold": k[0], "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,
+                  "same": same_dice(again[k], recorded), "this_call": args.verify_fold >= 0}
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     refs = [ref for ref in ("classic", "fixmatch+classic", FULL) if ref in rows]
     table = {}
@@ -190,7 +191,8 @@ def main() -> None:
     if verify:
         lines += ["", f"Check: fold {verify['fold']} of fixmatch-diffboost+classic trained again under the rule: "
                       f"{verify['trained_again']:.2f}, recorded last epoch {verify['recorded_last_epoch']:.2f} "
-                      f"({'same' if verify['same'] else 'DIFFERENT'})."]
+                      f"({'same' if verify['same'] else 'DIFFERENT'})"
+                      + ("." if verify["this_call"] else "; trained again by an earlier call, read from its records.")]
     if teachers_check:
         lines += ["", f"Check: diffboost+classic trained again under the rule (to teach self-train+diffboost+classic "
                       f"under it): {teachers_check['same_as_recorded']} of "

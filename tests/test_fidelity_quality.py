@@ -125,6 +125,45 @@ def test_fidelity_gives_a_mask_conditioned_model_the_test_masks_and_refuses_a_ca
         diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 2)], progress=False)
 
 
+def test_fidelity_at_a_strength_and_without_the_mask_draws_as_generate_does(ps, tmp_path):
+    """A model fine-tuned on t < 0.6 T is compared at its working strength: each test image noised to it
+    and denoised, as its variants are; --no-mask gives the edges and the "no mask" input instead."""
+    from diffboost.diffusion.conditions import NO_MASK
+    from diffboost.diffusion.models import ModelConfig, label_channels
+    from diffboost.diffusion.pipeline import DiffBoostPipeline
+    from diffboost.diffusion.train import new_pipeline
+    from diffboost.evaluation.fidelity import diffusion_rows
+
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True),
+                             condition="edges+mask", mask_channels=1)).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "training.json").write_text(json.dumps({"max_timestep_fraction": 0.6}))
+    idx = ps.indices(ps.fold(1).test, training=True)[:4]
+    rows, outs = diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 5)], progress=False, strength=0.6)
+    _, blind = diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 5)], progress=False, strength=0.6, no_mask=True)
+    pipe = DiffBoostPipeline.from_pretrained(tmp_path / "m")
+    pipe.denoiser.eval()
+    prompts, real = [ps.manifest[j]["prompt"] for j in idx], np.asarray(ps.images[idx], np.float32)
+    kw = dict(seeds=idx, sampler="ddim", steps=5, guidance=3.0, images=real, strength=0.6)
+    masked = pipe(prompts, np.asarray(ps.conditions[idx], np.float32) / 255.0, **kw,
+                  masks=label_channels(np.asarray(ps.masks[idx]), [1]))
+    no_mask = pipe(prompts, np.asarray(ps.edges[idx], np.float32) / 255.0, **kw,
+                   masks=np.full((len(idx), 1, 32, 32), NO_MASK, np.float32))
+    np.testing.assert_allclose(outs["ddim-5"], np.clip((masked + 1) / 2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(blind["ddim-5"], np.clip((no_mask + 1) / 2, 0, 1), atol=1e-5)
+    assert np.abs(masked - no_mask).max() > 1e-3
+    other = pipe(prompts, np.asarray(ps.conditions[idx], np.float32) / 255.0, **{**kw, "images": real[::-1].copy()},
+                 masks=label_channels(np.asarray(ps.masks[idx]), [1]))
+    assert np.abs(masked - other).max() > 1e-2  # the test image itself is the starting point
+    assert rows[0]["method"] == "diffusion ddim 5 steps, strength 0.6"
+    with pytest.raises(ValueError, match="timesteps up to 0.6 x T only; use strength <= 0.6"):
+        diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 5)], progress=False, strength=0.7)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(
+        tmp_path / "plain")
+    with pytest.raises(ValueError, match="no mask channels"):
+        diffusion_rows(tmp_path / "plain", ps, idx, [("ddim", 2)], progress=False, no_mask=True)
+
+
 def test_quality_filter_removes_what_it_should(ps, tmp_path):
     idx = ps.indices(ps.fold(0).train, training=True)
     rng = np.random.default_rng(0)

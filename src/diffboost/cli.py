@@ -746,6 +746,8 @@ def fidelity(
     guidance: float = typer.Option(3.0),
     limit: Optional[int] = typer.Option(None, help="At most this many test images (spread over the fold)."),
     teacher: Optional[Path] = typer.Option(None, help="A segmenter trained on the fold's training part (e.g. RUN/seg/none/seed0/foldK/model): adds the label consistency of the generated images."),
+    strength: float = typer.Option(1.0, help="1: from noise (Table I). Below 1: from each test image noised to this fraction of the timesteps, as `generate` draws variants (a model fine-tuned with train.max_timestep_fraction takes at most that)."),
+    no_mask: bool = typer.Option(False, "--no-mask", help="Condition on the edges and the 'no mask' input (a model fine-tuned with train.unlabelled), as the variants of unlabelled images are drawn."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Table I: MAE, MSE, RMSE, SSIM, MS-SSIM of images generated from held-out edges, vs Pix2Pix."""
@@ -758,7 +760,7 @@ def fidelity(
         raise ValueError(f"--samplers expects SAMPLER:STEPS[,...], got {samplers!r}") from None
     out = out or prepared.parent / "fidelity" / f"fold{fold}"
     rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet,
-                        teacher=teacher)
+                        teacher=teacher, strength=strength, no_mask=no_mask)
     typer.echo(table_markdown(rows))
     console.print(f"tables and grid: {out}")
 

@@ -69,22 +69,36 @@ def held_out_images(ps: PreparedSet, fold: int, limit: int | None = None) -> lis
 
 
 def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings: list[tuple[str, int]],
-                   guidance: float = 3.0, seed: int = 0, batch_size: int = 16, progress: bool = True):
+                   guidance: float = 3.0, seed: int = 0, batch_size: int = 16, progress: bool = True,
+                   strength: float = 1.0, no_mask: bool = False):
     """One row per (sampler, steps): generated from each test image's condition and prompt (no
-    augmentation text); returns ``rows, {setting: generated images}``."""
-    from ..diffusion.models import label_channels
+    augmentation text), from noise or, with ``strength`` < 1, from the real image noised to that
+    fraction of the timesteps (as ``generate`` draws variants); ``no_mask`` gives a model fine-tuned with
+    ``train.unlabelled`` the edges and its "no mask" input (how it draws the variants of unlabelled
+    images). Returns ``rows, {setting: generated images}``."""
+    from ..diffusion.conditions import condition_inputs
     from ..diffusion.pipeline import DiffBoostPipeline
     from ..generation.generate import mask_labels, timestep_cap
 
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength:g}")
     cap = timestep_cap(model)
-    if cap < 1.0:
-        raise ValueError(f"{model}: was trained on timesteps up to {cap:g} x T only; Table I "
-                         "generates from noise: fine-tune with train.max_timestep_fraction 1")
+    if strength > cap + 1e-9:
+        hint = ("Table I generates from noise: fine-tune with train.max_timestep_fraction 1, or compare the "
+                f"variants it draws with strength <= {cap:g}") if strength >= 1 else f"use strength <= {cap:g}"
+        raise ValueError(f"{model}: was trained on timesteps up to {cap:g} x T only; {hint}")
     pipe = DiffBoostPipeline.from_pretrained(model)
     pipe.denoiser.eval()
     labels = mask_labels(pipe, ps)  # an ``edges+mask`` model also gets each test image's filled mask
-    cond = np.asarray(ps.conditions[np.asarray(idx)], np.float32) / 255.0
-    real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
+    if no_mask and labels is None:
+        raise ValueError(f"{model}: takes no mask channels, so it has no 'no mask' input to generate with")
+    rows_idx = np.asarray(idx)
+    cond, masks = condition_inputs(ps, rows_idx, np.full(len(idx), no_mask), labels,
+                                   pipe.config.mask_channels if labels is not None else None)
+    cond = cond[:, 0]
+    images = np.asarray(ps.images[rows_idx], np.float32)
+    real = (images + 1) / 2
+    how = (f", strength {strength:g}" if strength < 1 else "") + (", no mask" if no_mask else "")
     rows, outs = [], {}
     for sampler, steps in settings:
         t0 = time.perf_counter()
@@ -93,10 +107,10 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
             sl = slice(i, i + batch_size)
             gen.append(pipe([ps.manifest[j]["prompt"] for j in idx[sl]], cond[sl],
                             seeds=[seed * 1_000_003 + j for j in idx[sl]], sampler=sampler, steps=steps,
-                            guidance=guidance,
-                            masks=None if labels is None else label_channels(ps.masks[np.asarray(idx[sl])], labels)))
+                            guidance=guidance, masks=None if masks is None else masks[sl],
+                            strength=strength, images=images[sl] if strength < 1 else None))
         gen = np.clip((np.concatenate(gen) + 1) / 2, 0, 1)
-        rows.append({"method": f"diffusion {sampler} {steps} steps", **summarise(image_fidelity(real, gen)),
+        rows.append({"method": f"diffusion {sampler} {steps} steps{how}", **summarise(image_fidelity(real, gen)),
                      "seconds_per_image": (time.perf_counter() - t0) / len(idx)})
         outs[f"{sampler}-{steps}"] = gen
     return rows, outs
@@ -147,17 +161,19 @@ def add_label_consistency(rows: list[dict], outs: dict, teacher: str | Path, ps:
 def fidelity(model: str | Path, prepared: str | Path | PreparedSet, fold: int, out: str | Path,
              settings: list[tuple[str, int]] = (("dpm++", 20),), pix2pix: str | Path | None = None,
              guidance: float = 3.0, limit: int | None = None, progress: bool = True,
-             teacher: str | Path | None = None) -> list[dict]:
-    """Table I for a fold's test images: the diffusion model at each sampler setting, and Pix2Pix
-    when a model is given (and, with a ``teacher`` segmenter, each one's label consistency). Writes
-    ``table.md``, ``table.json`` and ``grid.png`` into ``out``."""
+             teacher: str | Path | None = None, strength: float = 1.0, no_mask: bool = False) -> list[dict]:
+    """Table I for a fold's test images: the diffusion model at each sampler setting (from noise, or at
+    ``strength`` < 1 from the real image; ``no_mask``: see :func:`diffusion_rows`), and Pix2Pix when a
+    model is given (and, with a ``teacher`` segmenter, each one's label consistency). Writes ``table.md``,
+    ``table.json`` and ``grid.png`` into ``out``."""
     from ..data.preview import grid_png, to_uint8
 
     ps = (prepared if isinstance(prepared, PreparedSet) else PreparedSet(prepared)).for_fold(fold)
     idx = held_out_images(ps, fold, limit)
     if not idx:
         raise ValueError(f"{ps.root}: fold {fold} has no test images")
-    rows, outs = diffusion_rows(model, ps, idx, list(settings), guidance, progress=progress)
+    rows, outs = diffusion_rows(model, ps, idx, list(settings), guidance, progress=progress, strength=strength,
+                                no_mask=no_mask)
     if pix2pix is not None:
         row, img = pix2pix_row(pix2pix, ps, idx)
         rows.append(row)
@@ -167,11 +183,14 @@ def fidelity(model: str | Path, prepared: str | Path | PreparedSet, fold: int, o
     out.mkdir(parents=True, exist_ok=True)
     note = ("" if teacher is None else " Label consistency: the teacher's Dice on the generated images over its "
             "Dice on the real test images, both against the real masks.")
+    given = "edges and the 'no mask' input" if no_mask else "condition (edges + mask boundary)"
+    start = "from noise" if strength >= 1 else f"from the image itself at strength {strength:g}"
     atomic_write_text(out / "table.md", table_markdown(rows) + f"\n{len(idx)} test images of fold {fold}, "
-                      f"intensities in [0, 1], generated from each image's edges + mask boundary and prompt.{note}\n")
+                      f"intensities in [0, 1], generated {start} with each image's {given} and prompt.{note}\n")
     atomic_write_text(out / "table.json", json.dumps({"fold": fold, "images": len(idx), "model": str(model),
                                                       "pix2pix": str(pix2pix) if pix2pix else None,
-                                                      "guidance": guidance, "teacher": teacher_info,
+                                                      "guidance": guidance, "strength": strength,
+                                                      "no_mask": no_mask, "teacher": teacher_info,
                                                       "rows": rows}, indent=1))
     pick = list(range(0, len(idx), max(1, len(idx) // 6)))[:6]
     real = (np.asarray(ps.images[np.asarray(idx)], np.float32) + 1) / 2
