@@ -4,6 +4,7 @@ the training part, never a test case; synthetic cases only in the training part 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -200,3 +201,61 @@ def test_export_command(run2d, tmp_path):
                                  "--out", str(tmp_path), "-n", "1", "-q"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "Dataset501_BUSIBoost" / "splits_final.json").exists()
+
+
+def test_images_without_a_label_and_a_label_budget_export_without_reading_a_hidden_label(tmp_path, phantom_root):
+    """Images prepared without a label go to imagesUnlabelled (named for nnUNetv2_predict), never to imagesTr,
+    and no variant of one is exported. A budget hides other labels in each fold: its set exports one fold,
+    whose labelled cases (and the training ones' variants) are the cases, its test cases in imagesTs only,
+    and its hidden cases unlabelled images without a label file. The set is bound to the fold, so reading a
+    hidden label would raise."""
+    import torch
+
+    from diffboost.data.phantoms import generate_phantoms
+    from diffboost.data.preparation import with_budget
+    from diffboost.diffusion.models import ModelConfig
+    from diffboost.diffusion.train import new_pipeline
+    from diffboost.generation import GenerateConfig, SyntheticSet, generate
+
+    more = generate_phantoms(tmp_path / "more", n=4, seed=11)
+    ps = prepare(phantom_root, tmp_path / "p", PrepareConfig(size=32, folds=3, unlabelled=[str(more)]), progress=False)
+    unl = set(ps.unlabelled_cases)
+    torch.manual_seed(0)
+    new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(
+        tmp_path / "model")
+    syn = generate(tmp_path / "model", ps, tmp_path / "synthetic" / "fold0", 0,
+                   GenerateConfig(n=1, steps=1, batch_size=8, unlabelled=True), progress=False)
+    assert {ps.manifest[r["real_index"]]["case_id"] for r in SyntheticSet(syn.root).manifest} & unl  # drawn, to leave out
+    path = export_dataset(ps.root, tmp_path / "out", ExportConfig(dataset_id=12, name="Unl"), progress=False)
+    info = json.loads((path / "diffboost_export.json").read_text())
+    assert {u["case_id"] for u in info["unlabelled_images"]} == unl
+    assert sorted(p.name for p in (path / "imagesUnlabelled").iterdir()) == sorted(
+        f"{u['name']}_0000.png" for u in info["unlabelled_images"])
+    assert not {c["case_id"] for c in info["cases"]} & unl  # neither a case nor a variant
+    variants = [c for c in info["cases"] if c["synthetic_fold"] == 0]
+    assert variants and all(c["case_id"] in ps.fold(0).train for c in variants)
+    meta = json.loads((path / "dataset.json").read_text())
+    assert meta["numTraining"] == len(list((path / "labelsTr").iterdir())) == len(info["cases"])
+
+    full = prepare(phantom_root, tmp_path / "full", PrepareConfig(size=32, folds=3), progress=False)
+    budget = with_budget(full, "0.5", tmp_path / "b")
+    with pytest.raises(ValueError, match="export one fold at a time"):
+        export_dataset(budget.root, tmp_path / "o", ExportConfig(), progress=False)
+    f = budget.fold(1)
+    assert f.hidden
+    one = export_dataset(budget.root, tmp_path / "o", ExportConfig(dataset_id=13, name="B", fold=1), progress=False)
+    info = json.loads((one / "diffboost_export.json").read_text())
+    case_of = {c["name"]: c["case_id"] for c in info["cases"]}
+    stems = lambda d: {p.name.removesuffix(".png").removesuffix("_0000") for p in (one / d).iterdir()}  # noqa: E731
+    assert {case_of[n] for n in stems("labelsTr")} == set(f.train) | set(f.val)
+    assert {case_of[n] for n in stems("imagesTr")} == set(f.train) | set(f.val)
+    assert {case_of[n] for n in stems("labelsTs")} == set(f.test)
+    assert {u["case_id"] for u in info["unlabelled_images"]} == set(f.unlabelled) == set(f.hidden)
+    splits = json.loads((one / "splits_final.json").read_text())
+    assert len(splits) == 1 and {case_of[n] for n in splits[0]["train"]} == set(f.train)
+    assert info["fold"] == 1 and json.loads((one / "dataset.json").read_text())["numTraining"] == len(stems("labelsTr"))
+    if importlib.util.find_spec("nnunetv2"):
+        from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+        verify_dataset_integrity(str(path), num_processes=1)
+        verify_dataset_integrity(str(one), num_processes=1)

@@ -623,21 +623,25 @@ def export(
     synthetic: Optional[str] = typer.Option(None, help="Synthetic set folders ('{fold}' is filled in)."),
     size: str = typer.Option("original", help="original (real cases re-read at their size and spacing, variants "
                                               "resized to them) | working (the prepared size)."),
+    fold: Optional[int] = typer.Option(None, "--fold", "-k", help="Export this fold alone (nnU-Net's fold 0): "
+                                       "needed at a label budget, which hides other labels in each fold."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Export real cases and their synthetic variants as an nnU-Net v2 or MSD raw dataset: splits_final.json
     validates each fold on its validation part (never its test fold, never a synthetic case), the test
-    cases go to imagesTs with their labels in labelsTs."""
+    cases go to imagesTs with their labels in labelsTs, images without a label to imagesUnlabelled."""
     from .export import ExportConfig, export_dataset
 
     cfg = ExportConfig(to=to, dataset_id=dataset_id, name=name, file_ending=file_ending, volumes=volumes, n=n,
-                       synthetic=synthetic, size=size)
+                       synthetic=synthetic, size=size, fold=fold)
     path = export_dataset(source, out, cfg, overwrite=overwrite, progress=not quiet)
     import json
 
     meta = json.loads((path / "dataset.json").read_text())
-    console.print(f"wrote {meta['numTraining']} cases to {path} (splits_final.json beside dataset.json)")
+    blind = len(json.loads((path / "diffboost_export.json").read_text())["unlabelled_images"])
+    console.print(f"wrote {meta['numTraining']} cases to {path} (splits_final.json beside dataset.json)"
+                  + (f"; {blind} images without a label in imagesUnlabelled" if blind else ""))
 
 
 # ---- nnU-Net v2 ----------------------------------------------------------------------------------

@@ -24,6 +24,14 @@ nnU-Net reads ``splits_final.json`` from ``nnUNet_preprocessed/DatasetXXX_NAME/`
 3D sets export as 2D slices (``volumes="slices"``, one case per slice) or as volumes
 (``volumes="volumes"``: a synthetic volume is its real volume with every training slice replaced by
 that slice's variant).
+
+Images without a label (``prepare --unlabelled``) go to ``imagesUnlabelled/`` (named as nnU-Net's input
+images, for ``nnUNetv2_predict``), never to ``imagesTr``; their variants (``generate --unlabelled``) are
+not exported. A label budget hides other labels in each fold, which one ``labelsTr`` cannot express:
+such a set exports one fold (``fold=K``): ``imagesTr`` holds that fold's labelled training and validation
+cases and the variants of the training ones, ``imagesTs`` / ``labelsTs`` its test cases (in no other
+folder), ``imagesUnlabelled`` its images without a label, hidden ones included (with no label file), and
+``splits_final.json`` one split: nnU-Net's fold 0 is fold K.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class ExportConfig:
     n: int | None = None  # variants per image to export; None = all
     synthetic: str | None = None  # '{fold}' template; None = PREPARED/../synthetic/fold{fold}
     size: str = "original"  # original (real cases as read, variants resized to them) | working
+    fold: int | None = None  # export this fold alone (a set at a label budget: required)
 
     def __post_init__(self):
         if self.to not in ("nnunet", "msd"):
@@ -81,7 +90,7 @@ class _Unit:
 
     name: str
     image: np.ndarray  # 2D [H, W] or 3D, in the exported intensity units
-    label: np.ndarray
+    label: np.ndarray | None  # None: an image without a label (imagesUnlabelled)
     spacing: tuple[float, ...]
     case_id: str
     fold: int | None = None  # the fold whose training part a synthetic unit belongs to
@@ -92,9 +101,9 @@ class _Unit:
 class _RealCases:
     """Each case's real image, label, spacing and intensity window at the exported size."""
 
-    def __init__(self, ps: PreparedSet, original: bool):
+    def __init__(self, ps: PreparedSet, original: bool, with_unlabelled: bool = False):
         self.ps, self.original = ps, original
-        self._reader = self._refs = None
+        self._refs = None
         if original:
             from ..config import PrepareConfig, load_section
             from ..data.readers import get_reader
@@ -105,33 +114,49 @@ class _RealCases:
                     f"{ps.root}: its source {source} is not there; exporting at the original size reads the real "
                     "images again (move the data back, or export with size: working)")
             self.cfg = load_section(ps.root / "config.yaml", "prepare", PrepareConfig)
-            self._reader = get_reader(source, self.cfg)
-            self._refs = {r.case_id: r for r in self._reader.scan()}
+            reader = get_reader(source, self.cfg)
+            refs = reader.scan()
+            self._refs = {r.case_id: (reader, r) for r in refs}  # each case's reader, as prepare read it
+            extra = []
+            if with_unlabelled and self.cfg.unlabelled:
+                from ..data.readers.unlabelled import read_unlabelled
 
-    def case(self, case_id: str, rows: list[dict], volumes: bool):
+                extra = read_unlabelled(self.cfg.unlabelled, self.cfg, refs)
+            if self.cfg.target:
+                from ..data.readers.target import read_target
+
+                extra.append(read_target(self.cfg.target, self.cfg, refs + [r for _, more in extra for r in more]))
+            self._refs |= {r.case_id: (other, r) for other, more in extra for r in more}
+
+    def case(self, case_id: str, rows: list[dict], volumes: bool, labelled: bool = True):
         """``(image, label, spacing, (lo, hi))``: 2D, or 3D for a volume (whole, or stacked slices when
-        ``volumes``); ``lo, hi``: the intensities that [-1, 1] stands for."""
+        ``volumes``); ``lo, hi``: the intensities that [-1, 1] stands for. ``labelled`` False: an image
+        whose label may not be read here (its label is None)."""
         if self.original:
-            ref = self._refs.get(case_id)
+            reader, ref = self._refs.get(case_id, (None, None))
             if ref is None:
                 raise ValueError(f"{self.ps.meta['source']}: case {case_id!r} of {self.ps.root} is no longer in the source")
-            case = self._reader.load(ref)
+            case = reader.load(ref)
+            image, spacing = case.image.astype(np.float32), tuple(float(s) for s in case.spacing)
+            window = self.cfg.window if self.cfg.window is not None else tuple(
+                float(v) for v in np.percentile(case.image, self.cfg.percentiles))
+            if not labelled:
+                return image, None, spacing, window
             label = self.ps.original_mask(case_id)
             if case.mask is not None and (case.mask.shape != label.shape or not np.array_equal(case.mask, label)):
                 raise ValueError(f"{ref.masks[0] if ref.masks else ref.image}: the label of case {case_id!r} changed "
                                  f"since {self.ps.root} was prepared; prepare again before exporting")
-            window = self.cfg.window if self.cfg.window is not None else tuple(
-                float(v) for v in np.percentile(case.image, self.cfg.percentiles))
-            return case.image.astype(np.float32), label, tuple(float(s) for s in case.spacing), window
+            return image, label, spacing, window
         # the working size: [-1, 1] written as 0..255
         images, masks = self.ps.images, self.ps.masks
         idx = [r["index"] for r in rows]
         grey = lambda i: (np.asarray(images[i], np.float32) + 1) * 127.5  # noqa: E731
         if rows[0]["slice_axis"] < 0:
-            return grey(idx[0]), np.asarray(masks[idx[0]]), _slice_spacing(rows[0], self.ps.size), (0.0, 255.0)
+            return (grey(idx[0]), np.asarray(masks[idx[0]]) if labelled else None,
+                    _slice_spacing(rows[0], self.ps.size), (0.0, 255.0))
         axis = rows[0]["slice_axis"]
         image = np.stack([grey(i) for i in idx], axis=axis)
-        label = np.stack([np.asarray(masks[i]) for i in idx], axis=axis)
+        label = np.stack([np.asarray(masks[i]) for i in idx], axis=axis) if labelled else None
         return image, label, _volume_spacing(rows[0], self.ps.size), (0.0, 255.0)
 
     def variant(self, plane: np.ndarray, row: dict, window: tuple[float, float]) -> np.ndarray:
@@ -151,32 +176,46 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
 
     ``source`` is a prepared set, or a run folder holding ``prepared/`` (and ``synthetic/foldK``)."""
     cfg = cfg or ExportConfig()
-    ps = _find_prepared(Path(source))
+    ps = _find_prepared(Path(source), cfg.fold)
+    folds = ps.folds if cfg.fold is None else [ps.fold(cfg.fold)]
     if not ps.meta.get("has_masks", True):
         raise ValueError(f"{ps.root}: has no masks (a corpus); nothing to export for segmentation")
     is_3d = bool(ps.meta.get("is_3d"))
     volumes = is_3d and cfg.volumes == "volumes"
     ending = ".nii.gz" if cfg.to == "msd" else (cfg.file_ending or (".nii.gz" if volumes else ".png"))
     folder = f"Dataset{cfg.dataset_id:03d}_{cfg.name}" if cfg.to == "nnunet" else f"Task{cfg.dataset_id:02d}_{cfg.name}"
-    synthetic = _synthetic_sets(ps, cfg)
-    real = _RealCases(ps, cfg.size == "original")  # checks the source before anything is written
+    synthetic = _synthetic_sets(ps, cfg, folds)
+    # the cases whose label is readable here (a fold's own, when one is exported), and the images without one
+    labelled = set(ps.labelled_cases) if cfg.fold is None else set(folds[0].labelled)
+    unlabelled = [c for c in ps.case_ids if c not in labelled and (cfg.fold is None or c in set(folds[0].unlabelled))]
+    real = _RealCases(ps, cfg.size == "original", bool(unlabelled))  # checks the source before anything is written
     target = Path(out) / folder
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite to replace it")
-    units, real_of_case = _units(ps, real, synthetic, volumes, cfg.n, progress)
-    names = [u.name for u in units]
+    train_of = {f.index: set(f.train) for f in folds}  # variants of a fold's labelled training cases only
+    units, real_of_case = _units(ps, real, synthetic, volumes, cfg.n, progress, [c for c in ps.case_ids if c in labelled],
+                                 train_of)
+    blind = _unlabelled_units(ps, real, unlabelled, volumes, progress)
+    names = [u.name for u in units] + [u.name for u in blind]
     if len(set(names)) != len(names):
         raise ValueError(f"{ps.root}: two cases map to the same exported name; rename the cases")
     splits = [{"train": [n for c in f.train for n in real_of_case[c]] + [u.name for u in units if u.fold == f.index],
-               "val": [n for c in f.val for n in real_of_case[c]]} for f in ps.folds]
-    tests = {str(f.index): [n for c in f.test for n in real_of_case[c]] for f in ps.folds}
+               "val": [n for c in f.val for n in real_of_case[c]]} for f in folds]
+    tests = {str(f.index): [n for c in f.test for n in real_of_case[c]] for f in folds}
     test_names = set(n for v in tests.values() for n in v)
+    # every fold's cases in one imagesTr (each case is tested by one fold and trains in the others); one fold's
+    # test cases in imagesTs alone
+    training = [u for u in units if cfg.fold is None or u.name not in test_names]
     with atomic_dir(target, overwrite=overwrite) as tmp:
-        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs") + (("imagesUnlabelled",) if blind else ()):
             (tmp / sub).mkdir()
-        for u in progress_iter(units, f"export {cfg.to}", enabled=progress):
+        for u in progress_iter(units + blind, f"export {cfg.to}", enabled=progress):
             stem = f"{u.name}_0000" if cfg.to == "nnunet" else u.name
-            parts = [("imagesTr", "labelsTr")] + ([("imagesTs", "labelsTs")] if u.name in test_names else [])
+            if u.label is None:  # an image without a label here: input to nnUNetv2_predict, never a case
+                _write(tmp / "imagesUnlabelled" / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
+                continue
+            parts = ([("imagesTr", "labelsTr")] if cfg.fold is None or u.name not in test_names else []) + (
+                [("imagesTs", "labelsTs")] if u.name in test_names else [])
             for images, labels in parts:
                 _write(tmp / images / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
                 _write(tmp / labels / f"{u.name}{ending}", u.label.astype(np.uint8), u.spacing, cfg.to == "msd")
@@ -185,22 +224,24 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
         if cfg.to == "nnunet":
             meta = {"channel_names": {"0": "zscore"},
                     "labels": {("background" if k == 0 else v): k for k, v in sorted(labels.items())},
-                    "numTraining": len(units), "file_ending": ending, "name": cfg.name, "description": description}
+                    "numTraining": len(training), "file_ending": ending, "name": cfg.name, "description": description}
         else:
             meta = {"name": cfg.name, "description": description, "tensorImageSize": "3D",
                     "reference": "", "licence": "see the source dataset", "release": "",
                     "modality": {"0": _modality(ps)},
                     "labels": {str(k): ("background" if k == 0 else v) for k, v in sorted(labels.items())},
-                    "numTraining": len(units), "numTest": len(test_names),
+                    "numTraining": len(training), "numTest": len(test_names),
                     "training": [{"image": f"./imagesTr/{u.name}{ending}", "label": f"./labelsTr/{u.name}{ending}"}
-                                 for u in units],
+                                 for u in training],
                     "test": [f"./imagesTs/{n}{ending}" for n in sorted(test_names)]}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=1))
         (tmp / "splits_final.json").write_text(json.dumps(splits, indent=1))
         (tmp / "diffboost_export.json").write_text(json.dumps({
             "prepared": str(ps.root.resolve()), "format": cfg.to, "size": cfg.size, "working_size": ps.size,
             "volumes": "volumes" if volumes else "slices", "synthetic": {str(k): str(s.root) for k, s in synthetic.items()},
+            "fold": cfg.fold, **({"nnunet_fold": f"nnU-Net's fold 0 is fold {cfg.fold}"} if cfg.fold is not None else {}),
             "test_cases_per_fold": tests,
+            "unlabelled_images": [{"name": u.name, "case_id": u.case_id, "slice_index": u.slice_index} for u in blind],
             "evaluate": "nnUNetv2_evaluate_folder labelsTs PREDICTIONS_OF_FOLD_K -djfile dataset.json -pfile plans.json "
                         "(the predictions of fold K's model on test_cases_per_fold[K] only)",
             "cases": [{"name": u.name, "case_id": u.case_id, "synthetic_fold": u.fold, "variant": u.variant,
@@ -208,26 +249,29 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
     return target
 
 
-def _find_prepared(source: Path) -> PreparedSet:
+def _find_prepared(source: Path, fold: int | None = None) -> PreparedSet:
+    """The prepared set at ``source``, bound to ``fold`` when one is exported."""
     if (source / "dataset.json").exists() and (source / "manifest.csv").exists():
         ps = PreparedSet(source)
     elif (source / "prepared" / "dataset.json").exists():
         ps = PreparedSet(source / "prepared")
     else:
         raise FileNotFoundError(f"{source}: neither a prepared set nor a run folder with prepared/")
-    if ps.unlabelled_cases or any(f.hidden for f in ps.folds):
-        # nnU-Net trains on every label of imagesTr/labelsTr: a hidden label or an image without one would
-        # be read as a label
-        raise ValueError(f"{ps.root}: holds images without labels (--unlabelled) or a label budget; an nnU-Net / "
-                         "MSD export holds labelled cases only: export a set prepared without them")
+    if fold is not None:
+        return ps.for_fold(fold)  # an error naming the folds there are
+    hiding = [f.index for f in ps.folds if f.hidden]
+    if hiding:
+        # nnU-Net reads every label of labelsTr: one folder cannot hold a label one fold may read and another may not
+        raise ValueError(f"{ps.root}: its folds hide labels (a label budget, or a cross-site set's target), "
+                         f"fold {hiding[0]} among them; export one fold at a time (--fold K)")
     return ps
 
 
-def _synthetic_sets(ps: PreparedSet, cfg: ExportConfig) -> dict:
+def _synthetic_sets(ps: PreparedSet, cfg: ExportConfig, folds) -> dict:
     from ..generation.generate import SyntheticSet
 
     found = {}
-    for f in ps.folds:
+    for f in folds:
         root = Path(cfg.synthetic.format(fold=f.index)) if cfg.synthetic else ps.root.parent / "synthetic" / f"fold{f.index}"
         if (root / "generation.json").exists():
             syn = SyntheticSet(root)
@@ -241,11 +285,13 @@ def _variants_of(syn, rows: list[int], n: int | None) -> list[int]:
     return ordered if n is None else ordered[:n]
 
 
-def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n: int | None, progress: bool):
-    """The exported cases, and for each real case id the names of its real units."""
+def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n: int | None, progress: bool,
+           cases: list[str], train_of: dict[int, set]):
+    """The exported labelled ``cases`` and the variants of each fold's labelled training cases
+    (``train_of``), and for each case id the names of its real units."""
     units: list[_Unit] = []
     real_of_case: dict[str, list[str]] = {}
-    for case in progress_iter(ps.case_ids, "read cases", enabled=progress):
+    for case in progress_iter(cases, "read cases", enabled=progress):
         rows = sorted((ps.manifest[i] for i in ps.indices([case])), key=lambda r: r["slice_index"])
         base = _safe(case)
         image, label, spacing, window = real.case(case, rows, volumes)
@@ -254,6 +300,8 @@ def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n:
             units.append(_Unit(base, image, label, spacing, case))
             real_of_case[case] = [base]
             for k, syn in synthetic.items():
+                if case not in train_of[k]:
+                    continue
                 for v, j in enumerate(_variants_of(syn, syn.by_real.get(rows[0]["index"], []), n)):
                     units.append(_Unit(f"{base}_syn_f{k}_v{v}", real.variant(syn.images[j], rows[0], window),
                                        label, spacing, case, k, v))
@@ -263,7 +311,7 @@ def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n:
             real_of_case[case] = [base]
             train = [r for r in rows if r["train"]]
             for k, syn in synthetic.items():
-                if not train or not all(r["index"] in syn.by_real for r in train):
+                if case not in train_of[k] or not train or not all(r["index"] in syn.by_real for r in train):
                     continue
                 per = {r["index"]: _variants_of(syn, syn.by_real[r["index"]], n) for r in train}
                 for v in range(min(len(p) for p in per.values())):
@@ -284,11 +332,29 @@ def _units(ps: PreparedSet, real: _RealCases, synthetic: dict, volumes: bool, n:
             units.append(_Unit(name, plane, lab, sp, case, slice_index=z))
             names.append(name)
             for k, syn in synthetic.items():
+                if case not in train_of[k]:
+                    continue
                 for v, j in enumerate(_variants_of(syn, syn.by_real.get(r["index"], []), n)):
                     units.append(_Unit(f"{name}_syn_f{k}_v{v}", real.variant(syn.images[j], r, window), lab, sp,
                                        case, k, v, z))
         real_of_case[case] = names
     return units, real_of_case
+
+
+def _unlabelled_units(ps: PreparedSet, real: _RealCases, cases: list[str], volumes: bool, progress: bool) -> list[_Unit]:
+    """The images without a label here, as units without one (whole, or one per slice as the labelled ones)."""
+    units = []
+    for case in progress_iter(cases, "read unlabelled images", enabled=progress):
+        rows = sorted((ps.manifest[i] for i in ps.indices([case])), key=lambda r: r["slice_index"])
+        image, _, spacing, _ = real.case(case, rows, volumes, labelled=False)
+        axis = rows[0]["slice_axis"]
+        if axis < 0 or volumes:
+            units.append(_Unit(_safe(case), image, None, spacing, case))
+            continue
+        sp = tuple(s for a, s in enumerate(spacing) if a != axis) if real.original else _slice_spacing(rows[0], ps.size)
+        units += [_Unit(f"{_safe(case)}_z{r['slice_index']:03d}", np.take(image, r["slice_index"], axis=axis), None, sp,
+                        case, slice_index=r["slice_index"]) for r in rows]
+    return units
 
 
 def _slice_spacing(row: dict, size: int) -> tuple[float, float]:
