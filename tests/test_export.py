@@ -259,3 +259,52 @@ def test_images_without_a_label_and_a_label_budget_export_without_reading_a_hidd
 
         verify_dataset_integrity(str(path), num_processes=1)
         verify_dataset_integrity(str(one), num_processes=1)
+
+
+def test_pseudo_labels_from_a_folds_predictions_train_that_fold_alone(tmp_path, phantom_root):
+    """`diffboost nnunet pseudo-label`: of nnUNetv2_predict's output for imagesUnlabelled, the most confident
+    share joins fold K's training list only, its uncertain pixels as nnU-Net's ignore label; a second call and
+    missing predictions are refused before anything changes."""
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (pip install 'diffboost[nnunet]')")
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+    from PIL import Image
+
+    from diffboost.cli import app
+    from diffboost.data.phantoms import generate_phantoms
+
+    more = generate_phantoms(tmp_path / "more", n=4, seed=11)
+    ps = prepare(phantom_root, tmp_path / "p", PrepareConfig(size=32, folds=3, unlabelled=[str(more)]), progress=False)
+    path = export_dataset(ps.root, tmp_path / "raw", ExportConfig(dataset_id=14, name="Pl", size="working"), progress=False)
+    names = [u["name"] for u in json.loads((path / "diffboost_export.json").read_text())["unlabelled_images"]]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i, n in enumerate(names):  # image i: a square called lesion with confidence 0.99 - 0.05 i, an unsure strip
+        h, w = np.asarray(Image.open(path / "imagesUnlabelled" / f"{n}_0000.png")).shape
+        fg = np.full((h, w), 0.03, np.float32)
+        fg[4:12, 4:12] = 0.99 - 0.05 * i
+        fg[20:24] = 0.45
+        seg = (fg > 0.5).astype(np.uint8)
+        Image.fromarray(seg).save(pred / f"{n}.png")
+        np.savez_compressed(pred / f"{n}.npz", probabilities=np.stack([1 - fg, fg])[:, None])
+    before = (path / "splits_final.json").read_text()
+    (pred / f"{names[-1]}.npz").rename(tmp_path / "away.npz")
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1"])
+    assert r.exit_code != 0 and f"{names[-1]}.npz" in r.output
+    assert (path / "splits_final.json").read_text() == before and not list((path / "imagesTr").glob("*_pseudo_*"))
+    (tmp_path / "away.npz").rename(pred / f"{names[-1]}.npz")
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1", "--keep", "0.5"])
+    assert r.exit_code == 0, r.output
+    added = [f"{n}_pseudo_f1" for n in names[:2]]  # the two most confident
+    splits, old = json.loads((path / "splits_final.json").read_text()), json.loads(before)
+    assert splits[1]["train"] == old[1]["train"] + added and splits[0] == old[0] and splits[2] == old[2]
+    meta = json.loads((path / "dataset.json").read_text())
+    assert meta["labels"]["ignore"] == 2 and meta["numTraining"] == len(list((path / "labelsTr").iterdir()))
+    first = np.asarray(Image.open(path / "labelsTr" / f"{added[0]}.png"))
+    assert (first[4:12, 4:12] == 1).all() and (first[20:24] == 2).all() and (first[:4] == 0).all()
+    second = np.asarray(Image.open(path / "labelsTr" / f"{added[1]}.png"))
+    assert (second[4:12, 4:12] == 2).all()  # 0.94 <= 0.95: out of the loss, not called lesion
+    assert (path / "imagesTr" / f"{added[0]}_0000.png").read_bytes() == (
+        path / "imagesUnlabelled" / f"{names[0]}_0000.png").read_bytes()
+    verify_dataset_integrity(str(path), num_processes=1)
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1"])
+    assert r.exit_code != 0 and "already trains on pseudo-labels" in r.output

@@ -52,7 +52,8 @@ def test_export_plan_preprocess_and_train_the_diffboost_trainer(tmp_path):
     from diffboost.export import ExportConfig, export_dataset
 
     phantoms = generate_phantoms(tmp_path / "busi", n=9, seed=4, size_range=(64, 72))
-    prepared_with_variants(tmp_path, phantoms, folds=(0,), n=2, steps=1)
+    more = generate_phantoms(tmp_path / "more", n=3, seed=8, size_range=(64, 72))  # images without a label
+    prepared_with_variants(tmp_path, phantoms, folds=(0,), n=2, steps=1, unlabelled=[str(more)])
     raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
     exported = export_dataset(tmp_path, raw, ExportConfig(dataset_id=11, name="Phantom"), progress=False)
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
@@ -83,3 +84,26 @@ def test_export_plan_preprocess_and_train_the_diffboost_trainer(tmp_path):
     validated = {c["prediction_file"].split("/")[-1].rsplit(".", 1)[0] for c in summary["metric_per_case"]}
     assert validated == set(splits[0]["val"])
     assert (out / "checkpoint_final.pth").exists() and torch is not None
+    # self-training: fold 0's model predicts the images without a label, pseudo-label adds them to fold 0
+    # what nnUNetv2_predict -f 0 --save_probabilities runs, but for its search for the trainer class, which imports
+    # every trainer variant (some need timm, left out of this test environment; `diffboost[nnunet]` has it)
+    predict = (
+        "import torch\nfrom unittest import mock\n"
+        "from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor\n"
+        "from diffboost.integrations.nnunet import nnUNetTrainerDiffBoost\n"
+        "p = nnUNetPredictor(device=torch.device('cpu'), allow_tqdm=False)\n"
+        "with mock.patch('nnunetv2.inference.predict_from_raw_data.recursive_find_trainer_class_by_name',\n"
+        "                lambda name: nnUNetTrainerDiffBoost):\n"
+        f"    p.initialize_from_trained_model_folder({str(out.parent)!r}, use_folds=(0,))\n"
+        f"p.predict_from_files({str(exported / 'imagesUnlabelled')!r}, {str(tmp_path / 'pred')!r}, save_probabilities=True,\n"
+        "                     num_processes_preprocessing=1, num_processes_segmentation_export=1)\n")
+    r = subprocess.run([sys.executable, "-c", predict], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([str(BIN / "diffboost"), "nnunet", "pseudo-label", str(exported), str(tmp_path / "pred"),
+                        "--fold", "0", "--keep", "1"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    added = json.loads((exported / "splits_final.json").read_text())[0]["train"][len(splits[0]["train"]):]
+    assert len(added) == 3 and all(n.endswith("_pseudo_f0") for n in added)
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(exported), num_processes=1)  # the ignore label declared, the labels readable

@@ -683,6 +683,25 @@ def nnunet_train(
     console.print(f"trained {out} (mixing counts in {out / MIXING_FILE})")
 
 
+@nnunet_app.command("pseudo-label")
+@friendly_errors
+def nnunet_pseudo_label(
+    dataset: Path = typer.Argument(..., help="The exported dataset folder ($nnUNet_raw/DatasetXXX_NAME)."),
+    predictions: Path = typer.Argument(..., help="nnUNetv2_predict's output for imagesUnlabelled, with --save_probabilities."),
+    fold: int = typer.Option(0, "--fold", "-f", help="The fold whose model predicted them (splits_final.json's index); only it trains on them."),
+    keep: float = typer.Option(0.5, help="Share of the images kept, the most confident first (self-train's self_train_keep)."),
+    confidence: float = typer.Option(0.95, help="Pixels at or under this confidence get nnU-Net's ignore label (out of the loss)."),
+):
+    """Self-training in nnU-Net: add fold K's most confident pseudo-labelled images (from imagesUnlabelled) to
+    its training list, uncertain pixels ignored; then plan, preprocess and train the fold again."""
+    _need_nnunet()
+    from .integrations.nnunet_selftrain import add_pseudo_labels
+
+    rec = add_pseudo_labels(dataset, predictions, fold, keep=keep, confidence=confidence)
+    console.print(f"fold {fold}: {len(rec['added'])} of {rec['images']} images added with pseudo-labels (ignore label "
+                  f"{rec['ignore_label']}); plan and preprocess again, then copy splits_final.json")
+
+
 @nnunet_app.command("trainer-dir")
 def nnunet_trainer_dir():
     """Print the folder to put in nnUNet_extTrainer, so that `nnUNetv2_train ... -tr nnUNetTrainerDiffBoost` finds it."""
