@@ -86,3 +86,38 @@ def test_monai_transform_with_variant_labels_and_in_dataloader_workers():
     assert images.shape == (6, 1, 32, 32)
     synthetic_share = float((images > 5).float().mean())  # variants are offset by +10
     assert 0.1 < synthetic_share < 0.8
+
+
+def test_monai_strong_view_is_a_variant_moved_with_the_weak_view():
+    """RandDiffusionStrongViewd: the strong view is one of the image's variants, the image itself is left as
+    the weak view, a flip given both keys afterwards flips both (the variant's edges stay where the image's
+    are), prob 0 gives the image, a seed gives the same draws, and variants of another shape are refused."""
+    from monai.transforms import Compose, RandFlipd
+
+    from diffboost import RandDiffusionStrongViewd
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.random((1, 8, 10), dtype=np.float32))
+    variants = torch.from_numpy(rng.random((3, 1, 8, 10), dtype=np.float32))
+    t = Compose([RandDiffusionStrongViewd("image", variant_key="variants"),
+                 RandFlipd(["image", "image_strong"], prob=1.0, spatial_axis=1)])
+    t.set_random_state(3)
+    seen = set()
+    for _ in range(12):
+        out = t({"image": image, "variants": variants})
+        assert torch.equal(torch.as_tensor(out["image"]), image.flip(-1))  # the weak view: the image, flipped
+        strong = torch.as_tensor(out["image_strong"])
+        match = [k for k in range(3) if torch.equal(strong, variants[k].flip(-1))]  # a variant, flipped the same way
+        assert len(match) == 1
+        seen.add(match[0])
+    assert seen == {0, 1, 2}
+    again = Compose([RandDiffusionStrongViewd("image", variant_key="variants"),
+                     RandFlipd(["image", "image_strong"], prob=1.0, spatial_axis=1)])
+    again.set_random_state(3)
+    t.set_random_state(3)
+    assert all(torch.equal(torch.as_tensor(t({"image": image, "variants": variants})["image_strong"]),
+                           torch.as_tensor(again({"image": image, "variants": variants})["image_strong"])) for _ in range(4))
+    copy = RandDiffusionStrongViewd("image", strong_key="s", prob=0.0)({"image": image, "variants": variants})
+    assert torch.equal(torch.as_tensor(copy["s"]), image)
+    with pytest.raises(ValueError, match="not a stack of images shaped like"):
+        RandDiffusionStrongViewd("image")({"image": image, "variants": variants[:, :, :4]})

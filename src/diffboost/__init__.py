@@ -15,8 +15,9 @@ The package is organised one subpackage per stage of the method, with a thin CLI
 - :mod:`diffboost.evaluation` — segmentation metrics, statistics, fidelity (Table I);
 - :mod:`diffboost.report` — the report's tables and figures;
 - :mod:`diffboost.export` — nnU-Net and MSD raw datasets with the synthetic images;
-- :mod:`diffboost.integrations` — where users train: a MONAI dictionary transform
-  (:class:`RandSyntheticPatchMixd`) and an nnU-Net v2 trainer (``nnUNetTrainerDiffBoost``);
+- :mod:`diffboost.integrations` — where users train: MONAI dictionary transforms
+  (:class:`RandSyntheticPatchMixd`, and :class:`RandDiffusionStrongViewd` for semi-supervised loops) and
+  an nnU-Net v2 trainer (``nnUNetTrainerDiffBoost``) with self-training (``nnunet pseudo-label``);
 - :mod:`diffboost.utils` — crash-safe files and progress bars;
 - :mod:`diffboost.run` / :mod:`diffboost.ablate` — the whole pipeline in one resumable call, and
   the paper's ablations on a finished run.
@@ -26,9 +27,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``from diffboost import RandSyntheticPatchMixd`` without importing MONAI with the package."""
-    if name == "RandSyntheticPatchMixd":
-        from .integrations.monai import RandSyntheticPatchMixd
+    """``from diffboost import RandSyntheticPatchMixd`` (or ``RandDiffusionStrongViewd``) without importing
+    MONAI with the package."""
+    if name in ("RandSyntheticPatchMixd", "RandDiffusionStrongViewd"):
+        from .integrations import monai
 
-        return RandSyntheticPatchMixd
+        return getattr(monai, name)
     raise AttributeError(f"module 'diffboost' has no attribute {name!r}")

@@ -19,6 +19,21 @@ the label is mixed with the same grid. ``prob`` is the share of samples mixed (t
 deterministic, and ``Compose`` / ``CacheDataset`` / ``DataLoader`` workers seed it as for any MONAI
 random transform. The mixing itself is :func:`diffboost.segmentation.patchmix.mix_sample`, the
 function the nnU-Net trainer calls and whose primitives the project's own trainer uses.
+
+For semi-supervised loops (FixMatch, UniMatch) on unlabelled images, :class:`RandDiffusionStrongViewd`
+puts one of an image's DiffBoost variants beside it as its strong view, as the ``fixmatch-diffboost``
+strategy does: the pseudo-label comes from the image (the weak view), the loss from the variant. A
+geometric transform given both keys afterwards moves them together, so the variant's edges stay where
+the image's are; intensity transforms given the strong key alone make it stronger still.
+
+.. code-block:: python
+
+    unlabelled = Compose([
+        LoadImaged(["image", "variants"]), EnsureChannelFirstd("image"),
+        RandDiffusionStrongViewd("image", variant_key="variants", strong_key="image_strong"),
+        RandFlipd(["image", "image_strong"], prob=0.5, spatial_axis=0),     # the same flip for both views
+        RandGaussianNoised("image_strong", prob=0.5),                        # strong view only
+    ])
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from ..segmentation.patchmix import default_patch, mix_sample
 
-__all__ = ["RandSyntheticPatchMixd"]
+__all__ = ["RandDiffusionStrongViewd", "RandSyntheticPatchMixd"]
 
 
 def _tensor(x) -> torch.Tensor:
@@ -115,5 +130,56 @@ class RandSyntheticPatchMixd(RandomizableTransform, MapTransform):
         return d
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "RandSyntheticPatchMixd":
+        super().set_random_state(seed, state)
+        return self
+
+
+class RandDiffusionStrongViewd(RandomizableTransform, MapTransform):
+    """Write one of the image's synthetic variants, drawn at random, to ``strong_key``: the strong view of a
+    weak-to-strong consistency method, beside the untouched image (the weak view, from which the
+    pseudo-label is computed). Apply geometric transforms to both keys after it, so the two views stay
+    aligned.
+
+    Args:
+        keys: the image key (one).
+        variant_key: its variants, ``[n, C, ...]`` or a list of ``[C, ...]`` (``generate --unlabelled``
+            draws them for images without a label).
+        strong_key: where the strong view goes (default ``"<key>_strong"``).
+        prob: probability that the strong view is a variant; otherwise it is a copy of the image (classical
+            strong views then come from the intensity transforms that follow).
+    """
+
+    backend = [torch.Tensor.__name__]
+
+    def __init__(self, keys: KeysCollection, variant_key: Hashable = "variants", strong_key: Hashable | None = None,
+                 prob: float = 1.0, allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if len(self.keys) != 1:
+            raise ValueError(f"RandDiffusionStrongViewd takes one image key, got {list(self.keys)}")
+        self.variant_key = variant_key
+        self.strong_key = strong_key if strong_key is not None else f"{self.keys[0]}_strong"
+        self._pick = 0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._pick = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize()
+        for key in self.key_iterator(d):
+            image = _tensor(d[key])
+            if not self._do_transform:
+                d[self.strong_key] = _like(d[key], image.clone())
+                continue
+            variants = _tensor(d[self.variant_key])
+            if variants.ndim != image.ndim + 1 or variants.shape[1:] != image.shape:
+                raise ValueError(f"{self.variant_key!r}: variants of shape {tuple(variants.shape)} are not a stack of "
+                                 f"images shaped like {key!r} {tuple(image.shape)}")
+            d[self.strong_key] = _like(d[key], variants[self._pick % len(variants)].to(image.dtype).clone())
+        return d
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "RandDiffusionStrongViewd":
         super().set_random_state(seed, state)
         return self
