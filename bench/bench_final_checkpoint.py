@@ -152,7 +152,7 @@ def main() -> None:
         k = (args.verify_fold, 0) if args.verify_fold >= 0 else checked[0]
         recorded = rows["fixmatch-diffboost+classic"].get(k)
         verify = {"fold": k[0], "trained_again": 100 * again[k], "recorded_last_epoch": 100 * recorded,
-                  "same": same_dice(again[k], recorded), "this_call": args.verify_fold >= 0}
+                  "same": same_dice(again[k], recorded), "folds_trained_again": [f for f, _ in checked]}
     ratio = holdout_ratio([ps.fold(k) for k in folds])
     refs = [ref for ref in ("classic", "fixmatch+classic", FULL) if ref in rows]
     table = {}
@@ -191,8 +191,8 @@ def main() -> None:
     if verify:
         lines += ["", f"Check: fold {verify['fold']} of fixmatch-diffboost+classic trained again under the rule: "
                       f"{verify['trained_again']:.2f}, recorded last epoch {verify['recorded_last_epoch']:.2f} "
-                      f"({'same' if verify['same'] else 'DIFFERENT'})"
-                      + ("." if verify["this_call"] else "; trained again by an earlier call, read from its records.")]
+                      f"({'same' if verify['same'] else 'DIFFERENT'}; the run of this call or an earlier one, "
+                      f"from its records)."]
     if teachers_check:
         lines += ["", f"Check: diffboost+classic trained again under the rule (to teach self-train+diffboost+classic "
                       f"under it): {teachers_check['same_as_recorded']} of "

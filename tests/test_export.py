@@ -261,10 +261,11 @@ def test_images_without_a_label_and_a_label_budget_export_without_reading_a_hidd
         verify_dataset_integrity(str(one), num_processes=1)
 
 
-def test_pseudo_labels_from_a_folds_predictions_train_that_fold_alone(tmp_path, phantom_root):
-    """`diffboost nnunet pseudo-label`: of nnUNetv2_predict's output for imagesUnlabelled, the most confident
-    share joins fold K's training list only, its uncertain pixels as nnU-Net's ignore label; a second call and
-    missing predictions are refused before anything changes."""
+def test_pseudo_labels_from_a_folds_predictions_join_its_one_fold_export(tmp_path, phantom_root):
+    """`diffboost nnunet pseudo-label`: of nnUNetv2_predict's output for a one-fold export's imagesUnlabelled,
+    the most confident share joins its training list, its uncertain pixels as nnU-Net's ignore label; an
+    export of every fold (whose models learnt each other's test cases), a second call and missing
+    predictions are refused before anything changes; an interrupted call's leftovers are replaced."""
     pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (pip install 'diffboost[nnunet]')")
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
     from PIL import Image
@@ -274,7 +275,9 @@ def test_pseudo_labels_from_a_folds_predictions_train_that_fold_alone(tmp_path, 
 
     more = generate_phantoms(tmp_path / "more", n=4, seed=11)
     ps = prepare(phantom_root, tmp_path / "p", PrepareConfig(size=32, folds=3, unlabelled=[str(more)]), progress=False)
-    path = export_dataset(ps.root, tmp_path / "raw", ExportConfig(dataset_id=14, name="Pl", size="working"), progress=False)
+    every = export_dataset(ps.root, tmp_path / "all", ExportConfig(dataset_id=15, name="All", size="working"), progress=False)
+    path = export_dataset(ps.root, tmp_path / "raw", ExportConfig(dataset_id=14, name="Pl", size="working", fold=1),
+                          progress=False)
     names = [u["name"] for u in json.loads((path / "diffboost_export.json").read_text())["unlabelled_images"]]
     pred = tmp_path / "pred"
     pred.mkdir()
@@ -286,17 +289,24 @@ def test_pseudo_labels_from_a_folds_predictions_train_that_fold_alone(tmp_path, 
         seg = (fg > 0.5).astype(np.uint8)
         Image.fromarray(seg).save(pred / f"{n}.png")
         np.savez_compressed(pred / f"{n}.npz", probabilities=np.stack([1 - fg, fg])[:, None])
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(every), str(pred)])
+    assert r.exit_code != 0 and "export one fold" in r.output
     before = (path / "splits_final.json").read_text()
     (pred / f"{names[-1]}.npz").rename(tmp_path / "away.npz")
-    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1"])
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred)])
     assert r.exit_code != 0 and f"{names[-1]}.npz" in r.output
     assert (path / "splits_final.json").read_text() == before and not list((path / "imagesTr").glob("*_pseudo_*"))
     (tmp_path / "away.npz").rename(pred / f"{names[-1]}.npz")
-    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1", "--keep", "0.5"])
+    stray = json.loads(before)  # what a call stopped before its record would leave: a file and a list entry
+    stray[0]["train"].append(f"{names[3]}_pseudo_f0")
+    (path / "splits_final.json").write_text(json.dumps(stray))
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path / "labelsTr" / f"{names[3]}_pseudo_f0.png")
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--keep", "0.5"])
     assert r.exit_code == 0, r.output
-    added = [f"{n}_pseudo_f1" for n in names[:2]]  # the two most confident
+    added = [f"{n}_pseudo_f0" for n in names[:2]]  # the two most confident
     splits, old = json.loads((path / "splits_final.json").read_text()), json.loads(before)
-    assert splits[1]["train"] == old[1]["train"] + added and splits[0] == old[0] and splits[2] == old[2]
+    assert len(splits) == 1 and splits[0]["train"] == old[0]["train"] + added and splits[0]["val"] == old[0]["val"]
+    assert not (path / "labelsTr" / f"{names[3]}_pseudo_f0.png").exists()
     meta = json.loads((path / "dataset.json").read_text())
     assert meta["labels"]["ignore"] == 2 and meta["numTraining"] == len(list((path / "labelsTr").iterdir()))
     first = np.asarray(Image.open(path / "labelsTr" / f"{added[0]}.png"))
@@ -306,5 +316,5 @@ def test_pseudo_labels_from_a_folds_predictions_train_that_fold_alone(tmp_path, 
     assert (path / "imagesTr" / f"{added[0]}_0000.png").read_bytes() == (
         path / "imagesUnlabelled" / f"{names[0]}_0000.png").read_bytes()
     verify_dataset_integrity(str(path), num_processes=1)
-    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred), "--fold", "1"])
+    r = CliRunner().invoke(app, ["nnunet", "pseudo-label", str(path), str(pred)])
     assert r.exit_code != 0 and "already trains on pseudo-labels" in r.output

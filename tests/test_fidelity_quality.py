@@ -159,9 +159,12 @@ def test_fidelity_at_a_strength_and_without_the_mask_draws_as_generate_does(ps, 
     with pytest.raises(ValueError, match="timesteps up to 0.6 x T only; use strength <= 0.6"):
         diffusion_rows(tmp_path / "m", ps, idx, [("ddim", 5)], progress=False, strength=0.7)
     new_pipeline(ModelConfig(image_size=32, channels=(8, 16, 32), attention=(False, True, True))).save_pretrained(
-        tmp_path / "plain")
-    with pytest.raises(ValueError, match="no mask channels"):
-        diffusion_rows(tmp_path / "plain", ps, idx, [("ddim", 2)], progress=False, no_mask=True)
+        tmp_path / "plain")  # no mask channels: without a mask it gets the edges instead of edges + boundary
+    _, edges = diffusion_rows(tmp_path / "plain", ps, idx, [("ddim", 2)], progress=False, no_mask=True)
+    plain = DiffBoostPipeline.from_pretrained(tmp_path / "plain")
+    plain.denoiser.eval()
+    alone = plain(prompts, np.asarray(ps.edges[idx], np.float32) / 255.0, seeds=idx, sampler="ddim", steps=2, guidance=3.0)
+    np.testing.assert_allclose(edges["ddim-2"], np.clip((alone + 1) / 2, 0, 1), atol=1e-5)  # the edges alone
 
 
 def test_quality_filter_removes_what_it_should(ps, tmp_path):

@@ -117,6 +117,8 @@ def test_monai_strong_view_is_a_variant_moved_with_the_weak_view():
     t.set_random_state(3)
     assert all(torch.equal(torch.as_tensor(t({"image": image, "variants": variants})["image_strong"]),
                            torch.as_tensor(again({"image": image, "variants": variants})["image_strong"])) for _ in range(4))
+    flat = RandDiffusionStrongViewd("image").set_random_state(1)({"image": image, "variants": variants[:, 0]})
+    assert any(torch.equal(torch.as_tensor(flat["image_strong"]), v) for v in variants)  # [n, H, W] for one channel
     copy = RandDiffusionStrongViewd("image", strong_key="s", prob=0.0)({"image": image, "variants": variants})
     assert torch.equal(torch.as_tensor(copy["s"]), image)
     with pytest.raises(ValueError, match="not a stack of images shaped like"):

@@ -55,7 +55,8 @@ def test_export_plan_preprocess_and_train_the_diffboost_trainer(tmp_path):
     more = generate_phantoms(tmp_path / "more", n=3, seed=8, size_range=(64, 72))  # images without a label
     prepared_with_variants(tmp_path, phantoms, folds=(0,), n=2, steps=1, unlabelled=[str(more)])
     raw, pre, res = tmp_path / "raw", tmp_path / "pre", tmp_path / "res"
-    exported = export_dataset(tmp_path, raw, ExportConfig(dataset_id=11, name="Phantom"), progress=False)
+    # one fold, as for self-training below (an export of every fold is checked by nnU-Net in test_export.py)
+    exported = export_dataset(tmp_path, raw, ExportConfig(dataset_id=11, name="Phantom", fold=0), progress=False)
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
            "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"}
     r = subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "11", "-c", "2d", "-np", "1", "-npfp", "1",

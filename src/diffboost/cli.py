@@ -763,7 +763,7 @@ def fidelity(
     model: Path = typer.Argument(..., help="A diffusion model folder (…/model from finetune)."),
     prepared: Path = typer.Argument(..., help="The prepared set."),
     fold: int = typer.Option(0, "--fold", "-k", help="Its TEST images are generated and compared."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../fidelity/foldK."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Default PREPARED/../fidelity/foldK (+ _strengthS, _nomask)."),
     samplers: str = typer.Option("dpm++:20", help="Comma-separated SAMPLER:STEPS settings, e.g. 'dpm++:20,ddim:50'."),
     pix2pix: Optional[Path] = typer.Option(None, help="A Pix2Pix model folder to compare with."),
     guidance: float = typer.Option(3.0),
@@ -781,7 +781,8 @@ def fidelity(
         settings = [(s.split(":")[0].strip(), int(s.split(":")[1])) for s in samplers.split(",") if s.strip()]
     except (IndexError, ValueError):
         raise ValueError(f"--samplers expects SAMPLER:STEPS[,...], got {samplers!r}") from None
-    out = out or prepared.parent / "fidelity" / f"fold{fold}"
+    how = (f"_strength{strength:g}" if strength < 1 else "") + ("_nomask" if no_mask else "")
+    out = out or prepared.parent / "fidelity" / f"fold{fold}{how}"
     rows = run_fidelity(model, prepared, fold, out, settings, pix2pix, guidance, limit, progress=not quiet,
                         teacher=teacher, strength=strength, no_mask=no_mask)
     typer.echo(table_markdown(rows))

@@ -73,9 +73,9 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
                    strength: float = 1.0, no_mask: bool = False):
     """One row per (sampler, steps): generated from each test image's condition and prompt (no
     augmentation text), from noise or, with ``strength`` < 1, from the real image noised to that
-    fraction of the timesteps (as ``generate`` draws variants); ``no_mask`` gives a model fine-tuned with
-    ``train.unlabelled`` the edges and its "no mask" input (how it draws the variants of unlabelled
-    images). Returns ``rows, {setting: generated images}``."""
+    fraction of the timesteps (as ``generate`` draws variants); ``no_mask`` gives the model what
+    ``generate --unlabelled`` gives an image without a label: its edges, and an ``edges+mask`` model's
+    "no mask" input (learnt with ``train.unlabelled`` or ``mask_dropout``). Returns ``rows, {setting: generated images}``."""
     from ..diffusion.conditions import condition_inputs
     from ..diffusion.pipeline import DiffBoostPipeline
     from ..generation.generate import mask_labels, timestep_cap
@@ -90,8 +90,6 @@ def diffusion_rows(model: str | Path, ps: PreparedSet, idx: list[int], settings:
     pipe = DiffBoostPipeline.from_pretrained(model)
     pipe.denoiser.eval()
     labels = mask_labels(pipe, ps)  # an ``edges+mask`` model also gets each test image's filled mask
-    if no_mask and labels is None:
-        raise ValueError(f"{model}: takes no mask channels, so it has no 'no mask' input to generate with")
     rows_idx = np.asarray(idx)
     cond, masks = condition_inputs(ps, rows_idx, np.full(len(idx), no_mask), labels,
                                    pipe.config.mask_channels if labels is not None else None)

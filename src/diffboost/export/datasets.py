@@ -117,15 +117,17 @@ class _RealCases:
             reader = get_reader(source, self.cfg)
             refs = reader.scan()
             self._refs = {r.case_id: (reader, r) for r in refs}  # each case's reader, as prepare read it
-            extra = []
-            if with_unlabelled and self.cfg.unlabelled:
+            extra = []  # the folders as prepare resolved them (config.yaml keeps them as typed, maybe relative)
+            unlabelled = ps.meta.get("unlabelled_sources") or []
+            if with_unlabelled and unlabelled:
                 from ..data.readers.unlabelled import read_unlabelled
 
-                extra = read_unlabelled(self.cfg.unlabelled, self.cfg, refs)
-            if self.cfg.target:
+                extra = read_unlabelled(unlabelled, self.cfg, refs)
+            target = (ps.meta.get("cross_site") or {}).get("target")
+            if target:
                 from ..data.readers.target import read_target
 
-                extra.append(read_target(self.cfg.target, self.cfg, refs + [r for _, more in extra for r in more]))
+                extra.append(read_target(target, self.cfg, refs + [r for _, more in extra for r in more]))
             self._refs |= {r.case_id: (other, r) for other, more in extra for r in more}
 
     def case(self, case_id: str, rows: list[dict], volumes: bool, labelled: bool = True):
@@ -220,7 +222,7 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
                 _write(tmp / images / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
                 _write(tmp / labels / f"{u.name}{ending}", u.label.astype(np.uint8), u.spacing, cfg.to == "msd")
         labels = ps.label_names
-        description = _description(ps, synthetic, cfg.size)
+        description = _description(ps, sum(u.fold is not None for u in units), sorted(synthetic), cfg.size)
         if cfg.to == "nnunet":
             meta = {"channel_names": {"0": "zscore"},
                     "labels": {("background" if k == 0 else v): k for k, v in sorted(labels.items())},
@@ -408,7 +410,7 @@ def _modality(ps: PreparedSet) -> str:
     return first.split(",")[0].strip() or "image"
 
 
-def _description(ps: PreparedSet, synthetic: dict, size: str) -> str:
+def _description(ps: PreparedSet, variants: int, folds: list[int], size: str) -> str:
     where = "their original size" if size == "original" else f"the working size {ps.size} px"
     return (f"diffboost export of {ps.meta.get('source')} at {where}: real cases and "
-            f"{sum(len(s) for s in synthetic.values())} synthetic variants from folds {sorted(synthetic)}")
+            f"{variants} synthetic variants from folds {folds}")

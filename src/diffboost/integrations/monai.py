@@ -142,8 +142,8 @@ class RandDiffusionStrongViewd(RandomizableTransform, MapTransform):
 
     Args:
         keys: the image key (one).
-        variant_key: its variants, ``[n, C, ...]`` or a list of ``[C, ...]`` (``generate --unlabelled``
-            draws them for images without a label).
+        variant_key: its variants, ``[n, C, ...]`` or a list of ``[C, ...]`` (``[n, ...]`` for a one-channel
+            image; ``generate --unlabelled`` draws them for images without a label).
         strong_key: where the strong view goes (default ``"<key>_strong"``).
         prob: probability that the strong view is a variant; otherwise it is a copy of the image (classical
             strong views then come from the intensity transforms that follow).
@@ -174,6 +174,8 @@ class RandDiffusionStrongViewd(RandomizableTransform, MapTransform):
                 d[self.strong_key] = _like(d[key], image.clone())
                 continue
             variants = _tensor(d[self.variant_key])
+            if variants.ndim == image.ndim and image.shape[0] == 1 and variants.shape[1:] == image.shape[1:]:
+                variants = variants[:, None]  # [n, *spatial] (files loaded as a list) for a one-channel image
             if variants.ndim != image.ndim + 1 or variants.shape[1:] != image.shape:
                 raise ValueError(f"{self.variant_key!r}: variants of shape {tuple(variants.shape)} are not a stack of "
                                  f"images shaped like {key!r} {tuple(image.shape)}")
