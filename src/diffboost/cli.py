@@ -688,12 +688,13 @@ def nnunet_train(
 def nnunet_pseudo_label(
     dataset: Path = typer.Argument(..., help="The exported dataset folder ($nnUNet_raw/DatasetXXX_NAME)."),
     predictions: Path = typer.Argument(..., help="nnUNetv2_predict's output for imagesUnlabelled, with --save_probabilities."),
-    fold: int = typer.Option(0, "--fold", "-f", help="The fold whose model predicted them (splits_final.json's index); only it trains on them."),
+    fold: int = typer.Option(0, "--fold", "-f", help="The split of splits_final.json (a one-fold export holds one: 0)."),
     keep: float = typer.Option(0.5, help="Share of the images kept, the most confident first (self-train's self_train_keep)."),
     confidence: float = typer.Option(0.95, help="Pixels at or under this confidence get nnU-Net's ignore label (out of the loss)."),
 ):
-    """Self-training in nnU-Net: add fold K's most confident pseudo-labelled images (from imagesUnlabelled) to
-    its training list, uncertain pixels ignored; then plan, preprocess and train the fold again."""
+    """Self-training in nnU-Net: add the most confident pseudo-labelled images (from imagesUnlabelled) of a
+    one-fold export (export --fold K) to its training list, uncertain pixels ignored; then plan, preprocess
+    and train it again."""
     _need_nnunet()
     from .integrations.nnunet_selftrain import add_pseudo_labels
 

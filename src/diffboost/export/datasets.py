@@ -189,7 +189,8 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
     synthetic = _synthetic_sets(ps, cfg, folds)
     # the cases whose label is readable here (a fold's own, when one is exported), and the images without one
     labelled = set(ps.labelled_cases) if cfg.fold is None else set(folds[0].labelled)
-    unlabelled = [c for c in ps.case_ids if c not in labelled and (cfg.fold is None or c in set(folds[0].unlabelled))]
+    blind_here = None if cfg.fold is None else set(folds[0].unlabelled)
+    unlabelled = [c for c in ps.case_ids if c not in labelled and (blind_here is None or c in blind_here)]
     real = _RealCases(ps, cfg.size == "original", bool(unlabelled))  # checks the source before anything is written
     target = Path(out) / folder
     if target.exists() and not overwrite:
@@ -208,6 +209,7 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
     # every fold's cases in one imagesTr (each case is tested by one fold and trains in the others); one fold's
     # test cases in imagesTs alone
     training = [u for u in units if cfg.fold is None or u.name not in test_names]
+    training_names = {u.name for u in training}
     with atomic_dir(target, overwrite=overwrite) as tmp:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs") + (("imagesUnlabelled",) if blind else ()):
             (tmp / sub).mkdir()
@@ -216,7 +218,7 @@ def export_dataset(source: str | Path, out: str | Path, cfg: ExportConfig | None
             if u.label is None:  # an image without a label here: input to nnUNetv2_predict, never a case
                 _write(tmp / "imagesUnlabelled" / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
                 continue
-            parts = ([("imagesTr", "labelsTr")] if cfg.fold is None or u.name not in test_names else []) + (
+            parts = ([("imagesTr", "labelsTr")] if u.name in training_names else []) + (
                 [("imagesTs", "labelsTs")] if u.name in test_names else [])
             for images, labels in parts:
                 _write(tmp / images / f"{stem}{ending}", u.image, u.spacing, cfg.to == "msd", image=True)
